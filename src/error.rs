@@ -1,0 +1,91 @@
+//! The crate's error type.
+
+use candle_core::{DType, Shape};
+
+/// Everything that can go wrong in varlora. Each message says what to fix.
+///
+/// An operation that returns an error leaves the optimizer's state and the model's weights
+/// as they were before the call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A hyperparameter is outside its valid range.
+    #[error("invalid hyperparameter `{field}` = {value}: expected {expected}")]
+    InvalidConfig {
+        /// The field's name, as in the config struct.
+        field: &'static str,
+        /// The rejected value.
+        value: String,
+        /// The valid range.
+        expected: &'static str,
+    },
+
+    /// A gradient holds NaN or Inf. Nothing was accumulated.
+    #[error(
+        "the gradient of group {group}, var {var} (shape {shape:?}) has NaN or Inf values; \
+         fix the loss, or set `on_nonfinite: NonFinite::SkipStep` to skip such steps"
+    )]
+    NonFiniteGradient {
+        /// Index of the parameter group.
+        group: usize,
+        /// Index of the var within its group.
+        var: usize,
+        /// The var's shape.
+        shape: Shape,
+    },
+
+    /// A gradient does not match its var in shape, dtype or device.
+    #[error("the gradient of group {group}, var {var} does not match the var: {detail}")]
+    GradientMismatch {
+        /// Index of the parameter group.
+        group: usize,
+        /// Index of the var within its group.
+        var: usize,
+        /// What differs.
+        detail: String,
+    },
+
+    /// The operation needs a weight sample that has not been drawn or collected.
+    #[error("{0}")]
+    NoSample(&'static str),
+
+    /// Vars given to one optimizer differ in dtype or device, or a var appears twice.
+    #[error("vars do not fit together: {0}")]
+    VarMismatch(String),
+
+    /// The parameters' dtype is not supported.
+    #[error("unsupported parameter dtype {0:?}: IVON keeps f32 or f64 parameters; convert the trainable vars to f32")]
+    UnsupportedDType(DType),
+
+    /// An operation was asked for in a state that forbids it.
+    #[error("{0}")]
+    InvalidState(&'static str),
+
+    /// A checkpoint is corrupt or does not match the optimizer it is loaded into.
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+
+    /// Invalid input to a metric or prediction function.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// An error from candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+
+    /// An I/O error.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// `Result` with varlora's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<Error> for candle_core::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Candle(inner) => inner,
+            other => candle_core::Error::wrap(other),
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Metrics of a predictive distribution, following the conventions of
+//! `shared/spec/metrics.md`: natural logs, computed on the averaged predictive `p_bar`.
+//!
+//! Inputs are `(n, classes)` tensors of probabilities (or log-probabilities for
+//! [`nll`]) and `(n,)` integer labels. NaN in the inputs, mismatched shapes, labels out of
+//! range or an empty batch are errors.
+
+mod calibration;
+mod classification;
+
+pub use calibration::{ece, reliability, ReliabilityBin};
+pub use classification::{accuracy, brier, nll};
+
+use candle_core::{DType, Tensor};
+
+use crate::{Error, Result};
+
+/// Rows of `probs` (n, c) as f64 and the labels as usize, validated.
+fn rows_and_labels(values: &Tensor, labels: &Tensor) -> Result<(Vec<Vec<f64>>, Vec<usize>)> {
+    let (n, c) = values.dims2().map_err(|_| {
+        Error::InvalidInput(format!("expected (n, classes), got {:?}", values.dims()))
+    })?;
+    if n == 0 || c == 0 {
+        return Err(Error::InvalidInput("empty batch".into()));
+    }
+    if labels.dims() != [n] {
+        return Err(Error::InvalidInput(format!(
+            "labels have shape {:?}, expected [{n}]",
+            labels.dims()
+        )));
+    }
+    let rows = values.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+    if rows.iter().flatten().any(|v| v.is_nan()) {
+        return Err(Error::InvalidInput("NaN in the predictions".into()));
+    }
+    let labels: Vec<i64> = labels.to_dtype(DType::I64)?.to_vec1()?;
+    let labels = labels
+        .into_iter()
+        .map(|y| {
+            usize::try_from(y)
+                .ok()
+                .filter(|&y| y < c)
+                .ok_or_else(|| Error::InvalidInput(format!("label {y} is outside 0..{c}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((rows, labels))
+}
+
+/// The index of the largest value; ties go to the lowest index.
+fn argmax(row: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}

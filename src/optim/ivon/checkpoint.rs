@@ -1,0 +1,216 @@
+//! Saving and restoring IVON's whole state: one safetensors file whose metadata holds the
+//! configuration and counters as JSON.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::{GroupSettings, Ivon, IvonConfig, Position};
+use crate::{Error, Result};
+
+const FORMAT: &str = "varlora.ivon.v1";
+const HEADER_KEY: &str = "varlora.ivon";
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    format: String,
+    config: IvonConfig,
+    groups: Vec<GroupHeader>,
+    step: u64,
+    count: usize,
+    skipped_steps: u64,
+    position: Position,
+    dtype: String,
+    noise: serde_json::Value,
+}
+
+#[derive(Serialize, Deserialize)]
+struct GroupHeader {
+    settings: GroupSettings,
+    shapes: Vec<Vec<usize>>,
+}
+
+fn key(group: usize, var: usize, what: &str) -> String {
+    format!("group{group}.var{var}.{what}")
+}
+
+fn bad(msg: impl Into<String>) -> Error {
+    Error::Checkpoint(msg.into())
+}
+
+impl Ivon {
+    /// Saves the full state (configuration, group settings, step counter, `m`, `h`,
+    /// momentum, the current sample and collected gradients, and the noise source's
+    /// state) to a safetensors file. The file is written beside `path` and renamed into
+    /// place, so an interrupted save leaves any earlier checkpoint whole.
+    ///
+    /// ```
+    /// # use candle_core::{DType, Device, Var};
+    /// # use varlora::optim::{Ivon, IvonConfig};
+    /// let w = Var::zeros(3, DType::F32, &Device::Cpu)?;
+    /// let opt = Ivon::new(vec![w.clone()], IvonConfig::new(0.1, 10.0))?;
+    /// let path = std::env::temp_dir().join("varlora-doc-ivon.safetensors");
+    /// opt.save(&path)?;
+    /// let mut resumed = Ivon::new(vec![w], IvonConfig::new(0.1, 10.0))?;
+    /// resumed.load_state(&path)?;
+    /// # Ok::<(), varlora::Error>(())
+    /// ```
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let noise = self.noise.state().ok_or_else(|| {
+            bad("the noise source cannot save its state; use the default PhiloxNormal to checkpoint")
+        })?;
+        let header = Header {
+            format: FORMAT.into(),
+            config: self.config.clone(),
+            groups: self
+                .groups
+                .iter()
+                .map(|g| GroupHeader {
+                    settings: g.settings.clone(),
+                    shapes: g.params.iter().map(|p| p.mean.dims().to_vec()).collect(),
+                })
+                .collect(),
+            step: self.step,
+            count: self.count,
+            skipped_steps: self.skipped_steps,
+            position: self.position,
+            dtype: self.dtype.as_str().into(),
+            noise,
+        };
+        let mut tensors: Vec<(String, &Tensor)> = Vec::new();
+        for (gi, g) in self.groups.iter().enumerate() {
+            for (vi, p) in g.params.iter().enumerate() {
+                tensors.push((key(gi, vi, "mean"), &p.mean));
+                tensors.push((key(gi, vi, "hess"), &p.hess));
+                tensors.push((key(gi, vi, "momentum"), &p.momentum));
+                let optional = [
+                    ("noise", &p.noise),
+                    ("avg_grad", &p.avg_grad),
+                    ("avg_hess", &p.avg_hess),
+                ];
+                for (name, t) in optional {
+                    if let Some(t) = t {
+                        tensors.push((key(gi, vi, name), t));
+                    }
+                }
+            }
+        }
+        let json = serde_json::to_string(&header).map_err(|e| bad(e.to_string()))?;
+        let meta = HashMap::from([(HEADER_KEY.to_string(), json)]);
+        let tmp = path.with_extension("safetensors.tmp");
+        safetensors::serialize_to_file(tensors, Some(meta), &tmp)
+            .map_err(|e| bad(format!("writing {}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, path)?;
+        Ok(())
+    }
+
+    /// Restores a state written by [`Ivon::save`] into this optimizer, whose vars must have
+    /// the saved groups' shapes and dtype. The vars are set to the saved position (mean or
+    /// the very same sample), so training continues bit-identically to a run that never
+    /// stopped. Any mismatch or corruption is an error and changes nothing.
+    pub fn load_state(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path)?;
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+            .map_err(|e| bad(format!("{} is not a safetensors file: {e}", path.display())))?;
+        let json = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(HEADER_KEY))
+            .ok_or_else(|| bad(format!("{} holds no IVON state", path.display())))?;
+        let header: Header =
+            serde_json::from_str(json).map_err(|e| bad(format!("unreadable header: {e}")))?;
+        if header.format != FORMAT {
+            return Err(bad(format!(
+                "format {:?}, expected {FORMAT:?}",
+                header.format
+            )));
+        }
+        header.config.validate()?;
+        if header.dtype != self.dtype.as_str() {
+            return Err(bad(format!(
+                "saved dtype {}, but the vars are {}",
+                header.dtype,
+                self.dtype.as_str()
+            )));
+        }
+        if header.groups.len() != self.groups.len() {
+            return Err(bad(format!(
+                "{} groups saved, the optimizer has {}",
+                header.groups.len(),
+                self.groups.len()
+            )));
+        }
+        let mut tensors = candle_core::safetensors::load_buffer(&bytes, &self.device)
+            .map_err(|e| bad(format!("unreadable tensors: {e}")))?;
+        let mut take = |gi: usize, vi: usize, what: &str, dims: &[usize]| {
+            let name = key(gi, vi, what);
+            match tensors.remove(&name) {
+                Some(t) if t.dims() == dims && t.dtype() == self.dtype => Ok(Some(t)),
+                Some(t) => Err(bad(format!(
+                    "{name} is {:?} {:?}, expected {dims:?} {:?}",
+                    t.dims(),
+                    t.dtype(),
+                    self.dtype
+                ))),
+                None => Ok(None),
+            }
+        };
+        let mut restored = Vec::new();
+        for (gi, (gh, group)) in header.groups.iter().zip(&self.groups).enumerate() {
+            gh.settings.validate(header.config.debias)?;
+            let dims: Vec<&[usize]> = group.params.iter().map(|p| p.mean.dims()).collect();
+            if gh.shapes.len() != dims.len() || gh.shapes.iter().zip(&dims).any(|(a, b)| a != b) {
+                return Err(bad(format!(
+                    "group {gi} was saved with shapes {:?}, the vars have {:?}",
+                    gh.shapes, dims
+                )));
+            }
+            for (vi, d) in dims.iter().enumerate() {
+                let mut required = |what| {
+                    take(gi, vi, what, d)?
+                        .ok_or_else(|| bad(format!("{} is missing", key(gi, vi, what))))
+                };
+                let (mean, hess, momentum) =
+                    (required("mean")?, required("hess")?, required("momentum")?);
+                if !super::math::all_finite(&mean)? || !super::math::all_finite(&hess)? {
+                    return Err(bad(format!(
+                        "group {gi}, var {vi}: the mean or Hessian holds NaN or Inf"
+                    )));
+                }
+                let noise = take(gi, vi, "noise", d)?;
+                let avg_grad = take(gi, vi, "avg_grad", d)?;
+                let avg_hess = take(gi, vi, "avg_hess", d)?;
+                if noise.is_some() != (header.position == Position::Sample)
+                    || avg_grad.is_some() != (header.count > 0)
+                    || avg_hess.is_some() != (header.count > 0)
+                {
+                    return Err(bad(format!(
+                        "group {gi}, var {vi}: the sample tensors do not match position {:?} and count {}",
+                        header.position, header.count
+                    )));
+                }
+                restored.push((mean, hess, momentum, noise, avg_grad, avg_hess));
+            }
+        }
+        if let Some(extra) = tensors.keys().next() {
+            return Err(bad(format!("unexpected tensor {extra}")));
+        }
+        self.noise.load_state(&header.noise)?;
+        for (p, state) in self.params_mut().zip(restored) {
+            (p.mean, p.hess, p.momentum, p.noise, p.avg_grad, p.avg_hess) = state;
+        }
+        for (g, gh) in self.groups.iter_mut().zip(header.groups) {
+            g.settings = gh.settings;
+        }
+        self.config = header.config;
+        self.step = header.step;
+        self.count = header.count;
+        self.skipped_steps = header.skipped_steps;
+        self.position = header.position;
+        self.write_position()
+    }
+}

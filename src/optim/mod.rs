@@ -1,0 +1,7 @@
+//! Optimizers that learn a posterior over the weights.
+
+mod ivon;
+
+pub use ivon::{
+    GroupSettings, HessApprox, Ivon, IvonConfig, NonFinite, ParamGroup, ParamState, Position,
+};
