@@ -51,14 +51,8 @@ fn posterior_of_linear_gaussian_regression_matches_the_exact_one() {
     let dev = Device::Cpu;
     let n = 256usize;
     let scales = [1.0f64, 2.0, 0.5, 3.0];
-    // Walsh functions: +-1 columns, mutually orthogonal over 256 points.
-    let walsh = |k: usize, i: usize| {
-        if (i & (1 << (k + 1))).count_ones() % 2 == 0 {
-            1.0
-        } else {
-            -1.0
-        }
-    };
+    // Rademacher functions (bit k + 1 of the index, as +-1): orthogonal over 256 points.
+    let walsh = |k: usize, i: usize| if i & (1 << (k + 1)) == 0 { 1.0 } else { -1.0 };
     let x: Vec<f64> = (0..n)
         .flat_map(|i| scales.iter().enumerate().map(move |(k, c)| c * walsh(k, i)))
         .collect();
