@@ -374,12 +374,12 @@ fn groups_can_be_added_between_updates() {
     let model = Model::new(7);
     let mut opt =
         Ivon::with_groups(vec![ParamGroup::new(vec![model.w.clone()])], config()).unwrap();
-    let b_before = values(&[model.b.clone()]);
+    let b_before = values(std::slice::from_ref(&model.b));
     opt.add_group(ParamGroup::new(vec![model.b.clone()]).lr(0.01))
         .unwrap();
     assert_eq!(opt.num_groups(), 2);
     assert_ne!(
-        values(&[model.b.clone()]),
+        values(std::slice::from_ref(&model.b)),
         b_before,
         "the new group stands at a sample too"
     );
