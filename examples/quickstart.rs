@@ -29,12 +29,21 @@ fn digits(dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
         .read_to_string(&mut text)?;
     let (mut xs, mut ys) = (Vec::new(), Vec::new());
     for line in text.lines() {
-        let v: Vec<f32> = line.split(',').map(|s| s.parse().unwrap_or(f32::NAN)).collect();
+        let v = line
+            .split(',')
+            .map(|s| s.parse::<f32>().map_err(candle_core::Error::wrap))
+            .collect::<candle_core::Result<Vec<f32>>>()?;
+        if v.len() != 65 {
+            candle_core::bail!("digits row with {} fields, expected 65", v.len());
+        }
         xs.extend(v[..64].iter().map(|p| p / 16.0));
         ys.push(v[64] as u32);
     }
     let n = ys.len();
-    Ok((Tensor::from_vec(xs, (n, 64), dev)?, Tensor::from_vec(ys, n, dev)?))
+    Ok((
+        Tensor::from_vec(xs, (n, 64), dev)?,
+        Tensor::from_vec(ys, n, dev)?,
+    ))
 }
 
 struct Mlp {
@@ -44,7 +53,10 @@ struct Mlp {
 
 impl Mlp {
     fn new(vb: VarBuilder) -> candle_core::Result<Self> {
-        Ok(Self { fc1: linear(64, 64, vb.pp("fc1"))?, fc2: linear(64, 10, vb.pp("fc2"))? })
+        Ok(Self {
+            fc1: linear(64, 64, vb.pp("fc1"))?,
+            fc2: linear(64, 10, vb.pp("fc2"))?,
+        })
     }
 }
 
@@ -127,7 +139,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         names.sort();
         for name in names {
             let var = &vars[name];
-            let values: Vec<f32> = (0..var.elem_count()).map(|_| init.sample(&mut rng)).collect();
+            let values: Vec<f32> = (0..var.elem_count())
+                .map(|_| init.sample(&mut rng))
+                .collect();
             var.set(&Tensor::from_vec(values, var.shape(), &dev)?)?;
         }
     }
@@ -135,7 +149,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Learning rates and hess_init chosen by validation NLL on 200 training examples held
     // out, averaged over 3 seeds (see README).
     let mut adamw = candle_nn::AdamW::new_lr(adamw_vars.all_vars(), 3e-2)?;
-    let config = IvonConfig::new(1.0, train_ids.len() as f64).hess_init(0.2).weight_decay(2e-4);
+    let config = IvonConfig::new(1.0, train_ids.len() as f64)
+        .hess_init(0.2)
+        .weight_decay(2e-4);
     let mut ivon = Ivon::new(ivon_vars.all_vars(), config)?;
 
     let adamw_time = train(&adamw_model, &mut adamw, &batches)?;
@@ -157,11 +173,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("|------------------|-----------|--------|--------|--------|");
     println!("{}", row("AdamW", &adamw_logp, &y_test)?);
     println!("{}", row("IVON @ mean", &ivon_mean_logp, &y_test)?);
-    println!("{}", row(&format!("IVON {MC_SAMPLES} samples"), &ivon_mc_logp, &y_test)?);
+    println!(
+        "{}",
+        row(
+            &format!("IVON {MC_SAMPLES} samples"),
+            &ivon_mc_logp,
+            &y_test
+        )?
+    );
     println!("\n| optimizer | training step | of which optimizer |");
     println!("|-----------|---------------|--------------------|");
     for (name, (step, opt)) in [("AdamW", adamw_time), ("IVON", ivon_time)] {
-        println!("| {name:<9} | {:>10.1} us | {:>15.1} us |", micros(step), micros(opt));
+        println!(
+            "| {name:<9} | {:>10.1} us | {:>15.1} us |",
+            micros(step),
+            micros(opt)
+        );
     }
     Ok(())
 }
