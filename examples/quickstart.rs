@@ -150,9 +150,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // out, averaged over 3 seeds (see README).
     let mut adamw = candle_nn::AdamW::new_lr(adamw_vars.all_vars(), 3e-2)?;
     let config = IvonConfig::new(1.0, train_ids.len() as f64)
-        .hess_init(0.2)
+        .hess_init(1.0)
         .weight_decay(2e-4);
-    let mut ivon = Ivon::new(ivon_vars.all_vars(), config)?;
+    let mut ivon = Ivon::from_varmap(&ivon_vars, config)?;
 
     let adamw_time = train(&adamw_model, &mut adamw, &batches)?;
     let ivon_time = train(&ivon_model, &mut ivon, &batches)?;

@@ -499,3 +499,53 @@ fn bad_checkpoints_are_errors_that_change_nothing() {
     std::fs::remove_file(path).unwrap();
     std::fs::remove_file(plain).unwrap();
 }
+
+/// A VarMap holding `names` (inserted in the given order) with values from `Model`.
+fn varmap(model: &Model, names: [&str; 2]) -> candle_nn::VarMap {
+    let varmap = candle_nn::VarMap::new();
+    {
+        let mut data = varmap.data().lock().unwrap();
+        for name in names {
+            let var = if name.ends_with('w') {
+                &model.w
+            } else {
+                &model.b
+            };
+            data.insert(name.to_string(), var.clone());
+        }
+    }
+    varmap
+}
+
+#[test]
+fn named_vars_make_runs_independent_of_insertion_order() {
+    let run = |names: [&str; 2]| {
+        let model = Model::new(10);
+        let mut opt = Ivon::from_varmap(&varmap(&model, names), config()).unwrap();
+        train(&mut opt, &model, 4);
+        snapshot(&opt)
+    };
+    assert_eq!(run(["layer.w", "layer.b"]), run(["layer.b", "layer.w"]));
+}
+
+#[test]
+fn checkpoints_of_named_vars_are_matched_by_name() {
+    let model = Model::new(11);
+    let mut opt = Ivon::from_varmap(&varmap(&model, ["a.w", "a.b"]), config()).unwrap();
+    assert_eq!(opt.group_params(0).unwrap()[0].name(), Some("a.b"));
+    train(&mut opt, &model, 2);
+    let path = temp("named.safetensors");
+    opt.save(&path).unwrap();
+    let other = Model::new(12);
+    let mut renamed = Ivon::from_varmap(&varmap(&other, ["z.w", "z.b"]), config()).unwrap();
+    let before = snapshot(&renamed);
+    match renamed.load_state(&path) {
+        Err(Error::Checkpoint(msg)) => assert!(msg.contains("a.b"), "{msg}"),
+        other => panic!("expected a name mismatch, got {other:?}"),
+    }
+    assert_eq!(snapshot(&renamed), before);
+    let mut same = Ivon::from_varmap(&varmap(&other, ["a.b", "a.w"]), config()).unwrap();
+    same.load_state(&path).unwrap();
+    assert_eq!(snapshot(&same), snapshot(&opt));
+    std::fs::remove_file(path).unwrap();
+}

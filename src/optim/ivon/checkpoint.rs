@@ -30,6 +30,9 @@ struct Header {
 struct GroupHeader {
     settings: GroupSettings,
     shapes: Vec<Vec<usize>>,
+    /// Empty for unnamed vars.
+    #[serde(default)]
+    names: Vec<String>,
 }
 
 fn key(group: usize, var: usize, what: &str) -> String {
@@ -71,6 +74,7 @@ impl Ivon {
                 .map(|g| GroupHeader {
                     settings: g.settings.clone(),
                     shapes: g.params.iter().map(|p| p.mean.dims().to_vec()).collect(),
+                    names: g.params.iter().flat_map(|p| p.name.clone()).collect(),
                 })
                 .collect(),
             step: self.step,
@@ -108,7 +112,8 @@ impl Ivon {
     }
 
     /// Restores a state written by [`Ivon::save`] into this optimizer, whose vars must have
-    /// the saved groups' shapes and dtype. The vars are set to the saved position (mean or
+    /// the saved groups' shapes and dtype, and their names where both sides have names
+    /// (unnamed vars are matched by position). The vars are set to the saved position (mean or
     /// the very same sample), so training continues bit-identically to a run that never
     /// stopped. Any mismatch or corruption is an error and changes nothing.
     pub fn load_state(&mut self, path: impl AsRef<Path>) -> Result<()> {
@@ -162,6 +167,13 @@ impl Ivon {
         let mut restored = Vec::new();
         for (gi, (gh, group)) in header.groups.iter().zip(&self.groups).enumerate() {
             gh.settings.validate(header.config.debias)?;
+            let names: Vec<String> = group.params.iter().flat_map(|p| p.name.clone()).collect();
+            if !names.is_empty() && !gh.names.is_empty() && names != gh.names {
+                return Err(bad(format!(
+                    "group {gi} was saved with vars {:?}, the optimizer has {:?}",
+                    gh.names, names
+                )));
+            }
             let dims: Vec<&[usize]> = group.params.iter().map(|p| p.mean.dims()).collect();
             if gh.shapes.len() != dims.len() || gh.shapes.iter().zip(&dims).any(|(a, b)| a != b) {
                 return Err(bad(format!(

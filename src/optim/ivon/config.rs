@@ -303,6 +303,10 @@ impl GroupSettings {
 
 /// Vars that share settings, some of which may differ from the [`IvonConfig`]'s.
 ///
+/// Name the vars ([`ParamGroup::from_varmap`], [`ParamGroup::named`]) for runs that do
+/// not depend on the order of `VarMap::all_vars` (a hash-map order that changes from run
+/// to run), and for checkpoints that are matched by name.
+///
 /// ```
 /// use candle_core::{DType, Device, Var};
 /// use varlora::optim::ParamGroup;
@@ -316,6 +320,8 @@ impl GroupSettings {
 pub struct ParamGroup {
     /// The group's vars, in the order their noise is drawn.
     pub vars: Vec<Var>,
+    /// The vars' names, one per var, or empty for unnamed vars.
+    pub names: Vec<String>,
     /// Override of [`IvonConfig::lr`].
     pub lr: Option<f64>,
     /// Override of [`IvonConfig::ess`].
@@ -352,6 +358,41 @@ impl ParamGroup {
             vars,
             ..Self::default()
         }
+    }
+
+    /// A group of named vars, sorted by name so that the order is reproducible.
+    pub fn named(vars: impl IntoIterator<Item = (String, Var)>) -> Self {
+        let mut named: Vec<(String, Var)> = vars.into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let (names, vars) = named.into_iter().unzip();
+        Self {
+            vars,
+            names,
+            ..Self::default()
+        }
+    }
+
+    /// Every var of `varmap`, by name.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device};
+    /// use candle_nn::{linear, VarBuilder, VarMap};
+    /// use varlora::optim::ParamGroup;
+    ///
+    /// let varmap = VarMap::new();
+    /// let _ = linear(3, 2, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu).pp("fc"))?;
+    /// let group = ParamGroup::from_varmap(&varmap)?;
+    /// assert_eq!(group.names, ["fc.bias", "fc.weight"]);
+    /// # Ok::<(), varlora::Error>(())
+    /// ```
+    pub fn from_varmap(varmap: &candle_nn::VarMap) -> Result<Self> {
+        let data = varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::InvalidState("the VarMap's lock is poisoned"))?;
+        Ok(Self::named(
+            data.iter().map(|(k, v)| (k.clone(), v.clone())),
+        ))
     }
 
     overrides!(lr, ess, hess_init, beta1, beta2, weight_decay, clip_radius);

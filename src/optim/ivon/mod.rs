@@ -29,6 +29,7 @@ pub enum Position {
 /// The state IVON keeps for one var.
 #[derive(Clone, Debug)]
 pub struct ParamState {
+    name: Option<String>,
     var: Var,
     mean: Tensor,
     hess: Tensor,
@@ -39,6 +40,10 @@ pub struct ParamState {
 }
 
 impl ParamState {
+    /// The var's name, if its group was built from names.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
     /// The var this state belongs to.
     pub fn var(&self) -> &Var {
         &self.var
@@ -144,8 +149,18 @@ impl std::fmt::Debug for Ivon {
 impl Ivon {
     /// IVON over `vars` in one group, with the seeded [`PhiloxNormal`] noise source.
     /// Draws the first training sample into the vars.
+    ///
+    /// The noise is drawn in the order of `vars`: `VarMap::all_vars` returns them in an
+    /// order that changes from run to run, so prefer [`Ivon::from_varmap`] for
+    /// reproducible runs and checkpoints.
     pub fn new(vars: Vec<Var>, config: IvonConfig) -> Result<Self> {
         Self::with_groups(vec![ParamGroup::new(vars)], config)
+    }
+
+    /// IVON over every var of `varmap`, sorted by name: the same seed gives the same run,
+    /// and checkpoints are matched by name.
+    pub fn from_varmap(varmap: &candle_nn::VarMap, config: IvonConfig) -> Result<Self> {
+        Self::with_groups(vec![ParamGroup::from_varmap(varmap)?], config)
     }
 
     /// IVON over parameter groups with settings of their own.
@@ -215,6 +230,18 @@ impl Ivon {
     fn push_group(&mut self, group: ParamGroup) -> Result<()> {
         let settings = group.settings(&self.config);
         settings.validate(self.config.debias)?;
+        if !group.names.is_empty() && group.names.len() != group.vars.len() {
+            return Err(Error::VarMismatch(format!(
+                "{} names for {} vars: name every var or none",
+                group.names.len(),
+                group.vars.len()
+            )));
+        }
+        let mut names = group
+            .names
+            .into_iter()
+            .map(Some)
+            .chain(std::iter::repeat(None));
         let mut seen: HashSet<_> = self
             .groups
             .iter()
@@ -249,6 +276,7 @@ impl Ivon {
             let hess = (mean.ones_like()? * settings.hess_init)?;
             let momentum = mean.zeros_like()?;
             params.push(ParamState {
+                name: names.next().flatten(),
                 var,
                 mean,
                 hess,
