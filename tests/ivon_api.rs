@@ -549,3 +549,46 @@ fn checkpoints_of_named_vars_are_matched_by_name() {
     assert_eq!(snapshot(&same), snapshot(&opt));
     std::fs::remove_file(path).unwrap();
 }
+
+/// Gradient accumulation over micro-batches with the explicit API is the one-liner with
+/// `mc_samples` equal to the number of micro-batches: each micro-batch gets its own sample
+/// and the update uses the Welford mean.
+#[test]
+fn micro_batch_accumulation_equals_mc_samples() {
+    let micro = [Model::new(20), Model::new(21), Model::new(22)];
+    // One set of vars shared by the three micro-batch "models" (same x, y differ).
+    let shared = |m: &Model, vars: &[Var]| Model {
+        w: vars[0].clone(),
+        b: vars[1].clone(),
+        x: m.x.clone(),
+        y: (&m.y * 0.5).unwrap(),
+    };
+    let base = Model::new(23);
+    let run = |explicit: bool| {
+        let vars = vec![
+            Var::from_tensor(&base.w.as_tensor().copy().unwrap()).unwrap(),
+            Var::from_tensor(&base.b.as_tensor().copy().unwrap()).unwrap(),
+        ];
+        let batches: Vec<Model> = micro.iter().map(|m| shared(m, &vars)).collect();
+        let mut opt = Ivon::new(vars.clone(), config().mc_samples(3)).unwrap();
+        for _ in 0..4 {
+            if explicit {
+                for (i, b) in batches.iter().enumerate() {
+                    if i > 0 {
+                        opt.resample().unwrap();
+                    }
+                    opt.accumulate(&b.grads()).unwrap();
+                }
+                opt.update().unwrap();
+                opt.resample().unwrap();
+            } else {
+                for b in &batches {
+                    opt.backward_step(&b.loss()).unwrap();
+                }
+            }
+        }
+        assert_eq!(opt.step_count(), 4);
+        snapshot(&opt)
+    };
+    assert_eq!(run(true), run(false));
+}

@@ -36,7 +36,7 @@ fn hessian_estimate_converges_to_the_curvature_of_a_quadratic() {
     let max_rel = ratio.iter().map(|r| (r - 1.0).abs()).fold(0.0, f64::max);
     // Near the optimum each estimate is a * chi^2_1 (relative sd sqrt 2); beta2 = 0.999
     // averages ~2000 of them: relative sd ~0.03 per weight, ~0.002 over 200 weights.
-    assert!((mean_ratio - 1.0).abs() < 0.02, "mean h / a = {mean_ratio}");
+    approx::assert_abs_diff_eq!(mean_ratio, 1.0, epsilon = 0.02);
     assert!(max_rel < 0.15, "max relative error {max_rel}");
     // The estimate tracks the curvature: far from the initial 1.0 at both ends.
     assert!(h[0] < 0.6 && h[199] > 4.4, "{} {}", h[0], h[199]);

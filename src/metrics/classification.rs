@@ -68,6 +68,7 @@ pub fn brier(probs: &Tensor, labels: &Tensor) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use approx::assert_abs_diff_eq;
     use candle_core::Device;
 
     #[test]
@@ -80,11 +81,15 @@ mod tests {
         .unwrap();
         let y = Tensor::new(&[1u32, 2, 1], &dev).unwrap();
         // argmax: 1 (hit), 0 (miss), tie 0/1 -> 0 (miss).
-        assert!((accuracy(&p, &y).unwrap() - 1.0 / 3.0).abs() < 1e-15);
+        assert_abs_diff_eq!(accuracy(&p, &y).unwrap(), 1.0 / 3.0, epsilon = 1e-15);
         // (0.04 + 0.25 + 0.09) + (0.36 + 0.04 + 0.64) + (0.16 + 0.36 + 0.04) = 1.98.
-        assert!((brier(&p, &y).unwrap() - 1.98 / 3.0).abs() < 1e-12);
+        assert_abs_diff_eq!(brier(&p, &y).unwrap(), 1.98 / 3.0, epsilon = 1e-12);
         let expected_nll = -(0.5f64.ln() + 0.2f64.ln() + 0.4f64.ln()) / 3.0;
-        assert!((nll(&p.log().unwrap(), &y).unwrap() - expected_nll).abs() < 1e-12);
+        assert_abs_diff_eq!(
+            nll(&p.log().unwrap(), &y).unwrap(),
+            expected_nll,
+            epsilon = 1e-12
+        );
     }
 
     #[test]
