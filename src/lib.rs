@@ -34,6 +34,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod kernels;
 pub mod metrics;
 pub mod noise;
 pub mod optim;

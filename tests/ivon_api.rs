@@ -70,9 +70,14 @@ fn snapshot(opt: &Ivon) -> Vec<Vec<u32>> {
     ]];
     for gi in 0..opt.num_groups() {
         for p in opt.group_params(gi).unwrap() {
-            let mut ts = vec![p.var().as_tensor(), p.mean(), p.hess(), p.momentum()];
-            ts.extend(p.noise());
-            ts.extend(p.avg_grad());
+            let mut ts = vec![
+                p.var().as_tensor().clone(),
+                p.mean().unwrap(),
+                p.hess().unwrap(),
+                p.momentum().unwrap(),
+            ];
+            ts.extend(p.noise().unwrap());
+            ts.extend(p.avg_grad().cloned());
             for t in ts {
                 out.push(
                     t.flatten_all()
@@ -120,7 +125,7 @@ fn weights_stand_at_a_sample_between_steps_and_at_the_mean_on_request() {
         .group_params(0)
         .unwrap()
         .iter()
-        .map(|p| p.mean().flatten_all().unwrap().to_vec1().unwrap())
+        .map(|p| p.mean().unwrap().flatten_all().unwrap().to_vec1().unwrap())
         .collect();
     assert_eq!(values(&model.vars()), m);
 }
@@ -365,7 +370,11 @@ fn f64_parameters_train() {
         let loss = w.as_tensor().sqr().unwrap().sum_all().unwrap();
         opt.backward_step(&loss).unwrap();
     }
-    let m: Vec<f64> = opt.group_params(0).unwrap()[0].mean().to_vec1().unwrap();
+    let m: Vec<f64> = opt.group_params(0).unwrap()[0]
+        .mean()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     assert!(m.iter().all(|v| v.abs() < 0.2), "{m:?}");
 }
 

@@ -30,7 +30,11 @@ fn hessian_estimate_converges_to_the_curvature_of_a_quadratic() {
             .unwrap();
         opt.backward_step(&loss).unwrap();
     }
-    let h: Vec<f32> = opt.group_params(0).unwrap()[0].hess().to_vec1().unwrap();
+    let h: Vec<f32> = opt.group_params(0).unwrap()[0]
+        .hess()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let ratio: Vec<f64> = h.iter().zip(&a).map(|(h, a)| f64::from(h / a)).collect();
     let mean_ratio = ratio.iter().sum::<f64>() / ratio.len() as f64;
     let max_rel = ratio.iter().map(|r| (r - 1.0).abs()).fold(0.0, f64::max);
@@ -93,6 +97,7 @@ fn posterior_of_linear_gaussian_regression_matches_the_exact_one() {
         .unwrap();
     let mean: Vec<f64> = opt.group_params(0).unwrap()[0]
         .mean()
+        .unwrap()
         .flatten_all()
         .unwrap()
         .to_vec1()

@@ -130,20 +130,28 @@ impl Worst {
 fn state(opt: &Ivon, gi: usize) -> [Vec<f32>; 3] {
     let ps = opt.group_params(gi).unwrap();
     [
-        flat(&ps.iter().map(|p| p.mean()).collect::<Vec<_>>()),
-        flat(&ps.iter().map(|p| p.hess()).collect::<Vec<_>>()),
-        flat(&ps.iter().map(|p| p.momentum()).collect::<Vec<_>>()),
+        flat(&ps.iter().map(|p| p.mean().unwrap()).collect::<Vec<_>>()),
+        flat(&ps.iter().map(|p| p.hess().unwrap()).collect::<Vec<_>>()),
+        flat(&ps.iter().map(|p| p.momentum().unwrap()).collect::<Vec<_>>()),
     ]
 }
 
 fn noise(opt: &Ivon, gi: usize) -> Vec<f32> {
     let ps = opt.group_params(gi).unwrap();
-    flat(&ps.iter().map(|p| p.noise().unwrap()).collect::<Vec<_>>())
+    flat(
+        &ps.iter()
+            .map(|p| p.noise().unwrap().unwrap())
+            .collect::<Vec<_>>(),
+    )
 }
 
 fn theta(opt: &Ivon, gi: usize) -> Vec<f32> {
     let ps = opt.group_params(gi).unwrap();
-    flat(&ps.iter().map(|p| p.var().as_tensor()).collect::<Vec<_>>())
+    flat(
+        &ps.iter()
+            .map(|p| p.var().as_tensor().clone())
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// How the sampled noise compared with the reference's.
@@ -165,7 +173,7 @@ fn see_sample(check: &mut NoiseCheck, r: &Replay, opt: &Ivon, t: usize, k: usize
         let key = format!("step{t}.sample{k}.group{gi}");
         let settings = opt.group_settings(gi).unwrap();
         let ps = opt.group_params(gi).unwrap();
-        let hess = flat(&ps.iter().map(|p| p.hess()).collect::<Vec<_>>());
+        let hess = flat(&ps.iter().map(|p| p.hess().unwrap()).collect::<Vec<_>>());
         let means = state(opt, gi)[0].clone();
         let ours = noise(opt, gi);
         let sampled = theta(opt, gi);
@@ -287,7 +295,11 @@ fn explicit_api_matches_reference_avg_grad() {
         }
         for gi in 0..r.groups {
             let ps = opt.group_params(gi).unwrap();
-            let ours = flat(&ps.iter().map(|p| p.avg_grad().unwrap()).collect::<Vec<_>>());
+            let ours = flat(
+                &ps.iter()
+                    .map(|p| p.avg_grad().unwrap().clone())
+                    .collect::<Vec<_>>(),
+            );
             avg.see(&ours, &r.fx.vec(&format!("step{t}.group{gi}.avg_grad")));
         }
         opt.update().unwrap();

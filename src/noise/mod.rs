@@ -7,6 +7,7 @@
 
 mod philox;
 
+pub(crate) use philox::{normal_batch, BATCH_BLOCKS};
 pub use philox::{philox4x32_10, PhiloxNormal};
 
 use candle_core::{DType, Device, Tensor};
@@ -33,6 +34,13 @@ pub trait NoiseSource: Send {
 
     /// The source's state, for checkpoints; `None` if it cannot be saved (the default).
     fn state(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// The counter-based generator behind this source, if it is a [`PhiloxNormal`]: the
+    /// fused CPU update then draws the next sample inside its single pass, and samples are
+    /// recorded as counters rather than stored.
+    fn as_philox(&mut self) -> Option<&mut PhiloxNormal> {
         None
     }
 

@@ -84,7 +84,7 @@ pub fn ulps(a: f32, b: f32) -> u32 {
 }
 
 /// Flattens each tensor and concatenates them.
-pub fn flat(ts: &[&Tensor]) -> Vec<f32> {
+pub fn flat(ts: &[Tensor]) -> Vec<f32> {
     ts.iter()
         .flat_map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap())
         .collect()

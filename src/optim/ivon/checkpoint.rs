@@ -7,6 +7,7 @@ use std::path::Path;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use super::param::{HESS, MEAN, MOMENTUM, NOISE};
 use super::{GroupSettings, Ivon, IvonConfig, Position};
 use crate::{Error, Result};
 
@@ -73,7 +74,7 @@ impl Ivon {
                 .iter()
                 .map(|g| GroupHeader {
                     settings: g.settings.clone(),
-                    shapes: g.params.iter().map(|p| p.mean.dims().to_vec()).collect(),
+                    shapes: g.params.iter().map(|p| p.var.dims().to_vec()).collect(),
                     names: g.params.iter().flat_map(|p| p.name.clone()).collect(),
                 })
                 .collect(),
@@ -84,16 +85,16 @@ impl Ivon {
             dtype: self.dtype.as_str().into(),
             noise,
         };
-        let mut tensors: Vec<(String, &Tensor)> = Vec::new();
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for (gi, g) in self.groups.iter().enumerate() {
             for (vi, p) in g.params.iter().enumerate() {
-                tensors.push((key(gi, vi, "mean"), &p.mean));
-                tensors.push((key(gi, vi, "hess"), &p.hess));
-                tensors.push((key(gi, vi, "momentum"), &p.momentum));
+                tensors.push((key(gi, vi, "mean"), p.mean()?));
+                tensors.push((key(gi, vi, "hess"), p.hess()?));
+                tensors.push((key(gi, vi, "momentum"), p.momentum()?));
                 let optional = [
-                    ("noise", &p.noise),
-                    ("avg_grad", &p.avg_grad),
-                    ("avg_hess", &p.avg_hess),
+                    ("noise", p.noise()?),
+                    ("avg_grad", p.avg_grad.clone()),
+                    ("avg_hess", p.avg_hess.clone()),
                 ];
                 for (name, t) in optional {
                     if let Some(t) = t {
@@ -174,7 +175,7 @@ impl Ivon {
                     gh.names, names
                 )));
             }
-            let dims: Vec<&[usize]> = group.params.iter().map(|p| p.mean.dims()).collect();
+            let dims: Vec<&[usize]> = group.params.iter().map(|p| p.var.dims()).collect();
             if gh.shapes.len() != dims.len() || gh.shapes.iter().zip(&dims).any(|(a, b)| a != b) {
                 return Err(bad(format!(
                     "group {gi} was saved with shapes {:?}, the vars have {:?}",
@@ -212,8 +213,17 @@ impl Ivon {
             return Err(bad(format!("unexpected tensor {extra}")));
         }
         self.noise.load_state(&header.noise)?;
-        for (p, state) in self.params_mut().zip(restored) {
-            (p.mean, p.hess, p.momentum, p.noise, p.avg_grad, p.avg_hess) = state;
+        for (p, (mean, hess, momentum, noise, avg_grad, avg_hess)) in
+            self.params_mut().zip(restored)
+        {
+            p.set_row(MEAN, &mean)?;
+            p.set_row(HESS, &hess)?;
+            p.set_row(MOMENTUM, &momentum)?;
+            p.sampled = noise.is_some();
+            if let Some(noise) = noise {
+                p.set_row(NOISE, &noise)?;
+            }
+            (p.avg_grad, p.avg_hess) = (avg_grad, avg_hess);
         }
         for (g, gh) in self.groups.iter_mut().zip(header.groups) {
             g.settings = gh.settings;

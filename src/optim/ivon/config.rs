@@ -48,6 +48,7 @@ pub enum NonFinite {
 /// | `rescale_lr` | true | |
 /// | `on_nonfinite` | `Error` | |
 /// | `seed` | 0 | |
+/// | `fused` | true | |
 ///
 /// The first seven are per-group settings: these values are the defaults that a
 /// [`ParamGroup`] may override. In JSON an infinite `clip_radius` is written as `null`.
@@ -106,6 +107,11 @@ pub struct IvonConfig {
     /// Seed of the default noise source.
     #[serde(default)]
     pub seed: u64,
+    /// Use the fused CPU kernel where it applies (one sample per step, f32 vars on the
+    /// CPU, the default noise source). Its results are bit-identical to the tensor-op
+    /// path; `false` forces the latter, e.g. to compare the two.
+    #[serde(default = "defaults::yes")]
+    pub fused: bool,
 }
 
 mod defaults {
@@ -178,6 +184,7 @@ impl IvonConfig {
             rescale_lr: true,
             on_nonfinite: NonFinite::Error,
             seed: 0,
+            fused: true,
         }
     }
 
@@ -204,6 +211,8 @@ impl IvonConfig {
         on_nonfinite: NonFinite,
         /// Sets `seed`.
         seed: u64,
+        /// Sets `fused`.
+        fused: bool,
     }
 
     /// The per-group settings these values give a group that overrides nothing.

@@ -8,8 +8,44 @@
 
 use candle_core::Tensor;
 
-use super::config::{GroupSettings, HessApprox};
+use super::config::{GroupSettings, HessApprox, IvonConfig};
+use crate::kernels::IvonCoeffs;
 use crate::Result;
+
+/// The learning rate after `rescale_lr` and the debias factor `1 - beta1^t` (`None`
+/// without `debias`) of update `t`.
+pub(super) fn step_scalars(s: &GroupSettings, config: &IvonConfig, t: u64) -> (f64, Option<f64>) {
+    let lr = if config.rescale_lr {
+        s.lr * (s.hess_init + s.weight_decay)
+    } else {
+        s.lr
+    };
+    (lr, config.debias.then(|| 1.0 - s.beta1.powf(t as f64)))
+}
+
+/// The coefficients of update `t` for the fused kernel, rounded as the tensor ops round
+/// them.
+pub(super) fn coeffs_f32(
+    s: &GroupSettings,
+    config: &IvonConfig,
+    t: u64,
+    price: bool,
+) -> IvonCoeffs {
+    let (lr, debias) = step_scalars(s, config, t);
+    IvonCoeffs {
+        beta1: s.beta1 as f32,
+        one_minus_beta1: (1.0 - s.beta1) as f32,
+        beta2: s.beta2 as f32,
+        one_minus_beta2: (1.0 - s.beta2) as f32,
+        correction: (0.5 * (1.0 - s.beta2).powi(2)) as f32,
+        weight_decay: s.weight_decay as f32,
+        ess: s.ess as f32,
+        lr: lr as f32,
+        debias: debias.map(|bc| bc as f32),
+        clip_radius: s.clip_radius as f32,
+        price,
+    }
+}
 
 /// A 0-d tensor of `like`'s dtype and device holding `value` rounded once.
 fn scalar(value: f64, like: &Tensor) -> Result<Tensor> {

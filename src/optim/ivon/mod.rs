@@ -3,8 +3,12 @@
 mod checkpoint;
 mod config;
 mod math;
+mod param;
+mod sampling;
+mod step;
 
 pub use config::{GroupSettings, HessApprox, IvonConfig, NonFinite, ParamGroup};
+pub use param::ParamState;
 
 use std::collections::HashSet;
 
@@ -24,51 +28,6 @@ pub enum Position {
     /// The vars hold a training sample `m + noise`, whose gradient the next
     /// [`Ivon::accumulate`] (or `step`) collects.
     Sample,
-}
-
-/// The state IVON keeps for one var.
-#[derive(Clone, Debug)]
-pub struct ParamState {
-    name: Option<String>,
-    var: Var,
-    mean: Tensor,
-    hess: Tensor,
-    momentum: Tensor,
-    noise: Option<Tensor>,
-    avg_grad: Option<Tensor>,
-    avg_hess: Option<Tensor>,
-}
-
-impl ParamState {
-    /// The var's name, if its group was built from names.
-    pub fn name(&self) -> Option<&str> {
-        self.name.as_deref()
-    }
-    /// The var this state belongs to.
-    pub fn var(&self) -> &Var {
-        &self.var
-    }
-    /// The posterior mean `m`.
-    pub fn mean(&self) -> &Tensor {
-        &self.mean
-    }
-    /// The Hessian-diagonal estimate `h`.
-    pub fn hess(&self) -> &Tensor {
-        &self.hess
-    }
-    /// The gradient momentum `g`.
-    pub fn momentum(&self) -> &Tensor {
-        &self.momentum
-    }
-    /// The current training sample's offset from the mean, `theta - m`, while the vars
-    /// stand at a sample.
-    pub fn noise(&self) -> Option<&Tensor> {
-        self.noise.as_ref()
-    }
-    /// The running mean of the gradients collected for the current step.
-    pub fn avg_grad(&self) -> Option<&Tensor> {
-        self.avg_grad.as_ref()
-    }
 }
 
 struct Group {
@@ -124,6 +83,7 @@ pub struct Ivon {
     step: u64,
     count: usize,
     skipped_steps: u64,
+    fused_steps: u64,
     position: Position,
     noise: Box<dyn NoiseSource>,
     dtype: DType,
@@ -187,6 +147,7 @@ impl Ivon {
             step: 0,
             count: 0,
             skipped_steps: 0,
+            fused_steps: 0,
             position: Position::Mean,
             noise,
             dtype,
@@ -218,11 +179,7 @@ impl Ivon {
         if self.position == Position::Sample {
             let last = self.groups.len() - 1;
             let noise = self.draw_group_noise(last)?;
-            let group = &mut self.groups[last];
-            for (p, n) in group.params.iter_mut().zip(noise) {
-                p.var.set(&(&p.mean + &n)?)?;
-                p.noise = Some(n);
-            }
+            self.set_sample(last, noise)?;
         }
         Ok(())
     }
@@ -272,324 +229,18 @@ impl Ivon {
                     var.shape()
                 )));
             }
-            let mean = var.as_tensor().copy()?;
-            let hess = (mean.ones_like()? * settings.hess_init)?;
-            let momentum = mean.zeros_like()?;
-            params.push(ParamState {
-                name: names.next().flatten(),
+            params.push(ParamState::new(
+                names.next().flatten(),
                 var,
-                mean,
-                hess,
-                momentum,
-                noise: None,
-                avg_grad: None,
-                avg_hess: None,
-            });
+                settings.hess_init,
+            )?);
         }
         self.groups.push(Group { settings, params });
         Ok(())
     }
 
-    /// One noise tensor per var of group `gi`, from one draw of the group's size.
-    fn draw_group_noise(&mut self, gi: usize) -> Result<Vec<Tensor>> {
-        let group = &self.groups[gi];
-        let numel: usize = group.params.iter().map(|p| p.mean.elem_count()).sum();
-        if numel == 0 {
-            return group
-                .params
-                .iter()
-                .map(|p| Ok(p.mean.zeros_like()?))
-                .collect();
-        }
-        let z = self
-            .noise
-            .standard_normal(numel, self.dtype, &self.device)?;
-        if z.dims() != [numel] || z.dtype() != self.dtype || !z.device().same_device(&self.device) {
-            return Err(Error::InvalidInput(format!(
-                "the noise source returned shape {:?} {:?} on {:?}; expected [{numel}] {:?} on {:?}",
-                z.dims(),
-                z.dtype(),
-                z.device().location(),
-                self.dtype,
-                self.device.location()
-            )));
-        }
-        let mut offset = 0;
-        let mut out = Vec::with_capacity(group.params.len());
-        for p in &group.params {
-            let n = p.mean.elem_count();
-            let zp = z.narrow(0, offset, n)?.reshape(p.mean.shape())?;
-            out.push(math::noise(&zp, &p.hess, &group.settings)?);
-            offset += n;
-        }
-        Ok(out)
-    }
-
-    fn draw_noise(&mut self) -> Result<Vec<Vec<Tensor>>> {
-        (0..self.groups.len())
-            .map(|gi| self.draw_group_noise(gi))
-            .collect()
-    }
-
-    /// Draws a fresh training sample and writes `m + noise` into the vars.
-    pub fn resample(&mut self) -> Result<()> {
-        let noise = self.draw_noise()?;
-        let sampled = self.offset_means(&noise)?;
-        for (group, (ns, ws)) in self.groups.iter_mut().zip(noise.into_iter().zip(sampled)) {
-            for (p, (n, w)) in group.params.iter_mut().zip(ns.into_iter().zip(ws)) {
-                p.var.set(&w)?;
-                p.noise = Some(n);
-            }
-        }
-        self.position = Position::Sample;
-        Ok(())
-    }
-
-    fn offset_means(&self, noise: &[Vec<Tensor>]) -> Result<Vec<Vec<Tensor>>> {
-        self.groups
-            .iter()
-            .zip(noise)
-            .map(|(g, ns)| {
-                g.params
-                    .iter()
-                    .zip(ns)
-                    .map(|(p, n)| Ok((&p.mean + n)?))
-                    .collect()
-            })
-            .collect()
-    }
-
-    /// Writes the means into the vars and forgets the current training sample.
-    pub fn restore_mean(&mut self) -> Result<()> {
-        for p in self.groups.iter_mut().flat_map(|g| g.params.iter_mut()) {
-            p.var.set(&p.mean)?;
-            p.noise = None;
-        }
-        self.position = Position::Mean;
-        Ok(())
-    }
-
-    /// Puts the vars back where `position` says they stand.
-    fn write_position(&self) -> Result<()> {
-        for p in self.groups.iter().flat_map(|g| g.params.iter()) {
-            match (&p.noise, self.position) {
-                (Some(n), Position::Sample) => p.var.set(&(&p.mean + n)?)?,
-                _ => p.var.set(&p.mean)?,
-            }
-        }
-        Ok(())
-    }
-
-    /// The gradient of each var, validated; a missing one is zero.
-    fn collect_grads(&self, grads: &GradStore) -> Result<Vec<Vec<Tensor>>> {
-        let mut out = Vec::with_capacity(self.groups.len());
-        for (gi, group) in self.groups.iter().enumerate() {
-            let mut gs = Vec::with_capacity(group.params.len());
-            for (vi, p) in group.params.iter().enumerate() {
-                let mismatch = |detail: String| Error::GradientMismatch {
-                    group: gi,
-                    var: vi,
-                    detail,
-                };
-                let g = match grads.get(p.var.as_tensor()) {
-                    None => p.mean.zeros_like()?,
-                    Some(g) => {
-                        if g.shape() != p.mean.shape() {
-                            return Err(mismatch(format!(
-                                "shape {:?}, var {:?}",
-                                g.shape(),
-                                p.mean.shape()
-                            )));
-                        }
-                        if g.dtype() != self.dtype {
-                            return Err(mismatch(format!(
-                                "dtype {:?}, var {:?}",
-                                g.dtype(),
-                                self.dtype
-                            )));
-                        }
-                        if !g.device().same_device(&self.device) {
-                            return Err(mismatch(format!(
-                                "device {:?}, var {:?}",
-                                g.device().location(),
-                                self.device.location()
-                            )));
-                        }
-                        g.clone()
-                    }
-                };
-                gs.push(g);
-            }
-            out.push(gs);
-        }
-        Ok(out)
-    }
-
-    /// Collects the gradient at the current training sample into the running means of
-    /// this step (Welford), then moves the vars back to the mean.
-    ///
-    /// Call it once per forward/backward pass at a sample: for several MC samples or for
-    /// gradient accumulation over micro-batches, call [`Ivon::resample`], forward, backward
-    /// and `accumulate` per sample, then [`Ivon::update`].
-    ///
-    /// Errors, with nothing changed, if the vars do not stand at a sample, if a gradient
-    /// does not match its var, or if one holds NaN or Inf (unless
-    /// [`NonFinite::SkipStep`], which drops the step's samples, counts the skip and moves
-    /// the vars to the mean).
-    pub fn accumulate(&mut self, grads: &GradStore) -> Result<()> {
-        if self.position != Position::Sample {
-            return Err(Error::NoSample(
-                "accumulate needs the vars at a training sample: call resample() before the forward pass",
-            ));
-        }
-        let grads = self.collect_grads(grads)?;
-        for (gi, gs) in grads.iter().enumerate() {
-            for (vi, g) in gs.iter().enumerate() {
-                if !math::all_finite(g)? {
-                    if self.config.on_nonfinite == NonFinite::SkipStep {
-                        self.discard_samples();
-                        self.skipped_steps += 1;
-                        return self.restore_mean();
-                    }
-                    return Err(Error::NonFiniteGradient {
-                        group: gi,
-                        var: vi,
-                        shape: g.shape().clone(),
-                    });
-                }
-            }
-        }
-        let count = self.count + 1;
-        let approx = self.config.hess_approx;
-        let mut new = Vec::new();
-        for (group, gs) in self.groups.iter().zip(grads) {
-            for (p, g) in group.params.iter().zip(gs) {
-                let noise = p
-                    .noise
-                    .as_ref()
-                    .ok_or(Error::NoSample("a var has no sample"))?;
-                let hess_sample = match approx {
-                    HessApprox::Price => (noise * &g)?,
-                    HessApprox::Gradsq => g.sqr()?,
-                };
-                let avg_hess = math::welford(p.avg_hess.as_ref(), hess_sample, count)?;
-                let avg_grad = math::welford(p.avg_grad.as_ref(), g, count)?;
-                new.push((avg_grad, avg_hess));
-            }
-        }
-        for (p, (avg_grad, avg_hess)) in self.params_mut().zip(new) {
-            p.avg_grad = Some(avg_grad);
-            p.avg_hess = Some(avg_hess);
-        }
-        self.count = count;
-        self.restore_mean()
-    }
-
     fn params_mut(&mut self) -> impl Iterator<Item = &mut ParamState> {
         self.groups.iter_mut().flat_map(|g| g.params.iter_mut())
-    }
-
-    fn discard_samples(&mut self) {
-        self.count = 0;
-        for p in self.params_mut() {
-            p.avg_grad = None;
-            p.avg_hess = None;
-        }
-    }
-
-    /// Updates the momentum, `h` and `m` from the samples collected since the last update,
-    /// advances the step counter and leaves the vars at the new mean.
-    ///
-    /// Errors, with nothing changed, if no sample was collected or a group's settings are
-    /// invalid (e.g. a learning rate set through `set_learning_rate`).
-    pub fn update(&mut self) -> Result<()> {
-        if self.count == 0 {
-            return Err(Error::NoSample(
-                "update needs at least one gradient sample: call accumulate() after a backward pass at a sample",
-            ));
-        }
-        for g in &self.groups {
-            g.settings.validate(self.config.debias)?;
-        }
-        let t = self.step + 1;
-        let mut new = Vec::new();
-        for group in &self.groups {
-            let s = &group.settings;
-            let lr_t = if self.config.rescale_lr {
-                s.lr * (s.hess_init + s.weight_decay)
-            } else {
-                s.lr
-            };
-            let bc = self.config.debias.then(|| 1.0 - s.beta1.powf(t as f64));
-            for p in &group.params {
-                let (Some(avg_grad), Some(avg_hess)) = (&p.avg_grad, &p.avg_hess) else {
-                    return Err(Error::NoSample("a var has no gradient sample"));
-                };
-                let momentum = math::momentum(&p.momentum, avg_grad, s)?;
-                let hess = math::hess(&p.hess, avg_hess, self.config.hess_approx, s)?;
-                let mean = math::mean(&p.mean, &momentum, &hess, s, lr_t, bc)?;
-                new.push((momentum, hess, mean));
-            }
-        }
-        for (p, (momentum, hess, mean)) in self.params_mut().zip(new) {
-            p.momentum = momentum;
-            p.hess = hess;
-            p.mean = mean;
-        }
-        self.step = t;
-        self.discard_samples();
-        self.restore_mean()
-    }
-
-    /// What `step` of [`candle_nn::Optimizer`] does, with a typed error: collect the
-    /// gradient at the current sample, update if `mc_samples` samples are collected, and
-    /// draw the next training sample.
-    pub fn try_step(&mut self, grads: &GradStore) -> Result<()> {
-        let skipped = self.skipped_steps;
-        self.accumulate(grads)?;
-        if self.skipped_steps == skipped && self.count >= self.config.mc_samples {
-            self.update()?;
-        }
-        self.resample()
-    }
-
-    /// Runs `f` with the vars at the posterior mean, then puts them back where they stood,
-    /// also if `f` fails or panics.
-    ///
-    /// ```
-    /// # use candle_core::{DType, Device, Var};
-    /// # use varlora::optim::{Ivon, IvonConfig};
-    /// let w = Var::ones(3, DType::F32, &Device::Cpu)?;
-    /// let mut opt = Ivon::new(vec![w.clone()], IvonConfig::new(0.1, 10.0))?;
-    /// let at_mean = opt.with_mean(|| w.as_tensor().to_vec1::<f32>())?;
-    /// assert_eq!(at_mean, vec![1.0; 3]);
-    /// # Ok::<(), varlora::Error>(())
-    /// ```
-    pub fn with_mean<R>(&mut self, f: impl FnOnce() -> candle_core::Result<R>) -> Result<R> {
-        for p in self.groups.iter().flat_map(|g| g.params.iter()) {
-            p.var.set(&p.mean)?;
-        }
-        let guard = Restore::new(self);
-        let out = f();
-        guard.finish()?;
-        Ok(out?)
-    }
-
-    /// Runs `f` with the vars at a fresh posterior sample (drawn from the noise source, so
-    /// it advances the stream), then puts them back where they stood, also if `f` fails or
-    /// panics. No gradient is collected: this is for prediction.
-    pub fn with_sample<R>(&mut self, f: impl FnOnce() -> candle_core::Result<R>) -> Result<R> {
-        let noise = self.draw_noise()?;
-        let sampled = self.offset_means(&noise)?;
-        let guard = Restore::new(self);
-        for (group, ws) in guard.ivon.groups.iter().zip(sampled) {
-            for (p, w) in group.params.iter().zip(ws) {
-                p.var.set(&w)?;
-            }
-        }
-        let out = f();
-        guard.finish()?;
-        Ok(out?)
     }
 
     /// The configuration (global settings and group defaults).
@@ -622,12 +273,17 @@ impl Ivon {
             .params
             .get(index)
             .ok_or_else(|| Error::InvalidInput(format!("group {group} has no var {index}")))?;
-        math::posterior_std(&p.hess, &g.settings)
+        math::posterior_std(&p.hess()?, &g.settings)
     }
 
     /// Updates done so far (`t`); kept in checkpoints.
     pub fn step_count(&self) -> u64 {
         self.step
+    }
+
+    /// Steps taken by the fused CPU kernel (the rest went through the tensor-op path).
+    pub fn fused_steps(&self) -> u64 {
+        self.fused_steps
     }
 
     /// Gradient samples collected for the next update.
@@ -655,32 +311,6 @@ impl Ivon {
         settings.validate(self.config.debias)?;
         self.groups[group].settings = settings;
         Ok(())
-    }
-}
-
-/// Puts the vars back where the optimizer's position says, on `finish` or on drop.
-struct Restore<'a> {
-    ivon: &'a Ivon,
-    armed: bool,
-}
-
-impl<'a> Restore<'a> {
-    fn new(ivon: &'a Ivon) -> Self {
-        Self { ivon, armed: true }
-    }
-
-    fn finish(mut self) -> Result<()> {
-        self.armed = false;
-        self.ivon.write_position()
-    }
-}
-
-impl Drop for Restore<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            // Only reached while unwinding from a panic in the user's closure.
-            let _ = self.ivon.write_position();
-        }
     }
 }
 

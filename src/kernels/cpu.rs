@@ -1,0 +1,320 @@
+//! The fused IVON step on contiguous f32 CPU tensors.
+//!
+//! Per element it reads the gradient, the current noise, the mean, `h` and the momentum,
+//! and writes the new mean, `h`, momentum, the next sample's noise and the sampled weight:
+//! the Welford mean of one sample (the gradient itself), the momentum, the Hessian update
+//! with its correction, the clipped mean step, the next Philox/Box-Muller draw and
+//! `m + noise`. Large tensors are split across rayon's threads at 64-element boundaries of
+//! the draw stream, so any split gives the same bits.
+
+use std::cell::Cell;
+
+use candle_core::{CpuStorage, CustomOp1, InplaceOp1, InplaceOp2, Layout, Shape, Tensor, Var};
+use rayon::prelude::*;
+
+use super::{Draws, IvonCoeffs};
+use crate::noise::{normal_batch, BATCH_BLOCKS};
+
+/// Elements per thread task; a multiple of the 64 draws of a generator batch.
+const CHUNK: usize = 1 << 15;
+const BATCH: usize = 4 * BATCH_BLOCKS;
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("the fused IVON kernel needs contiguous f32 tensors"),
+    }
+}
+
+fn f32_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("the fused IVON kernel needs contiguous f32 tensors"),
+    }
+}
+
+/// Whether a contiguous f32 CPU tensor holds only finite values, in one parallel read.
+pub(crate) fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
+    let flag = t.apply_op1_no_bwd(&FiniteCheck)?;
+    Ok(flag.to_vec1::<u8>()?[0] == 1)
+}
+
+struct FiniteCheck;
+
+impl CustomOp1 for FiniteCheck {
+    fn name(&self) -> &'static str {
+        "ivon-finite-check"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let v = f32_slice(s, l)?;
+        // Exponent bits all set: Inf or NaN. Folded without early exit, so it vectorises.
+        let finite = |c: &[f32]| {
+            c.iter().fold(true, |ok, x| {
+                ok & (x.to_bits() & 0x7f80_0000 != 0x7f80_0000)
+            })
+        };
+        let ok = if v.len() > CHUNK {
+            v.par_chunks(CHUNK).all(finite)
+        } else {
+            finite(v)
+        };
+        Ok((CpuStorage::U8(vec![u8::from(ok)]), Shape::from(1)))
+    }
+}
+
+/// One fused IVON step for one var, whose `state` rows are mean, `h`, momentum and the
+/// current noise. Writes the new rows, the next noise and `var = mean + noise` in place.
+pub(crate) fn ivon_step(
+    var: &Var,
+    state: &Tensor,
+    grad: &Tensor,
+    draws: Draws,
+    c: &IvonCoeffs,
+) -> candle_core::Result<()> {
+    var.as_tensor()
+        .inplace_op2(grad, &VarPass { state, draws, c })
+}
+
+/// Holds the var's storage (written) and the gradient's (read); the state's comes next.
+struct VarPass<'a> {
+    state: &'a Tensor,
+    draws: Draws,
+    c: &'a IvonCoeffs,
+}
+
+impl InplaceOp2 for VarPass<'_> {
+    fn name(&self) -> &'static str {
+        "ivon-fused-step"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let theta = f32_slice_mut(s1, l1)?;
+        let grad = f32_slice(s2, l2)?;
+        if grad.len() != theta.len() {
+            candle_core::bail!("gradient and var sizes differ");
+        }
+        self.state.inplace_op1(&StatePass {
+            theta: Cell::new(Some(theta)),
+            grad,
+            draws: self.draws,
+            c: self.c,
+        })
+    }
+}
+
+struct StatePass<'a> {
+    theta: Cell<Option<&'a mut [f32]>>,
+    grad: &'a [f32],
+    draws: Draws,
+    c: &'a IvonCoeffs,
+}
+
+impl InplaceOp1 for StatePass<'_> {
+    fn name(&self) -> &'static str {
+        "ivon-fused-step"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
+        let Some(theta) = self.theta.take() else {
+            candle_core::bail!("the fused IVON pass ran twice")
+        };
+        let state = f32_slice_mut(s, l)?;
+        let n = theta.len();
+        if state.len() != 4 * n {
+            candle_core::bail!("IVON state of {} values for a var of {n}", state.len());
+        }
+        let (mean, rest) = state.split_at_mut(n);
+        let (hess, rest) = rest.split_at_mut(n);
+        let (momentum, noise) = rest.split_at_mut(n);
+        let slices = Slices {
+            theta,
+            grad: self.grad,
+            mean,
+            hess,
+            momentum,
+            noise,
+        };
+        // Split at multiples of CHUNK in the draw stream (offset + element index).
+        let offset = self.draws.offset;
+        let first = (CHUNK - offset % CHUNK).min(n);
+        let mut parts = Vec::with_capacity(n / CHUNK + 2);
+        let (mut rest, mut start) = (slices, 0);
+        while start < n {
+            let len = if start == 0 {
+                first
+            } else {
+                CHUNK.min(n - start)
+            };
+            let (head, tail) = rest.split_at(len);
+            parts.push((start, head));
+            rest = tail;
+            start += len;
+        }
+        let (draws, c) = (self.draws, self.c);
+        let run = |(start, part): (usize, Slices<'_>)| dispatch(part, offset + start, draws, c);
+        if parts.len() > 1 {
+            parts.into_par_iter().for_each(run);
+        } else {
+            parts.into_iter().for_each(run);
+        }
+        Ok(())
+    }
+}
+
+/// The six streams of one chunk.
+struct Slices<'a> {
+    theta: &'a mut [f32],
+    grad: &'a [f32],
+    mean: &'a mut [f32],
+    hess: &'a mut [f32],
+    momentum: &'a mut [f32],
+    noise: &'a mut [f32],
+}
+
+impl<'a> Slices<'a> {
+    fn split_at(self, k: usize) -> (Slices<'a>, Slices<'a>) {
+        let (t0, t1) = self.theta.split_at_mut(k);
+        let (g0, g1) = self.grad.split_at(k);
+        let (m0, m1) = self.mean.split_at_mut(k);
+        let (h0, h1) = self.hess.split_at_mut(k);
+        let (p0, p1) = self.momentum.split_at_mut(k);
+        let (n0, n1) = self.noise.split_at_mut(k);
+        (
+            Slices {
+                theta: t0,
+                grad: g0,
+                mean: m0,
+                hess: h0,
+                momentum: p0,
+                noise: n0,
+            },
+            Slices {
+                theta: t1,
+                grad: g1,
+                mean: m1,
+                hess: h1,
+                momentum: p1,
+                noise: n1,
+            },
+        )
+    }
+}
+
+/// Runs the chunk with AVX2 where the processor has it. The operations are the same
+/// IEEE ones either way (Rust never fuses a multiply and an add), so are the bits.
+fn dispatch(s: Slices<'_>, idx: usize, draws: Draws, c: &IvonCoeffs) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the processor supports AVX2, checked just above.
+        unsafe { chunk_avx2(s, idx, draws, c) };
+        return;
+    }
+    chunk(s, idx, draws, c);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn chunk_avx2(s: Slices<'_>, idx: usize, draws: Draws, c: &IvonCoeffs) {
+    chunk(s, idx, draws, c);
+}
+
+/// One chunk whose first element is draw `idx` of the group's request.
+#[inline(always)]
+fn chunk(s: Slices<'_>, idx: usize, draws: Draws, c: &IvonCoeffs) {
+    let n = s.theta.len();
+    let mut z = [0f32; BATCH];
+    let mut done = 0;
+    while done < n {
+        let at = idx + done;
+        let window = at / BATCH;
+        normal_batch(
+            draws.seed,
+            draws.block + (window * BATCH_BLOCKS) as u64,
+            &mut z,
+        );
+        let lane = at - window * BATCH;
+        let len = (BATCH - lane).min(n - done);
+        let r = done..done + len;
+        elements(
+            &mut s.theta[r.clone()],
+            &s.grad[r.clone()],
+            &mut s.mean[r.clone()],
+            &mut s.hess[r.clone()],
+            &mut s.momentum[r.clone()],
+            &mut s.noise[r],
+            &z[lane..lane + len],
+            c,
+        );
+        done += len;
+    }
+}
+
+/// The update of each element, mirroring `optim::ivon::math` operation for operation.
+/// `x * k + 0.0` is candle's scalar multiply (`affine(k, 0)`), kept so that even the sign
+/// of a zero agrees.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn elements(
+    theta: &mut [f32],
+    grad: &[f32],
+    mean: &mut [f32],
+    hess: &mut [f32],
+    momentum: &mut [f32],
+    noise: &mut [f32],
+    z: &[f32],
+    c: &IvonCoeffs,
+) {
+    let it = theta
+        .iter_mut()
+        .zip(grad)
+        .zip(mean.iter_mut())
+        .zip(hess.iter_mut())
+        .zip(momentum.iter_mut())
+        .zip(noise.iter_mut())
+        .zip(z);
+    for ((((((theta, &g), m), h), mom), n), &z) in it {
+        let hess_sample = if c.price { *n * g } else { g * g };
+        let new_mom = (*mom * c.beta1 + 0.0) + (g * c.one_minus_beta1 + 0.0);
+        let h_wd = *h + c.weight_decay;
+        let f = if c.price {
+            (hess_sample * h_wd) * c.ess + 0.0
+        } else {
+            hess_sample * c.ess + 0.0
+        };
+        let d = *h - f;
+        let correction = ((d * d) * c.correction + 0.0) / h_wd;
+        let new_h = ((*h * c.beta2 + 0.0) + (f * c.one_minus_beta2 + 0.0)) + correction;
+        let g_bc = match c.debias {
+            Some(bc) => new_mom / bc,
+            None => new_mom,
+        };
+        let mut step = (g_bc + (*m * c.weight_decay + 0.0)) / (new_h + c.weight_decay);
+        if c.clip_radius.is_finite() {
+            // candle's clamp: maximum(-r), then minimum(r).
+            step = if step < -c.clip_radius {
+                -c.clip_radius
+            } else {
+                step
+            };
+            step = if step > c.clip_radius {
+                c.clip_radius
+            } else {
+                step
+            };
+        }
+        let new_m = *m - (step * c.lr + 0.0);
+        let new_n = z / ((new_h + c.weight_decay) * c.ess + 0.0).sqrt();
+        *mom = new_mom;
+        *h = new_h;
+        *m = new_m;
+        *n = new_n;
+        *theta = new_m + new_n;
+    }
+}

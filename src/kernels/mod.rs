@@ -1,0 +1,38 @@
+//! Fused update kernels: one pass over memory per step and tensor.
+//!
+//! The tensor-op path in `optim::ivon` is the readable reference; these kernels compute the
+//! same floating-point operations in the same order, so their results are bit-identical
+//! to it (the tests compare the two).
+
+pub(crate) mod cpu;
+
+/// IVON's scalar coefficients for one group and step, each rounded once from f64 to f32
+/// as the tensor-op path rounds them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IvonCoeffs {
+    pub beta1: f32,
+    pub one_minus_beta1: f32,
+    pub beta2: f32,
+    pub one_minus_beta2: f32,
+    /// `0.5 (1 - beta2)^2`.
+    pub correction: f32,
+    pub weight_decay: f32,
+    pub ess: f32,
+    /// The learning rate after `rescale_lr`.
+    pub lr: f32,
+    /// `1 - beta1^t` with `debias`.
+    pub debias: Option<f32>,
+    /// Infinite for no clipping.
+    pub clip_radius: f32,
+    /// The price estimator (else gradsq).
+    pub price: bool,
+}
+
+/// Where the next sample's standard-normal draws come from: the request of a group that
+/// starts at counter `block` of `seed`'s Philox stream, from its element `offset` on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Draws {
+    pub seed: u64,
+    pub block: u64,
+    pub offset: usize,
+}

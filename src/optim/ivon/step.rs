@@ -1,0 +1,245 @@
+//! Collecting gradients and updating the posterior: the tensor-op path, and the fused
+//! CPU kernel that does a whole one-sample step in one pass.
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor};
+
+use super::config::{HessApprox, NonFinite};
+use super::param::{HESS, MEAN, MOMENTUM, NOISE};
+use super::{math, Ivon, Position};
+use crate::kernels::{self, Draws};
+use crate::{Error, Result};
+
+impl Ivon {
+    /// The gradient of each var, validated; a missing one is zero.
+    fn collect_grads(&self, grads: &GradStore) -> Result<Vec<Vec<Tensor>>> {
+        let mut out = Vec::with_capacity(self.groups.len());
+        for (gi, group) in self.groups.iter().enumerate() {
+            let mut gs = Vec::with_capacity(group.params.len());
+            for (vi, p) in group.params.iter().enumerate() {
+                let mismatch = |detail: String| Error::GradientMismatch {
+                    group: gi,
+                    var: vi,
+                    detail,
+                };
+                let g = match grads.get(p.var.as_tensor()) {
+                    None => p.var.zeros_like()?,
+                    Some(g) => {
+                        if g.shape() != p.var.shape() {
+                            return Err(mismatch(format!(
+                                "shape {:?}, var {:?}",
+                                g.shape(),
+                                p.var.shape()
+                            )));
+                        }
+                        if g.dtype() != self.dtype {
+                            return Err(mismatch(format!(
+                                "dtype {:?}, var {:?}",
+                                g.dtype(),
+                                self.dtype
+                            )));
+                        }
+                        if !g.device().same_device(&self.device) {
+                            return Err(mismatch(format!(
+                                "device {:?}, var {:?}",
+                                g.device().location(),
+                                self.device.location()
+                            )));
+                        }
+                        g.clone()
+                    }
+                };
+                gs.push(g);
+            }
+            out.push(gs);
+        }
+        Ok(out)
+    }
+
+    /// Checks every gradient for NaN or Inf. Returns `Ok(false)` if the step is to be
+    /// skipped (and has been: samples dropped, mean restored, skip counted).
+    fn check_finite(&mut self, grads: &[Vec<Tensor>]) -> Result<bool> {
+        for (gi, gs) in grads.iter().enumerate() {
+            for (vi, g) in gs.iter().enumerate() {
+                let finite = if self.device.is_cpu() && g.dtype() == DType::F32 && g.is_contiguous()
+                {
+                    kernels::cpu::all_finite(g)?
+                } else {
+                    math::all_finite(g)?
+                };
+                if finite {
+                    continue;
+                }
+                if self.config.on_nonfinite == NonFinite::SkipStep {
+                    self.discard_samples();
+                    self.skipped_steps += 1;
+                    self.restore_mean()?;
+                    return Ok(false);
+                }
+                return Err(Error::NonFiniteGradient {
+                    group: gi,
+                    var: vi,
+                    shape: g.shape().clone(),
+                });
+            }
+        }
+        Ok(true)
+    }
+
+    /// Collects the gradient at the current training sample into the running means of
+    /// this step (Welford), then moves the vars back to the mean.
+    ///
+    /// Call it once per forward/backward pass at a sample: for several MC samples or for
+    /// gradient accumulation over micro-batches, call [`Ivon::resample`], forward, backward
+    /// and `accumulate` per sample, then [`Ivon::update`].
+    ///
+    /// Errors, with nothing changed, if the vars do not stand at a sample, if a gradient
+    /// does not match its var, or if one holds NaN or Inf (unless
+    /// [`NonFinite::SkipStep`], which drops the step's samples, counts the skip and moves
+    /// the vars to the mean).
+    pub fn accumulate(&mut self, grads: &GradStore) -> Result<()> {
+        if self.position != Position::Sample {
+            return Err(Error::NoSample(
+                "accumulate needs the vars at a training sample: call resample() before the forward pass",
+            ));
+        }
+        let grads = self.collect_grads(grads)?;
+        if !self.check_finite(&grads)? {
+            return Ok(());
+        }
+        let count = self.count + 1;
+        let approx = self.config.hess_approx;
+        let mut new = Vec::new();
+        for (group, gs) in self.groups.iter().zip(grads) {
+            for (p, g) in group.params.iter().zip(gs) {
+                let hess_sample = match approx {
+                    HessApprox::Price => (p.row(NOISE)? * &g)?,
+                    HessApprox::Gradsq => g.sqr()?,
+                };
+                let avg_hess = math::welford(p.avg_hess.as_ref(), hess_sample, count)?;
+                let avg_grad = math::welford(p.avg_grad.as_ref(), g, count)?;
+                new.push((avg_grad, avg_hess));
+            }
+        }
+        for (p, (avg_grad, avg_hess)) in self.params_mut().zip(new) {
+            p.avg_grad = Some(avg_grad);
+            p.avg_hess = Some(avg_hess);
+        }
+        self.count = count;
+        self.restore_mean()
+    }
+
+    fn discard_samples(&mut self) {
+        self.count = 0;
+        for p in self.params_mut() {
+            p.avg_grad = None;
+            p.avg_hess = None;
+        }
+    }
+
+    /// Updates the momentum, `h` and `m` from the samples collected since the last update,
+    /// advances the step counter and leaves the vars at the new mean.
+    ///
+    /// Errors, with nothing changed, if no sample was collected or a group's settings are
+    /// invalid (e.g. a learning rate set through `set_learning_rate`).
+    pub fn update(&mut self) -> Result<()> {
+        if self.count == 0 {
+            return Err(Error::NoSample(
+                "update needs at least one gradient sample: call accumulate() after a backward pass at a sample",
+            ));
+        }
+        for g in &self.groups {
+            g.settings.validate(self.config.debias)?;
+        }
+        let t = self.step + 1;
+        let mut new = Vec::new();
+        for group in &self.groups {
+            let s = &group.settings;
+            let (lr_t, bc) = math::step_scalars(s, &self.config, t);
+            for p in &group.params {
+                let (Some(avg_grad), Some(avg_hess)) = (&p.avg_grad, &p.avg_hess) else {
+                    return Err(Error::NoSample("a var has no gradient sample"));
+                };
+                let momentum = math::momentum(&p.row(MOMENTUM)?, avg_grad, s)?;
+                let hess = math::hess(&p.row(HESS)?, avg_hess, self.config.hess_approx, s)?;
+                let mean = math::mean(&p.row(MEAN)?, &momentum, &hess, s, lr_t, bc)?;
+                new.push((momentum, hess, mean));
+            }
+        }
+        for (p, (momentum, hess, mean)) in self.params_mut().zip(new) {
+            p.set_row(MOMENTUM, &momentum)?;
+            p.set_row(HESS, &hess)?;
+            p.set_row(MEAN, &mean)?;
+        }
+        self.step = t;
+        self.discard_samples();
+        self.restore_mean()
+    }
+
+    /// What `step` of [`candle_nn::Optimizer`] does, with a typed error: collect the
+    /// gradient at the current sample, update if `mc_samples` samples are collected, and
+    /// draw the next training sample.
+    ///
+    /// With one sample per step, f32 vars on the CPU and the default noise source, this
+    /// runs the fused kernel: one pass per var that updates the state and writes the next
+    /// sample, with the same bits as the tensor-op path.
+    pub fn try_step(&mut self, grads: &GradStore) -> Result<()> {
+        if self.fusable() {
+            let collected = self.collect_grads(grads)?;
+            if collected.iter().flatten().all(|g| g.is_contiguous()) {
+                for g in &self.groups {
+                    g.settings.validate(self.config.debias)?;
+                }
+                if !self.check_finite(&collected)? {
+                    return self.resample();
+                }
+                return self.fused_step(&collected);
+            }
+        }
+        let skipped = self.skipped_steps;
+        self.accumulate(grads)?;
+        if self.skipped_steps == skipped && self.count >= self.config.mc_samples {
+            self.update()?;
+        }
+        self.resample()
+    }
+
+    fn fusable(&mut self) -> bool {
+        self.config.fused
+            && self.config.mc_samples == 1
+            && self.count == 0
+            && self.position == Position::Sample
+            && self.dtype == DType::F32
+            && self.device.is_cpu()
+            && self.params_mut().all(|p| p.sampled)
+            && self.noise.as_philox().is_some()
+    }
+
+    /// The fused step: validated, finite gradients in; every var updated and resampled.
+    fn fused_step(&mut self, grads: &[Vec<Tensor>]) -> Result<()> {
+        let t = self.step + 1;
+        let price = self.config.hess_approx == HessApprox::Price;
+        for (gi, gs) in grads.iter().enumerate() {
+            let group = &self.groups[gi];
+            let numel: usize = group.params.iter().map(|p| p.var.elem_count()).sum();
+            let philox = self.noise.as_philox().ok_or(Error::InvalidState(
+                "the fused step needs the Philox noise source",
+            ))?;
+            let (seed, block) = (philox.seed(), philox.skip(numel));
+            let coeffs = math::coeffs_f32(&group.settings, &self.config, t, price);
+            let mut offset = 0;
+            for (p, g) in group.params.iter().zip(gs) {
+                let draws = Draws {
+                    seed,
+                    block,
+                    offset,
+                };
+                kernels::cpu::ivon_step(&p.var, &p.state, g, draws, &coeffs)?;
+                offset += p.var.elem_count();
+            }
+        }
+        self.step = t;
+        self.fused_steps += 1;
+        Ok(())
+    }
+}
