@@ -332,3 +332,78 @@ fn elements(
         *theta = new_m + new_n;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs one code path over fresh copies of the same inputs.
+    fn run(path: fn(Slices<'_>, usize, Draws, &IvonCoeffs), price: bool) -> Vec<Vec<u32>> {
+        let n = 1000;
+        let wave = |k: f32| {
+            (0..n)
+                .map(move |i| (i as f32 * k).sin() * 0.5)
+                .collect::<Vec<f32>>()
+        };
+        let grad = wave(0.37);
+        let mut theta = vec![0f32; n];
+        let mut mean = wave(0.11);
+        let mut hess: Vec<f32> = wave(0.23).iter().map(|v| v.abs() + 0.1).collect();
+        let mut momentum = wave(0.05);
+        let mut noise: Vec<f32> = wave(0.71).iter().map(|v| v * 0.01).collect();
+        let c = IvonCoeffs {
+            beta1: 0.9,
+            one_minus_beta1: 0.1,
+            beta2: 0.999,
+            one_minus_beta2: 0.001,
+            correction: 5e-7,
+            weight_decay: 1e-4,
+            ess: 1000.0,
+            lr: 0.05,
+            debias: Some(0.19),
+            clip_radius: 0.5,
+            price,
+        };
+        let draws = Draws {
+            seed: 9,
+            block: 3,
+            offset: 13,
+        };
+        let s = Slices {
+            theta: &mut theta,
+            grad: &grad,
+            mean: &mut mean,
+            hess: &mut hess,
+            momentum: &mut momentum,
+            noise: &mut noise,
+        };
+        path(s, draws.offset, draws, &c);
+        [theta, mean, hess, momentum, noise]
+            .iter()
+            .map(|v| v.iter().map(|x| x.to_bits()).collect())
+            .collect()
+    }
+
+    /// Every vector-unit variant gives the baseline's bits, whichever the test machine's
+    /// processor would pick.
+    #[test]
+    fn simd_variants_match_the_baseline() {
+        for price in [true, false] {
+            let baseline = run(chunk, price);
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: AVX2 is present.
+                    let avx2 = run(|s, i, d, c| unsafe { chunk_avx2(s, i, d, c) }, price);
+                    assert_eq!(avx2, baseline);
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: AVX-512F is present.
+                    let avx512 = run(|s, i, d, c| unsafe { chunk_avx512(s, i, d, c) }, price);
+                    assert_eq!(avx512, baseline);
+                }
+            }
+            assert_eq!(run(dispatch, price), baseline);
+        }
+    }
+}
