@@ -1,5 +1,6 @@
-//! Metrics of a predictive distribution, following the conventions of
-//! `shared/spec/metrics.md`: natural logs, computed on the averaged predictive `p_bar`.
+//! Metrics of a predictive distribution: natural logs, computed on the averaged
+//! predictive `p_bar`, with the conventions of uncertainty-baselines (ECE bin edges),
+//! sklearn (AUROC ties, average precision) and TorchUncertainty (AURC).
 //!
 //! Inputs are `(n, classes)` tensors of probabilities (or log-probabilities for
 //! [`nll`]) and `(n,)` integer labels. NaN in the inputs, mismatched shapes, labels out of
@@ -7,9 +8,15 @@
 
 mod calibration;
 mod classification;
+mod ood;
+mod plot;
+mod selective;
 
 pub use calibration::{ece, reliability, ReliabilityBin};
 pub use classification::{accuracy, brier, nll};
+pub use ood::{aupr_out, auroc, fpr_at_95_tpr};
+pub use plot::{reliability_csv, reliability_svg};
+pub use selective::aurc;
 
 use candle_core::{DType, Tensor};
 
@@ -44,6 +51,18 @@ fn rows_and_labels(values: &Tensor, labels: &Tensor) -> Result<(Vec<Vec<f64>>, V
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((rows, labels))
+}
+
+/// A 1-D tensor of scores as f64, validated: not empty, no NaN.
+fn scores(t: &Tensor, what: &str) -> Result<Vec<f64>> {
+    let v: Vec<f64> = t.flatten_all()?.to_dtype(DType::F64)?.to_vec1()?;
+    if v.is_empty() {
+        return Err(Error::InvalidInput(format!("{what}: empty")));
+    }
+    if v.iter().any(|s| s.is_nan()) {
+        return Err(Error::InvalidInput(format!("{what}: NaN")));
+    }
+    Ok(v)
 }
 
 /// The index of the largest value; ties go to the lowest index.
