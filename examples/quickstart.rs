@@ -15,6 +15,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, Uniform};
 use varlora::metrics;
 use varlora::optim::{Ivon, IvonConfig};
+use varlora::predict::{predictive, predictive_at_point};
 
 const EPOCHS: usize = 40;
 const BATCH: usize = 32;
@@ -86,13 +87,6 @@ fn train<O: Optimizer>(
     Ok((total / n, in_opt / n))
 }
 
-/// Log of the averaged predictive over a set of logit tensors: logsumexp of the
-/// per-sample log-probabilities minus log S.
-fn log_predictive(logits: &[Tensor]) -> candle_core::Result<Tensor> {
-    let logp = Tensor::stack(logits, 0)?.apply(&|t: &Tensor| ops::log_softmax(t, D::Minus1))?;
-    logp.log_sum_exp(0)? - (logits.len() as f64).ln()
-}
-
 fn row(name: &str, logp: &Tensor, y: &Tensor) -> varlora::Result<String> {
     let p = logp.exp()?;
     Ok(format!(
@@ -157,12 +151,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let adamw_time = train(&adamw_model, &mut adamw, &batches)?;
     let ivon_time = train(&ivon_model, &mut ivon, &batches)?;
 
-    let adamw_logp = log_predictive(&[adamw_model.forward(&x_test)?])?;
-    let ivon_mean_logp = log_predictive(&[ivon.with_mean(|| ivon_model.forward(&x_test))?])?;
-    let samples = (0..MC_SAMPLES)
-        .map(|_| ivon.with_sample(|| ivon_model.forward(&x_test)))
-        .collect::<varlora::Result<Vec<_>>>()?;
-    let ivon_mc_logp = log_predictive(&samples)?;
+    let adamw_logp = ops::log_softmax(&adamw_model.forward(&x_test)?, D::Minus1)?;
+    let forward = || ivon_model.forward(&x_test);
+    let ivon_mean_logp = predictive_at_point(&mut ivon, forward)?.log_probs;
+    let ivon_mc_logp = predictive(&mut ivon, MC_SAMPLES, false, forward)?.log_probs;
 
     println!(
         "digits: {} train / {TEST} test, MLP 64-64-10, {EPOCHS} epochs of batch {BATCH} ({} steps)\n",

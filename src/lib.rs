@@ -9,7 +9,10 @@
 //!   the official PyTorch implementation (`ivon-opt` 0.1.3) step for step.
 //! - [`noise`]: the seeded, checkpointable standard-normal draws behind the samples, and
 //!   the trait to supply your own.
-//! - [`metrics`]: accuracy, NLL, ECE and Brier score of a predictive distribution.
+//! - [`predict`]: the Monte Carlo predictive over any [`predict::Posterior`], with total,
+//!   aleatoric and epistemic uncertainty per example.
+//! - [`metrics`]: accuracy, NLL, ECE, Brier, OOD AUROC / AUPR / FPR95, AURC and the
+//!   reliability diagram.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -38,5 +41,6 @@ mod kernels;
 pub mod metrics;
 pub mod noise;
 pub mod optim;
+pub mod predict;
 
 pub use error::{Error, Result};

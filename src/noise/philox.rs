@@ -184,6 +184,11 @@ impl PhiloxNormal {
         Self { seed, block: 0 }
     }
 
+    /// A stream for `seed` positioned at counter block `block`.
+    pub fn at(seed: u64, block: u64) -> Self {
+        Self { seed, block }
+    }
+
     /// The seed.
     pub fn seed(&self) -> u64 {
         self.seed

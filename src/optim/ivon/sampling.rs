@@ -1,51 +1,114 @@
 //! Drawing weight samples and moving the vars between the mean and samples.
 
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
 
 use super::param::{MEAN, NOISE};
-use super::{math, Ivon, Position};
+use super::{math, Group, Ivon, Position};
+use crate::noise::{NoiseSource, PhiloxNormal};
+use crate::predict::Posterior;
 use crate::{Error, Result};
 
+/// Salt that separates the prediction stream of [`Posterior`] samples from training draws.
+const PREDICTION_STREAM: u64 = 0x7072_6564_6963_7421;
+
+/// One noise tensor per var of `group`, from one draw of the group's size.
+fn group_noise(
+    group: &Group,
+    source: &mut dyn NoiseSource,
+    dtype: DType,
+    device: &Device,
+) -> Result<Vec<Tensor>> {
+    let numel: usize = group.params.iter().map(|p| p.var.elem_count()).sum();
+    if numel == 0 {
+        return group
+            .params
+            .iter()
+            .map(|p| Ok(p.var.zeros_like()?))
+            .collect();
+    }
+    let z = source.standard_normal(numel, dtype, device)?;
+    if z.dims() != [numel] || z.dtype() != dtype || !z.device().same_device(device) {
+        return Err(Error::InvalidInput(format!(
+            "the noise source returned shape {:?} {:?} on {:?}; expected [{numel}] {:?} on {:?}",
+            z.dims(),
+            z.dtype(),
+            z.device().location(),
+            dtype,
+            device.location()
+        )));
+    }
+    let mut offset = 0;
+    let mut out = Vec::with_capacity(group.params.len());
+    for p in &group.params {
+        let n = p.var.elem_count();
+        let zp = z.narrow(0, offset, n)?.reshape(p.var.shape())?;
+        out.push(math::noise(&zp, &p.hess()?, &group.settings)?);
+        offset += n;
+    }
+    Ok(out)
+}
+
 impl Ivon {
-    /// One noise tensor per var of group `gi`, from one draw of the group's size.
+    /// One noise tensor per var of group `gi`, from the training noise source.
     pub(super) fn draw_group_noise(&mut self, gi: usize) -> Result<Vec<Tensor>> {
-        let group = &self.groups[gi];
-        let numel: usize = group.params.iter().map(|p| p.var.elem_count()).sum();
-        if numel == 0 {
-            return group
-                .params
-                .iter()
-                .map(|p| Ok(p.var.zeros_like()?))
-                .collect();
-        }
-        let z = self
-            .noise
-            .standard_normal(numel, self.dtype, &self.device)?;
-        if z.dims() != [numel] || z.dtype() != self.dtype || !z.device().same_device(&self.device) {
-            return Err(Error::InvalidInput(format!(
-                "the noise source returned shape {:?} {:?} on {:?}; expected [{numel}] {:?} on {:?}",
-                z.dims(),
-                z.dtype(),
-                z.device().location(),
-                self.dtype,
-                self.device.location()
-            )));
-        }
-        let mut offset = 0;
-        let mut out = Vec::with_capacity(group.params.len());
-        for p in &group.params {
-            let n = p.var.elem_count();
-            let zp = z.narrow(0, offset, n)?.reshape(p.var.shape())?;
-            out.push(math::noise(&zp, &p.hess()?, &group.settings)?);
-            offset += n;
-        }
-        Ok(out)
+        group_noise(
+            &self.groups[gi],
+            self.noise.as_mut(),
+            self.dtype,
+            &self.device,
+        )
     }
 
     fn draw_noise(&mut self) -> Result<Vec<Vec<Tensor>>> {
         (0..self.groups.len())
             .map(|gi| self.draw_group_noise(gi))
             .collect()
+    }
+
+    /// The noise of prediction sample `k`: its own Philox stream, keyed by the seed and
+    /// positioned by `k`, so that sample `k` is the same weights every time it is asked for
+    /// (while the posterior does not change) and training draws are untouched.
+    fn prediction_noise(&self, k: usize) -> Result<Vec<Vec<Tensor>>> {
+        let blocks: u64 = self
+            .groups
+            .iter()
+            .map(|g| {
+                let numel: usize = g.params.iter().map(|p| p.var.elem_count()).sum();
+                numel.div_ceil(4) as u64
+            })
+            .sum();
+        let mut source = PhiloxNormal::at(self.config.seed ^ PREDICTION_STREAM, k as u64 * blocks);
+        self.groups
+            .iter()
+            .map(|g| group_noise(g, &mut source, self.dtype, &self.device))
+            .collect()
+    }
+
+    /// Runs `f` with every var at `mean + noise`, then puts the vars back.
+    fn run_at<R>(
+        &self,
+        noise: &[Vec<Tensor>],
+        f: impl FnOnce() -> candle_core::Result<R>,
+    ) -> Result<R> {
+        let mut sampled = Vec::new();
+        for (g, ns) in self.groups.iter().zip(noise) {
+            for (p, n) in g.params.iter().zip(ns) {
+                sampled.push((p.row(MEAN)? + n)?);
+            }
+        }
+        let guard = Restore::new(self);
+        for (p, w) in guard
+            .ivon
+            .groups
+            .iter()
+            .flat_map(|g| g.params.iter())
+            .zip(sampled)
+        {
+            p.var.set(&w)?;
+        }
+        let out = f();
+        guard.finish()?;
+        Ok(out?)
     }
 
     /// Records `noise` as group `gi`'s training sample and writes `m + noise` to its vars.
@@ -118,25 +181,25 @@ impl Ivon {
     /// panics. No gradient is collected: this is for prediction.
     pub fn with_sample<R>(&mut self, f: impl FnOnce() -> candle_core::Result<R>) -> Result<R> {
         let noise = self.draw_noise()?;
-        let mut sampled = Vec::new();
-        for (g, ns) in self.groups.iter().zip(&noise) {
-            for (p, n) in g.params.iter().zip(ns) {
-                sampled.push((p.row(MEAN)? + n)?);
-            }
-        }
-        let guard = Restore::new(self);
-        for (p, w) in guard
-            .ivon
-            .groups
-            .iter()
-            .flat_map(|g| g.params.iter())
-            .zip(sampled)
-        {
-            p.var.set(&w)?;
-        }
-        let out = f();
-        guard.finish()?;
-        Ok(out?)
+        self.run_at(&noise, f)
+    }
+}
+
+/// Sample `k` is a fixed draw from a stream of its own, keyed by the seed (see
+/// [`Ivon::with_sample`] for fresh draws from the training stream); the point estimate is
+/// the mean.
+impl Posterior for Ivon {
+    fn with_posterior_sample<R>(
+        &mut self,
+        k: usize,
+        f: impl FnOnce() -> candle_core::Result<R>,
+    ) -> Result<R> {
+        let noise = self.prediction_noise(k)?;
+        self.run_at(&noise, f)
+    }
+
+    fn with_point_estimate<R>(&mut self, f: impl FnOnce() -> candle_core::Result<R>) -> Result<R> {
+        self.with_mean(f)
     }
 }
 

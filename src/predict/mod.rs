@@ -1,0 +1,8 @@
+//! Monte Carlo prediction over a posterior, and the split of its uncertainty into
+//! aleatoric and epistemic parts.
+
+mod posterior;
+mod predictive;
+
+pub use posterior::Posterior;
+pub use predictive::{predictive, predictive_at_point, Predictive};

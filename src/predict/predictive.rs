@@ -1,0 +1,153 @@
+//! The Monte Carlo predictive and its uncertainty decomposition.
+
+use candle_core::{DType, Tensor, D};
+
+use super::Posterior;
+use crate::{Error, Result};
+
+/// The averaged predictive of a batch and its uncertainty, per example (natural logs).
+#[derive(Clone, Debug)]
+pub struct Predictive {
+    /// `log p_bar`, `(n, classes)`: the log of the average of the samples' probabilities,
+    /// computed with logsumexp so that it is finite for finite logits.
+    pub log_probs: Tensor,
+    /// `p_bar`, `(n, classes)`.
+    pub probs: Tensor,
+    /// Total uncertainty, `(n,)`: the entropy of `p_bar`.
+    pub total: Tensor,
+    /// Aleatoric uncertainty, `(n,)`: the mean over samples of each sample's entropy.
+    pub aleatoric: Tensor,
+    /// Epistemic uncertainty, `(n,)`: the mutual information `total - aleatoric`, clamped
+    /// at 0.
+    pub epistemic: Tensor,
+    /// Each sample's probabilities, `(samples, n, classes)`, when asked for.
+    pub samples: Option<Tensor>,
+}
+
+/// Averages the predictive of `logits` (which returns `(n, classes)` logits for the batch
+/// at the current weights) over posterior samples `0..mc_samples`, in f64.
+///
+/// Memory stays at a few `(n, classes)` tensors however many samples are drawn, unless
+/// `keep_samples` asks for all of them. The weights are restored afterwards, also on
+/// error.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor, Var};
+/// use varlora::optim::{Ivon, IvonConfig};
+/// use varlora::predict::predictive;
+///
+/// let w = Var::zeros((2, 3), DType::F32, &Device::Cpu)?;
+/// let mut opt = Ivon::new(vec![w.clone()], IvonConfig::new(0.1, 10.0))?;
+/// let x = Tensor::ones((4, 2), DType::F32, &Device::Cpu)?;
+/// let p = predictive(&mut opt, 16, false, || x.matmul(w.as_tensor()))?;
+/// assert_eq!(p.probs.dims(), &[4, 3]);
+/// # Ok::<(), varlora::Error>(())
+/// ```
+pub fn predictive<P: Posterior>(
+    posterior: &mut P,
+    mc_samples: usize,
+    keep_samples: bool,
+    mut logits: impl FnMut() -> candle_core::Result<Tensor>,
+) -> Result<Predictive> {
+    if mc_samples == 0 {
+        return Err(Error::InvalidInput(
+            "mc_samples must be at least 1; use predictive_at_point for the point estimate".into(),
+        ));
+    }
+    let mut acc: Option<Accumulator> = None;
+    for k in 0..mc_samples {
+        let z = posterior.with_posterior_sample(k, &mut logits)?;
+        let logp = log_softmax_checked(&z, acc.as_ref().map(|a| a.lse.dims()))?;
+        match acc.as_mut() {
+            None => acc = Some(Accumulator::new(logp, keep_samples)?),
+            Some(a) => a.add(logp)?,
+        }
+    }
+    acc.ok_or(Error::InvalidInput("no sample".into()))?
+        .finish(mc_samples)
+}
+
+/// The predictive at the point estimate alone (IVON at the mean, "BLoB N = 0"): its
+/// epistemic part is zero.
+pub fn predictive_at_point<P: Posterior>(
+    posterior: &mut P,
+    logits: impl FnOnce() -> candle_core::Result<Tensor>,
+) -> Result<Predictive> {
+    let z = posterior.with_point_estimate(logits)?;
+    Accumulator::new(log_softmax_checked(&z, None)?, false)?.finish(1)
+}
+
+fn log_softmax_checked(z: &Tensor, expected: Option<&[usize]>) -> Result<Tensor> {
+    let (n, c) = z.dims2().map_err(|_| {
+        Error::InvalidInput(format!("logits must be (n, classes), got {:?}", z.dims()))
+    })?;
+    if let Some(dims) = expected {
+        if dims != [n, c] {
+            return Err(Error::InvalidInput(format!(
+                "logits of shape {:?} after {:?}: every sample must give the same shape",
+                z.dims(),
+                dims
+            )));
+        }
+    }
+    let z = z.to_dtype(DType::F64)?;
+    if (&z * 0.0)?.sum_all()?.to_scalar::<f64>()? != 0.0 {
+        return Err(Error::InvalidInput(
+            "the model returned NaN or Inf logits".into(),
+        ));
+    }
+    Ok(candle_nn::ops::log_softmax(&z, D::Minus1)?)
+}
+
+/// `-sum_c p log p` over the last dimension, from log-probabilities (0 log 0 = 0).
+fn entropy(logp: &Tensor) -> Result<Tensor> {
+    Ok((logp.exp()? * logp)?.sum(D::Minus1)?.neg()?)
+}
+
+struct Accumulator {
+    /// Running logsumexp of the samples' log-probabilities.
+    lse: Tensor,
+    /// Running sum of the samples' entropies.
+    entropy_sum: Tensor,
+    samples: Option<Vec<Tensor>>,
+}
+
+impl Accumulator {
+    fn new(logp: Tensor, keep: bool) -> Result<Self> {
+        Ok(Self {
+            entropy_sum: entropy(&logp)?,
+            samples: keep.then(|| vec![logp.clone()]),
+            lse: logp,
+        })
+    }
+
+    fn add(&mut self, logp: Tensor) -> Result<()> {
+        self.entropy_sum = (&self.entropy_sum + entropy(&logp)?)?;
+        let m = self.lse.maximum(&logp)?;
+        let sum = ((&self.lse - &m)?.exp()? + (&logp - &m)?.exp()?)?;
+        self.lse = (m + sum.log()?)?;
+        if let Some(s) = self.samples.as_mut() {
+            s.push(logp);
+        }
+        Ok(())
+    }
+
+    fn finish(self, count: usize) -> Result<Predictive> {
+        let log_probs = (self.lse - (count as f64).ln())?;
+        let total = entropy(&log_probs)?;
+        let aleatoric = (self.entropy_sum / count as f64)?;
+        let epistemic = (&total - &aleatoric)?.clamp(0.0, f64::INFINITY)?;
+        let samples = match self.samples {
+            Some(s) => Some(Tensor::stack(&s, 0)?.exp()?),
+            None => None,
+        };
+        Ok(Predictive {
+            probs: log_probs.exp()?,
+            log_probs,
+            total,
+            aleatoric,
+            epistemic,
+            samples,
+        })
+    }
+}
