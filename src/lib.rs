@@ -7,6 +7,7 @@
 //! - [`optim::Ivon`]: IVON (Shen et al., "Variational Learning is Effective for Large Deep
 //!   Networks", ICML 2024), a drop-in replacement for candle-nn's `AdamW` that agrees with
 //!   the official PyTorch implementation (`ivon-opt` 0.1.3) step for step.
+//! - [`lora`]: LoRA adapters on frozen linear layers, with merge and unmerge.
 //! - [`noise`]: the seeded, checkpointable standard-normal draws behind the samples, and
 //!   the trait to supply your own.
 //! - [`predict`]: the Monte Carlo predictive over any [`predict::Posterior`], with total,
@@ -38,6 +39,7 @@
 
 mod error;
 mod kernels;
+pub mod lora;
 pub mod metrics;
 pub mod noise;
 pub mod optim;

@@ -1,0 +1,232 @@
+//! `LoraLinear`: a frozen linear layer plus a trainable low-rank update.
+
+use candle_core::{Module, ModuleT, Tensor};
+use candle_nn::{init::Init, Dropout, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// The adapter's shape and scaling.
+///
+/// ```
+/// let config = varlora::lora::LoraConfig::new(8).alpha(16.0).dropout(0.1);
+/// assert_eq!(config.scale(), 2.0);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    /// The rank `r` of the update `B A`.
+    pub rank: usize,
+    /// The update is scaled by `alpha / rank`.
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// Dropout on the adapter's input during training (0 for none).
+    #[serde(default)]
+    pub dropout: f32,
+}
+
+fn default_alpha() -> f64 {
+    8.0
+}
+
+impl LoraConfig {
+    /// Rank `rank`, `alpha = 8` (PEFT's default), no dropout.
+    pub fn new(rank: usize) -> Self {
+        Self {
+            rank,
+            alpha: default_alpha(),
+            dropout: 0.0,
+        }
+    }
+
+    /// Sets `alpha`.
+    #[must_use]
+    pub fn alpha(mut self, alpha: f64) -> Self {
+        self.alpha = alpha;
+        self
+    }
+
+    /// Sets `dropout`.
+    #[must_use]
+    pub fn dropout(mut self, dropout: f32) -> Self {
+        self.dropout = dropout;
+        self
+    }
+
+    /// `alpha / rank`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |field, value: String, expected| Error::InvalidConfig {
+            field,
+            value,
+            expected,
+        };
+        if self.rank == 0 {
+            return Err(invalid("rank", "0".into(), ">= 1"));
+        }
+        if !self.alpha.is_finite() {
+            return Err(invalid("alpha", self.alpha.to_string(), "a finite value"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(invalid(
+                "dropout",
+                self.dropout.to_string(),
+                "a value in [0, 1)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A frozen `Linear` plus a trainable low-rank update:
+/// `y = W x + b + (alpha / r) B A dropout(x)`, with `A` (r x in) initialised as PEFT does
+/// (Kaiming-uniform with `a = sqrt 5`, i.e. U(-1/sqrt(in), 1/sqrt(in))) and `B` (out x r)
+/// at zero, so that the layer starts as the frozen one.
+///
+/// Only `A` and `B` are created through the `VarBuilder` (name them with `vb.pp(...)`), so
+/// `varmap.all_vars()` hands exactly the adapters to an optimizer; the frozen weight is a
+/// plain tensor.
+///
+/// It implements [`ModuleT`] (`train` switches the dropout), not `Module`, so that generic
+/// code cannot drop the dropout by accident: call `forward_t(&x, false)` to evaluate.
+///
+/// ```
+/// use candle_core::{DType, Device, ModuleT, Tensor};
+/// use candle_nn::{Linear, VarBuilder, VarMap};
+/// use varlora::lora::{LoraConfig, LoraLinear};
+///
+/// let dev = Device::Cpu;
+/// let base = Linear::new(Tensor::randn(0f32, 1., (4, 6), &dev)?, None);
+/// let varmap = VarMap::new();
+/// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+/// let layer = LoraLinear::new(base, LoraConfig::new(2), vb.pp("q"))?;
+/// assert_eq!(varmap.all_vars().len(), 2); // A and B only
+/// let y = layer.forward_t(&Tensor::ones((3, 6), DType::F32, &dev)?, false)?;
+/// assert_eq!(y.dims(), &[3, 4]);
+/// # Ok::<(), varlora::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct LoraLinear {
+    base: Linear,
+    a: Tensor,
+    b: Tensor,
+    config: LoraConfig,
+    dropout: Dropout,
+    merged: bool,
+}
+
+impl LoraLinear {
+    /// Wraps `base` (out x in) with adapters `a` (`vb` name "lora_a") and `b` ("lora_b").
+    pub fn new(base: Linear, config: LoraConfig, vb: VarBuilder) -> Result<Self> {
+        config.validate()?;
+        let (out_dim, in_dim) = base.weight().dims2()?;
+        let bound = 1.0 / (in_dim as f64).sqrt();
+        let a = vb.get_with_hints(
+            (config.rank, in_dim),
+            "lora_a",
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?;
+        let b = vb.get_with_hints((out_dim, config.rank), "lora_b", Init::Const(0.0))?;
+        Self::from_parts(base, a, b, config)
+    }
+
+    /// A layer from existing adapter tensors, e.g. loaded from a checkpoint.
+    pub fn from_parts(base: Linear, a: Tensor, b: Tensor, config: LoraConfig) -> Result<Self> {
+        config.validate()?;
+        let (out_dim, in_dim) = base.weight().dims2()?;
+        if a.dims() != [config.rank, in_dim] || b.dims() != [out_dim, config.rank] {
+            return Err(Error::InvalidInput(format!(
+                "adapters of shapes {:?} and {:?} for a {out_dim}x{in_dim} layer of rank {}: expected [{}, {in_dim}] and [{out_dim}, {}]",
+                a.dims(),
+                b.dims(),
+                config.rank,
+                config.rank,
+                config.rank
+            )));
+        }
+        Ok(Self {
+            dropout: Dropout::new(config.dropout),
+            base,
+            a,
+            b,
+            config,
+            merged: false,
+        })
+    }
+
+    /// The adapter `A` (r x in).
+    pub fn a(&self) -> &Tensor {
+        &self.a
+    }
+
+    /// The adapter `B` (out x r).
+    pub fn b(&self) -> &Tensor {
+        &self.b
+    }
+
+    /// The frozen layer (with the update folded in while merged).
+    pub fn base(&self) -> &Linear {
+        &self.base
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LoraConfig {
+        &self.config
+    }
+
+    /// Whether the update is folded into the frozen weight.
+    pub fn is_merged(&self) -> bool {
+        self.merged
+    }
+
+    /// `(alpha / r) B A`, the update as a full matrix.
+    pub fn delta_weight(&self) -> Result<Tensor> {
+        Ok((self.b.matmul(&self.a)? * self.config.scale())?)
+    }
+
+    /// Folds the update into the frozen weight, so that inference costs one matmul. The
+    /// adapters are then bypassed: merge for inference, not while training.
+    pub fn merge(&mut self) -> Result<()> {
+        if self.merged {
+            return Err(Error::InvalidState("the adapter is already merged"));
+        }
+        let w = (self.base.weight() + self.delta_weight()?)?;
+        self.base = Linear::new(w, self.base.bias().cloned());
+        self.merged = true;
+        Ok(())
+    }
+
+    /// Takes the update back out of the frozen weight (up to rounding).
+    pub fn unmerge(&mut self) -> Result<()> {
+        if !self.merged {
+            return Err(Error::InvalidState("the adapter is not merged"));
+        }
+        let w = (self.base.weight() - self.delta_weight()?)?;
+        self.base = Linear::new(w, self.base.bias().cloned());
+        self.merged = false;
+        Ok(())
+    }
+
+    /// The adapter's contribution for `x`, with dropout when `train`.
+    fn update(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let x = self.dropout.forward_t(x, train)?;
+        let xa = x.broadcast_matmul(&self.a.t()?)?;
+        xa.broadcast_matmul(&self.b.t()?)? * self.config.scale()
+    }
+}
+
+impl ModuleT for LoraLinear {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let y = self.base.forward(x)?;
+        if self.merged {
+            return Ok(y);
+        }
+        y + self.update(x, train)?
+    }
+}
