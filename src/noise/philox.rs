@@ -207,6 +207,21 @@ impl PhiloxNormal {
         start
     }
 
+    /// Fills `out` with random signs (+1 or -1, equally likely), one bit of the stream
+    /// each, and advances the stream past them.
+    pub fn fill_signs(&mut self, out: &mut [f32]) {
+        let key = [self.seed as u32, (self.seed >> 32) as u32];
+        for (j, chunk) in out.chunks_mut(128).enumerate() {
+            let b = self.block + j as u64;
+            let words = philox4x32_10([b as u32, (b >> 32) as u32, 0, 0], key);
+            for (i, o) in chunk.iter_mut().enumerate() {
+                let bit = (words[i / 32] >> (i % 32)) & 1;
+                *o = if bit == 1 { 1.0 } else { -1.0 };
+            }
+        }
+        self.block += out.len().div_ceil(128) as u64;
+    }
+
     /// Fills `out` with the next request's draws and advances the stream.
     pub fn fill(&mut self, out: &mut [f32]) {
         let start = self.skip(out.len());
@@ -321,6 +336,18 @@ mod tests {
         let mut c = vec![0.0; 12];
         other.fill(&mut c);
         assert_ne!(all, c);
+    }
+
+    #[test]
+    fn signs_are_balanced_and_independent_of_the_normals() {
+        let mut stream = PhiloxNormal::new(5);
+        let mut signs = vec![0.0; 100_000];
+        stream.fill_signs(&mut signs);
+        assert!(signs.iter().all(|&s| s == 1.0 || s == -1.0));
+        let mean = signs.iter().map(|&s| f64::from(s)).sum::<f64>() / signs.len() as f64;
+        // Standard error 0.0032.
+        assert!(mean.abs() < 0.015, "{mean}");
+        assert_eq!(stream.block(), 100_000usize.div_ceil(128) as u64);
     }
 
     #[test]

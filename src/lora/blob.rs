@@ -1,0 +1,335 @@
+//! BLoB: Bayesian LoRA by Backpropagation (Wang et al., NeurIPS 2024).
+//!
+//! Followed from the reference repository Wang-ML-Lab/bayesian-peft,
+//! `modelwrappers/blob.py`: the Gaussian over `A` with `std = G^2` (softplus(G) when
+//! `bayes_eps < 0`), `G ~ U(eps / sqrt 2, eps)` (`U(eps - 1, eps)` when negative), the
+//! Flipout forward with one draw of `E` per call and fresh signs per example (and per
+//! token), a dropout mask of its own on the noise path, the closed-form KL against
+//! `N(0, beta^2)` computed in f64 with the reference's 1e-6 guards, and the KL reweighting
+//! schedule (`fit` and `prepare_for_fit_evaluate`).
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Module, ModuleT, Tensor};
+use candle_nn::{init::Init, Dropout, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::LoraConfig;
+use crate::noise::PhiloxNormal;
+use crate::predict::Posterior;
+use crate::{Error, Result};
+
+/// BLoB's settings on top of the LoRA ones.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlobConfig {
+    /// Rank, scale and dropout of the adapter.
+    pub lora: LoraConfig,
+    /// Initial scale of `G` (`bayes_eps`, 0.05); negative selects `std = softplus(G)`.
+    #[serde(default = "default_eps")]
+    pub bayes_eps: f64,
+    /// Standard deviation `beta` of the prior `N(0, beta^2)` on `A` (`bayes_beta`, 0.2).
+    #[serde(default = "default_beta")]
+    pub prior_std: f64,
+}
+
+fn default_eps() -> f64 {
+    0.05
+}
+
+fn default_beta() -> f64 {
+    0.2
+}
+
+impl BlobConfig {
+    /// The reference defaults around a LoRA configuration.
+    pub fn new(lora: LoraConfig) -> Self {
+        Self {
+            lora,
+            bayes_eps: default_eps(),
+            prior_std: default_beta(),
+        }
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        self.lora.validate()?;
+        if !self.bayes_eps.is_finite() || self.bayes_eps == 0.0 {
+            return Err(Error::InvalidConfig {
+                field: "bayes_eps",
+                value: self.bayes_eps.to_string(),
+                expected: "a finite, non-zero value",
+            });
+        }
+        if !(self.prior_std.is_finite() && self.prior_std > 0.0) {
+            return Err(Error::InvalidConfig {
+                field: "prior_std",
+                value: self.prior_std.to_string(),
+                expected: "a finite value > 0",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The KL weight `pi` of step `step` (counted from 1) with reweighting over a period of
+/// `period` steps: `i = step mod period` (`period` when 0), `pi = 2^i / (2^(period+1) - 1)`,
+/// computed without overflow.
+pub fn kl_weight(step: u64, period: u64) -> f64 {
+    let period = period.max(1);
+    let i = match step % period {
+        0 => period,
+        r => r,
+    } as f64;
+    let k = period as f64;
+    (i - k - 1.0).exp2() / (1.0 - (-k - 1.0).exp2())
+}
+
+/// The reference's reweighting period with dataset rescaling:
+/// `int(100 * n_train^(pi / gamma) / batch_size)`, at least 1 (`gamma` = 8 there).
+pub fn kl_period(n_train: usize, batch_size: usize, gamma: f64) -> u64 {
+    let m = 100.0 * (n_train as f64).powf(std::f64::consts::PI / gamma) / batch_size.max(1) as f64;
+    (m as u64).max(1)
+}
+
+/// Salt that separates prediction samples from training draws.
+const PREDICTION_STREAM: u64 = 0x626c_6f62_7072_6564;
+
+#[derive(Debug)]
+struct SamplerState {
+    sampling: bool,
+    stream: PhiloxNormal,
+}
+
+/// The switch and random stream shared by every BLoB layer of a model: whether forwards
+/// sample, and the seeded draws they use. Clones share the same state.
+///
+/// It is the model's [`Posterior`]: sample `k` runs the closure with the layers sampling
+/// from a stream positioned by `k` (so sample `k` repeats exactly), and the point estimate
+/// runs it with sampling off (the mean of `A`, "BLoB N = 0").
+#[derive(Clone, Debug)]
+pub struct BlobSampler {
+    seed: u64,
+    state: Arc<Mutex<SamplerState>>,
+}
+
+impl BlobSampler {
+    /// A sampler that samples (training mode), from a stream seeded by `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            seed,
+            state: Arc::new(Mutex::new(SamplerState {
+                sampling: true,
+                stream: PhiloxNormal::new(seed),
+            })),
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, SamplerState>> {
+        self.state
+            .lock()
+            .map_err(|_| Error::InvalidState("the BLoB sampler's lock is poisoned"))
+    }
+
+    /// Switches sampling on (training, Monte Carlo prediction) or off (the mean).
+    pub fn set_sampling(&self, on: bool) -> Result<()> {
+        self.lock()?.sampling = on;
+        Ok(())
+    }
+
+    /// Whether forwards sample.
+    pub fn is_sampling(&self) -> Result<bool> {
+        Ok(self.lock()?.sampling)
+    }
+
+    /// Runs `f` in the given mode and stream, then restores the previous ones.
+    fn run_with<R>(
+        &mut self,
+        sampling: bool,
+        stream: PhiloxNormal,
+        f: impl FnOnce() -> candle_core::Result<R>,
+    ) -> Result<R> {
+        let saved = {
+            let mut st = self.lock()?;
+            let saved = (st.sampling, st.stream.clone());
+            (st.sampling, st.stream) = (sampling, stream);
+            saved
+        };
+        let out = f();
+        let mut st = self.lock()?;
+        (st.sampling, st.stream) = saved;
+        Ok(out?)
+    }
+}
+
+impl Posterior for BlobSampler {
+    fn with_posterior_sample<R>(
+        &mut self,
+        k: usize,
+        f: impl FnOnce() -> candle_core::Result<R>,
+    ) -> Result<R> {
+        // 2^40 blocks per sample: far more than one forward of any model draws.
+        let stream = PhiloxNormal::at(self.seed ^ PREDICTION_STREAM, (k as u64) << 40);
+        self.run_with(true, stream, f)
+    }
+
+    fn with_point_estimate<R>(&mut self, f: impl FnOnce() -> candle_core::Result<R>) -> Result<R> {
+        let stream = self.lock()?.stream.clone();
+        self.run_with(false, stream, f)
+    }
+}
+
+/// A frozen `Linear` with a Bayesian LoRA update: `A ~ N(M, diag(S^2))` elementwise with
+/// `S = G^2`, `B` deterministic. Forwards while the [`BlobSampler`] samples add the
+/// Flipout noise term
+/// `scale * B(((dropout(x) * r) E^T) * s)`, `E = S * z`, to the mean path
+/// `W x + b + scale * B M dropout(x)`.
+///
+/// `M` ("lora_a"), `G` ("lora_a_g") and `B` ("lora_b") are the vars. The reference trains
+/// `M` and `B` with AdamW on the NLL and every var with SGD on `pi * KL`
+/// ([`kl_weight`]); `G` is not in AdamW.
+///
+/// ```
+/// use candle_core::{DType, Device, ModuleT, Tensor};
+/// use candle_nn::{Linear, VarBuilder, VarMap};
+/// use varlora::lora::{BayesianLoraLinear, BlobConfig, BlobSampler, LoraConfig};
+///
+/// let dev = Device::Cpu;
+/// let varmap = VarMap::new();
+/// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+/// let sampler = BlobSampler::new(0);
+/// let base = Linear::new(Tensor::randn(0f32, 1., (3, 5), &dev)?, None);
+/// let layer = BayesianLoraLinear::new(base, BlobConfig::new(LoraConfig::new(2)), vb.pp("fc"), &sampler)?;
+/// let y = layer.forward_t(&Tensor::ones((4, 5), DType::F32, &dev)?, true)?;
+/// let kl = layer.kl()?; // f64 scalar, differentiable
+/// # Ok::<(), varlora::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct BayesianLoraLinear {
+    base: Linear,
+    a_mean: Tensor,
+    a_g: Tensor,
+    b: Tensor,
+    config: BlobConfig,
+    dropout: Dropout,
+    sampler: BlobSampler,
+}
+
+impl BayesianLoraLinear {
+    /// Wraps `base` (out x in); the vars are created through `vb`.
+    pub fn new(
+        base: Linear,
+        config: BlobConfig,
+        vb: VarBuilder,
+        sampler: &BlobSampler,
+    ) -> Result<Self> {
+        config.validate()?;
+        let (out_dim, in_dim) = base.weight().dims2()?;
+        let r = config.lora.rank;
+        let bound = 1.0 / (in_dim as f64).sqrt();
+        let a_mean = vb.get_with_hints(
+            (r, in_dim),
+            "lora_a",
+            Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?;
+        let eps = config.bayes_eps;
+        let (lo, up) = if eps < 0.0 {
+            (eps - 1.0, eps)
+        } else {
+            (eps / 2f64.sqrt(), eps)
+        };
+        let a_g = vb.get_with_hints((r, in_dim), "lora_a_g", Init::Uniform { lo, up })?;
+        let b = vb.get_with_hints((out_dim, r), "lora_b", Init::Const(0.0))?;
+        Ok(Self {
+            dropout: Dropout::new(config.lora.dropout),
+            base,
+            a_mean,
+            a_g,
+            b,
+            config,
+            sampler: sampler.clone(),
+        })
+    }
+
+    /// The mean `M` of `A`.
+    pub fn a_mean(&self) -> &Tensor {
+        &self.a_mean
+    }
+
+    /// `B`.
+    pub fn b(&self) -> &Tensor {
+        &self.b
+    }
+
+    /// The standard deviation `S` of `A`: `G^2`, or `softplus(G)` when `bayes_eps < 0`.
+    pub fn a_std(&self) -> Result<Tensor> {
+        if self.config.bayes_eps < 0.0 {
+            // softplus(g) = ln(1 + e^g), the reference's log1p(exp(g)).
+            Ok((self.a_g.exp()? + 1.0)?.log()?)
+        } else {
+            Ok(self.a_g.sqr()?)
+        }
+    }
+
+    /// `KL(q(A) || N(0, beta^2))` summed over `A`'s elements, in f64:
+    /// `log beta - log S + (S^2 + M^2) / (2 beta^2) - 1/2`, with the reference's 1e-6
+    /// guards. Differentiable in `M` and `G`.
+    pub fn kl(&self) -> Result<Tensor> {
+        const EPS: f64 = 1e-6;
+        let beta = self.config.prior_std;
+        let s = self.a_std()?.to_dtype(DType::F64)?;
+        let m = self.a_mean.to_dtype(DType::F64)?;
+        let log_s = (s.clone() + EPS)?.log()?;
+        let quad = ((s.sqr()? + m.sqr()?)? / (2.0 * beta * beta + EPS))?;
+        let kl = ((quad - log_s)? + ((beta + EPS).ln() - 0.5))?;
+        Ok(kl.sum_all()?)
+    }
+
+    /// The Flipout noise term for `x`.
+    fn noise(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let dims = x.dims();
+        let (lead, in_dim) = dims.split_at(dims.len() - 1);
+        let r = self.config.lora.rank;
+        let (z, r_signs, s_signs) = {
+            let mut st = self.sampler.lock()?;
+            let mut z = vec![0f32; r * in_dim[0]];
+            st.stream.fill(&mut z);
+            let lead_n: usize = lead.iter().product();
+            let mut rs = vec![0f32; lead_n * in_dim[0]];
+            st.stream.fill_signs(&mut rs);
+            let mut ss = vec![0f32; lead_n * r];
+            st.stream.fill_signs(&mut ss);
+            (z, rs, ss)
+        };
+        let dev = x.device();
+        let dtype = x.dtype();
+        let z = Tensor::from_vec(z, (r, in_dim[0]), dev)?.to_dtype(dtype)?;
+        let e = (self.a_std()? * z)?;
+        let mut r_shape = lead.to_vec();
+        r_shape.push(in_dim[0]);
+        let mut s_shape = lead.to_vec();
+        s_shape.push(r);
+        let r_signs = Tensor::from_vec(r_signs, r_shape, dev)?.to_dtype(dtype)?;
+        let s_signs = Tensor::from_vec(s_signs, s_shape, dev)?.to_dtype(dtype)?;
+        let x = self.dropout.forward_t(x, train)?;
+        let u = ((x * r_signs)?.broadcast_matmul(&e.t()?)? * s_signs)?;
+        u.broadcast_matmul(&self.b.t()?)? * self.config.lora.scale()
+    }
+}
+
+impl ModuleT for BayesianLoraLinear {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let xd = self.dropout.forward_t(x, train)?;
+        let update = xd
+            .broadcast_matmul(&self.a_mean.t()?)?
+            .broadcast_matmul(&self.b.t()?)?;
+        let mean = (self.base.forward(x)? + (update * self.config.lora.scale())?)?;
+        if self.sampler.is_sampling()? {
+            mean + self.noise(x, train)?
+        } else {
+            Ok(mean)
+        }
+    }
+}
