@@ -8,6 +8,7 @@
 //!   Networks", ICML 2024), a drop-in replacement for candle-nn's `AdamW` that agrees with
 //!   the official PyTorch implementation (`ivon-opt` 0.1.3) step for step.
 //! - [`lora`]: LoRA adapters on frozen linear layers, with merge and unmerge.
+//! - [`models`]: a BERT-family encoder (all-MiniLM-L6-v2) whose layers carry adapters.
 //! - [`noise`]: the seeded, checkpointable standard-normal draws behind the samples, and
 //!   the trait to supply your own.
 //! - [`predict`]: the Monte Carlo predictive over any [`predict::Posterior`], with total,
@@ -41,6 +42,7 @@ mod error;
 mod kernels;
 pub mod lora;
 pub mod metrics;
+pub mod models;
 pub mod noise;
 pub mod optim;
 pub mod predict;

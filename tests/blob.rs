@@ -123,7 +123,10 @@ fn flipout_mean_and_variance_match_the_closed_form() {
     let draws = 5000;
     for _ in 0..draws {
         let y: Vec<Vec<f64>> = layer.forward_t(&xb, false).unwrap().to_vec2().unwrap();
-        assert!(y.iter().any(|r| r != &y[0]), "examples of one batch get their own noise");
+        assert!(
+            y.iter().any(|r| r != &y[0]),
+            "examples of one batch get their own noise"
+        );
         for row in &y {
             for j in 0..OUT {
                 let d = row[j] - mean_path[j];

@@ -1,0 +1,398 @@
+//! A BERT-family encoder (all-MiniLM-L6-v2 and kin) whose linear layers can carry LoRA or
+//! BLoB adapters.
+//!
+//! It loads the Hugging Face safetensors weights by their names (with or without a `bert.`
+//! prefix) and computes what candle-transformers' `BertModel` computes, but with a layer
+//! norm built from differentiable ops: candle-nn's `LayerNorm` is a fused op without a
+//! backward pass, which would silently stop the gradient at every layer.
+
+use candle_core::{Module, ModuleT, Tensor, D};
+use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::lora::{BayesianLoraLinear, BlobConfig, BlobSampler, LoraConfig, LoraLinear};
+use crate::{Error, Result};
+
+/// The fields of a BERT `config.json` the encoder uses.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BertConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Width of the hidden states.
+    pub hidden_size: usize,
+    /// Number of transformer layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads per layer.
+    pub num_attention_heads: usize,
+    /// Width of the feed-forward layer.
+    pub intermediate_size: usize,
+    /// Activation of the feed-forward layer: "gelu" (erf), "gelu_new" or "relu".
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    /// Number of learned positions.
+    pub max_position_embeddings: usize,
+    /// Number of token types.
+    #[serde(default = "default_types")]
+    pub type_vocab_size: usize,
+    /// Epsilon of the layer norms.
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+}
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_types() -> usize {
+    2
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+
+/// Which linear layers of each transformer layer get an adapter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdapterTargets {
+    /// `attention.self.query`.
+    pub query: bool,
+    /// `attention.self.key`.
+    pub key: bool,
+    /// `attention.self.value`.
+    pub value: bool,
+    /// `attention.output.dense`.
+    pub attention_output: bool,
+    /// `intermediate.dense` (the MLP's first layer).
+    pub intermediate: bool,
+    /// `output.dense` (the MLP's second layer).
+    pub output: bool,
+}
+
+impl Default for AdapterTargets {
+    /// Query and value, as the LoRA paper and PEFT's BERT default.
+    fn default() -> Self {
+        Self {
+            query: true,
+            key: false,
+            value: true,
+            attention_output: false,
+            intermediate: false,
+            output: false,
+        }
+    }
+}
+
+/// The adapter to put on the targeted layers.
+#[derive(Clone, Debug)]
+pub enum AdapterSpec {
+    /// Plain LoRA.
+    Lora(LoraConfig),
+    /// BLoB, drawing from the model's sampler.
+    Blob(BlobConfig, BlobSampler),
+}
+
+/// A linear layer, frozen or with an adapter.
+#[derive(Clone, Debug)]
+enum Proj {
+    Frozen(Linear),
+    Lora(LoraLinear),
+    Blob(BayesianLoraLinear),
+}
+
+impl Proj {
+    fn load(
+        d_in: usize,
+        d_out: usize,
+        name: &str,
+        base: &VarBuilder,
+        adapters: &VarBuilder,
+        spec: Option<&AdapterSpec>,
+    ) -> Result<Self> {
+        let frozen = linear(d_in, d_out, base.pp(name))?;
+        Ok(match spec {
+            None => Proj::Frozen(frozen),
+            Some(AdapterSpec::Lora(c)) => {
+                Proj::Lora(LoraLinear::new(frozen, c.clone(), adapters.pp(name))?)
+            }
+            Some(AdapterSpec::Blob(c, s)) => Proj::Blob(BayesianLoraLinear::new(
+                frozen,
+                c.clone(),
+                adapters.pp(name),
+                s,
+            )?),
+        })
+    }
+}
+
+impl ModuleT for Proj {
+    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        match self {
+            Proj::Frozen(l) => l.forward(x),
+            Proj::Lora(l) => l.forward_t(x, train),
+            Proj::Blob(l) => l.forward_t(x, train),
+        }
+    }
+}
+
+/// Layer norm from differentiable ops.
+#[derive(Clone, Debug)]
+struct Norm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl Norm {
+    fn load(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            bias: vb.get(size, "bias")?,
+            eps: eps as f32,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Layer {
+    query: Proj,
+    key: Proj,
+    value: Proj,
+    attention_output: Proj,
+    attention_norm: Norm,
+    intermediate: Proj,
+    output: Proj,
+    output_norm: Norm,
+}
+
+/// A BERT encoder with adapters. The frozen weights come from one `VarBuilder` (e.g.
+/// memory-mapped safetensors), the adapters from another (a `VarMap`), so that
+/// `varmap.all_vars()` holds exactly the trainable tensors.
+#[derive(Clone, Debug)]
+pub struct BertEncoder {
+    word_embeddings: Embedding,
+    position_embeddings: Embedding,
+    token_type_embeddings: Embedding,
+    embedding_norm: Norm,
+    layers: Vec<Layer>,
+    config: BertConfig,
+}
+
+impl BertEncoder {
+    /// Loads the encoder; `adapter` (if any) goes on the `targets` of every layer, named
+    /// `encoder.layer.{i}.attention.self.query.lora_a` etc. under `adapters`.
+    pub fn load(
+        base: VarBuilder,
+        adapters: VarBuilder,
+        config: &BertConfig,
+        adapter: Option<&AdapterSpec>,
+        targets: AdapterTargets,
+    ) -> Result<Self> {
+        if config.num_attention_heads == 0
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
+        {
+            return Err(Error::InvalidConfig {
+                field: "num_attention_heads",
+                value: config.num_attention_heads.to_string(),
+                expected: "a divisor of hidden_size",
+            });
+        }
+        if !matches!(config.hidden_act.as_str(), "gelu" | "gelu_new" | "relu") {
+            return Err(Error::InvalidConfig {
+                field: "hidden_act",
+                value: config.hidden_act.clone(),
+                expected: "gelu, gelu_new or relu",
+            });
+        }
+        let base = if base.contains_tensor("bert.embeddings.word_embeddings.weight") {
+            base.pp("bert")
+        } else {
+            base
+        };
+        let h = config.hidden_size;
+        let emb = base.pp("embeddings");
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let name = format!("encoder.layer.{i}");
+            let (b, a) = (base.pp(&name), adapters.pp(&name));
+            let pick = |on: bool| if on { adapter } else { None };
+            let (bs, as_) = (b.pp("attention.self"), a.pp("attention.self"));
+            layers.push(Layer {
+                query: Proj::load(h, h, "query", &bs, &as_, pick(targets.query))?,
+                key: Proj::load(h, h, "key", &bs, &as_, pick(targets.key))?,
+                value: Proj::load(h, h, "value", &bs, &as_, pick(targets.value))?,
+                attention_output: Proj::load(
+                    h,
+                    h,
+                    "dense",
+                    &b.pp("attention.output"),
+                    &a.pp("attention.output"),
+                    pick(targets.attention_output),
+                )?,
+                attention_norm: Norm::load(
+                    h,
+                    config.layer_norm_eps,
+                    b.pp("attention.output.LayerNorm"),
+                )?,
+                intermediate: Proj::load(
+                    h,
+                    config.intermediate_size,
+                    "dense",
+                    &b.pp("intermediate"),
+                    &a.pp("intermediate"),
+                    pick(targets.intermediate),
+                )?,
+                output: Proj::load(
+                    config.intermediate_size,
+                    h,
+                    "dense",
+                    &b.pp("output"),
+                    &a.pp("output"),
+                    pick(targets.output),
+                )?,
+                output_norm: Norm::load(h, config.layer_norm_eps, b.pp("output.LayerNorm"))?,
+            });
+        }
+        Ok(Self {
+            word_embeddings: embedding(config.vocab_size, h, emb.pp("word_embeddings"))?,
+            position_embeddings: embedding(
+                config.max_position_embeddings,
+                h,
+                emb.pp("position_embeddings"),
+            )?,
+            token_type_embeddings: embedding(
+                config.type_vocab_size,
+                h,
+                emb.pp("token_type_embeddings"),
+            )?,
+            embedding_norm: Norm::load(h, config.layer_norm_eps, emb.pp("LayerNorm"))?,
+            layers,
+            config: config.clone(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    /// Hidden states `(batch, seq, hidden)` for `input_ids` and `token_type_ids`
+    /// `(batch, seq)`, with `attention_mask` (1 for tokens, 0 for padding; all ones if
+    /// `None`). `train` switches the adapters' dropout.
+    pub fn forward_t(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (_, seq) = input_ids.dims2()?;
+        if seq > self.config.max_position_embeddings {
+            return Err(Error::InvalidInput(format!(
+                "{seq} tokens, but the model has {} positions",
+                self.config.max_position_embeddings
+            )));
+        }
+        let positions = Tensor::arange(0u32, seq as u32, input_ids.device())?;
+        let x = (self.word_embeddings.forward(input_ids)?
+            + self.token_type_embeddings.forward(token_type_ids)?)?
+        .broadcast_add(&self.position_embeddings.forward(&positions)?)?;
+        let mut x = self.embedding_norm.forward(&x)?;
+        let dtype = x.dtype();
+        let mask = match attention_mask {
+            Some(m) => m.clone(),
+            None => input_ids.ones_like()?,
+        };
+        // (1 - mask) * min: padded keys get no attention.
+        let bias = ((mask.ones_like()? - &mask)?.to_dtype(dtype)? * f64::from(f32::MIN))?
+            .unsqueeze(1)?
+            .unsqueeze(1)?;
+        for layer in &self.layers {
+            x = self.layer(layer, &x, &bias, train)?;
+        }
+        Ok(x)
+    }
+
+    fn layer(&self, l: &Layer, x: &Tensor, bias: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, t, h) = x.dims3()?;
+        let heads = self.config.num_attention_heads;
+        let d = h / heads;
+        let split = |y: Tensor| -> candle_core::Result<Tensor> {
+            y.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()
+        };
+        let q = split(l.query.forward_t(x, train)?)?;
+        let k = split(l.key.forward_t(x, train)?)?;
+        let v = split(l.value.forward_t(x, train)?)?;
+        let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(bias)?;
+        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let context = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, t, h))?;
+        let attn = l
+            .attention_norm
+            .forward(&(l.attention_output.forward_t(&context, train)? + x)?)?;
+        let inter = l.intermediate.forward_t(&attn, train)?;
+        let inter = match self.config.hidden_act.as_str() {
+            "gelu" => inter.gelu_erf()?,
+            "gelu_new" => inter.gelu()?,
+            _ => inter.relu()?,
+        };
+        Ok(l.output_norm
+            .forward(&(l.output.forward_t(&inter, train)? + attn)?)?)
+    }
+
+    /// The mean of the hidden states over the tokens the mask keeps: `(batch, hidden)`.
+    pub fn mean_pool(hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+        let mask = attention_mask
+            .to_dtype(hidden.dtype())?
+            .unsqueeze(D::Minus1)?;
+        let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
+        let count = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
+        Ok(sum.broadcast_div(&count)?)
+    }
+}
+
+/// A sequence classifier: the encoder's mean-pooled output into a trainable linear head
+/// (named `classifier` under the adapters' `VarBuilder`).
+#[derive(Clone, Debug)]
+pub struct BertClassifier {
+    encoder: BertEncoder,
+    head: Linear,
+}
+
+impl BertClassifier {
+    /// The encoder plus a head with `classes` outputs.
+    pub fn new(encoder: BertEncoder, classes: usize, adapters: VarBuilder) -> Result<Self> {
+        let head = linear(
+            encoder.config.hidden_size,
+            classes,
+            adapters.pp("classifier"),
+        )?;
+        Ok(Self { encoder, head })
+    }
+
+    /// The encoder.
+    pub fn encoder(&self) -> &BertEncoder {
+        &self.encoder
+    }
+
+    /// Logits `(batch, classes)`.
+    pub fn forward_t(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let hidden =
+            self.encoder
+                .forward_t(input_ids, token_type_ids, Some(attention_mask), train)?;
+        let pooled = BertEncoder::mean_pool(&hidden, attention_mask)?;
+        Ok(self.head.forward(&pooled)?)
+    }
+}

@@ -1,0 +1,5 @@
+//! Pretrained models that carry adapters.
+
+mod bert;
+
+pub use bert::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};

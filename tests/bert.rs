@@ -1,0 +1,226 @@
+//! The adapter-carrying BERT encoder against candle-transformers' BertModel, and the
+//! gradient reaching every adapter through the layer norms.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use candle_transformers::models::bert::{BertModel, Config};
+use varlora::lora::{BlobConfig, BlobSampler, LoraConfig};
+use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
+
+const TINY: &str = r#"{
+    "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "intermediate_size": 32, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+    "max_position_embeddings": 16, "type_vocab_size": 2, "initializer_range": 0.02,
+    "layer_norm_eps": 1e-12, "pad_token_id": 0, "model_type": "bert",
+    "classifier_dropout": null
+}"#;
+
+/// Random frozen weights with BertModel's names (layer norms randomised too).
+fn frozen_weights(config: &Config) -> HashMap<String, Tensor> {
+    let varmap = VarMap::new();
+    BertModel::load(
+        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        config,
+    )
+    .unwrap();
+    let data = varmap.data().lock().unwrap();
+    data.iter()
+        .map(|(k, v)| {
+            let t = if k.contains("LayerNorm") {
+                (Tensor::randn(0f32, 0.2, v.shape(), &Device::Cpu).unwrap()
+                    + if k.ends_with("weight") { 1.0 } else { 0.0 })
+                .unwrap()
+            } else {
+                v.as_tensor().copy().unwrap()
+            };
+            (k.clone(), t)
+        })
+        .collect()
+}
+
+fn inputs() -> (Tensor, Tensor, Tensor) {
+    let dev = Device::Cpu;
+    let ids = Tensor::new(&[[1u32, 7, 22, 9, 0, 0], [3, 41, 5, 17, 8, 2]], &dev).unwrap();
+    let types = Tensor::new(&[[0u32, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 0]], &dev).unwrap();
+    let mask = Tensor::new(&[[1u32, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], &dev).unwrap();
+    (ids, types, mask)
+}
+
+fn rel_error(a: &Tensor, b: &Tensor) -> f32 {
+    let diff: f32 = (a - b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    let norm: f32 = b
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    diff / norm
+}
+
+#[test]
+fn matches_candle_transformers_bert_with_inert_adapters() {
+    let theirs_config: Config = serde_json::from_str(TINY).unwrap();
+    let ours_config: BertConfig = serde_json::from_str(TINY).unwrap();
+    let weights = frozen_weights(&theirs_config);
+    let dev = Device::Cpu;
+    let reference = BertModel::load(
+        VarBuilder::from_tensors(weights.clone(), DType::F32, &dev),
+        &theirs_config,
+    )
+    .unwrap();
+    let (ids, types, mask) = inputs();
+    let expected = reference.forward(&ids, &types, Some(&mask)).unwrap();
+    let specs = [
+        None,
+        Some(AdapterSpec::Lora(LoraConfig::new(4))),
+        Some(AdapterSpec::Blob(
+            BlobConfig::new(LoraConfig::new(4)),
+            BlobSampler::new(0),
+        )),
+    ];
+    for spec in specs {
+        let varmap = VarMap::new();
+        let base = VarBuilder::from_tensors(weights.clone(), DType::F32, &dev);
+        let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let encoder = BertEncoder::load(
+            base,
+            adapters,
+            &ours_config,
+            spec.as_ref(),
+            AdapterTargets::default(),
+        )
+        .unwrap();
+        if let Some(AdapterSpec::Blob(_, sampler)) = &spec {
+            // With B = 0 even the sampled BLoB update is zero; check at the mean too.
+            sampler.set_sampling(false).unwrap();
+        }
+        let ours = encoder.forward_t(&ids, &types, Some(&mask), false).unwrap();
+        let err = rel_error(&ours, &expected);
+        assert!(err < 1e-5, "{spec:?}: relative error {err}");
+    }
+}
+
+#[test]
+fn gradient_reaches_every_adapter_of_every_layer() {
+    let theirs_config: Config = serde_json::from_str(TINY).unwrap();
+    let config: BertConfig = serde_json::from_str(TINY).unwrap();
+    let weights = frozen_weights(&theirs_config);
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let base = VarBuilder::from_tensors(weights, DType::F32, &dev);
+    let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let all = AdapterTargets {
+        query: true,
+        key: true,
+        value: true,
+        attention_output: true,
+        intermediate: true,
+        output: true,
+    };
+    let spec = AdapterSpec::Lora(LoraConfig::new(2));
+    let encoder = BertEncoder::load(base, adapters.clone(), &config, Some(&spec), all).unwrap();
+    let model = BertClassifier::new(encoder, 3, adapters).unwrap();
+    // B starts at zero, which zeroes A's gradient: give every B a value first.
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        if name.ends_with("lora_b") {
+            var.set(&Tensor::randn(0f32, 0.1, var.shape(), &dev).unwrap())
+                .unwrap();
+        }
+    }
+    let (ids, types, mask) = inputs();
+    let logits = model.forward_t(&ids, &types, &mask, true).unwrap();
+    let y = Tensor::new(&[0u32, 2], &dev).unwrap();
+    let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
+    let grads = loss.backward().unwrap();
+    let data = varmap.data().lock().unwrap();
+    // 2 layers x 6 targets x (A, B) + the head's weight and bias.
+    assert_eq!(data.len(), 2 * 6 * 2 + 2);
+    for (name, var) in data.iter() {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert!(norm > 0.0, "zero gradient for {name}");
+    }
+}
+
+#[test]
+fn padding_does_not_change_the_pooled_output() {
+    let theirs_config: Config = serde_json::from_str(TINY).unwrap();
+    let config: BertConfig = serde_json::from_str(TINY).unwrap();
+    let weights = frozen_weights(&theirs_config);
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let base = VarBuilder::from_tensors(weights, DType::F32, &dev);
+    let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let encoder =
+        BertEncoder::load(base, adapters, &config, None, AdapterTargets::default()).unwrap();
+    let pooled = |ids: &[u32], mask: &[u32]| {
+        let ids = Tensor::new(ids, &dev).unwrap().unsqueeze(0).unwrap();
+        let mask = Tensor::new(mask, &dev).unwrap().unsqueeze(0).unwrap();
+        let h = encoder
+            .forward_t(&ids, &ids.zeros_like().unwrap(), Some(&mask), false)
+            .unwrap();
+        BertEncoder::mean_pool(&h, &mask).unwrap()
+    };
+    let short = pooled(&[4, 8, 15], &[1, 1, 1]);
+    let padded = pooled(&[4, 8, 15, 0, 0], &[1, 1, 1, 0, 0]);
+    assert!(rel_error(&padded, &short) < 1e-5);
+    let long = (0..20).collect::<Vec<u32>>();
+    let ids = Tensor::new(long.as_slice(), &dev)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    assert!(encoder
+        .forward_t(&ids, &ids.zeros_like().unwrap(), None, false)
+        .is_err());
+}
+
+/// The real all-MiniLM-L6-v2 against BertModel, when `scripts/fetch-assets.sh` (or the
+/// user) has put its files in `assets/all-minilm-l6-v2/`.
+#[test]
+fn minilm_matches_bert_model_when_present() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/all-minilm-l6-v2");
+    let (weights, config_path) = (dir.join("model.safetensors"), dir.join("config.json"));
+    if !weights.exists() || !config_path.exists() {
+        eprintln!("skipped: no model files in {}", dir.display());
+        return;
+    }
+    let dev = Device::Cpu;
+    let json = std::fs::read_to_string(config_path).unwrap();
+    let theirs_config: Config = serde_json::from_str(&json).unwrap();
+    let config: BertConfig = serde_json::from_str(&json).unwrap();
+    // SAFETY: the file is not modified while mapped.
+    let vb =
+        || unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &dev).unwrap() };
+    let reference = BertModel::load(vb(), &theirs_config).unwrap();
+    let varmap = VarMap::new();
+    let encoder = BertEncoder::load(
+        vb(),
+        VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+        &config,
+        Some(&AdapterSpec::Lora(LoraConfig::new(8))),
+        AdapterTargets::default(),
+    )
+    .unwrap();
+    let (ids, types, mask) = inputs();
+    let expected = reference.forward(&ids, &types, Some(&mask)).unwrap();
+    let ours = encoder.forward_t(&ids, &types, Some(&mask), false).unwrap();
+    let err = rel_error(&ours, &expected);
+    eprintln!("all-MiniLM-L6-v2 against BertModel: relative error {err:e}");
+    assert!(err < 1e-4, "relative error {err}");
+}
