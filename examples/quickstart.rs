@@ -4,15 +4,12 @@
 //!
 //! `cargo run --release --example quickstart`
 
-use std::io::Read;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{linear, loss, ops, Linear, Module, Optimizer, VarBuilder, VarMap};
-use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_distr::{Distribution, Uniform};
 use varlora::metrics;
 use varlora::optim::{Ivon, IvonConfig};
 use varlora::predict::{predictive, predictive_at_point};
@@ -22,30 +19,6 @@ const BATCH: usize = 32;
 const TEST: usize = 500;
 const MC_SAMPLES: usize = 32;
 const SEED: u64 = 0;
-
-/// The digits data bundled with scikit-learn (UCI, CC BY 4.0); see data/README.md.
-fn digits(dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(&include_bytes!("../data/digits.csv.gz")[..])
-        .read_to_string(&mut text)?;
-    let (mut xs, mut ys) = (Vec::new(), Vec::new());
-    for line in text.lines() {
-        let v = line
-            .split(',')
-            .map(|s| s.parse::<f32>().map_err(candle_core::Error::wrap))
-            .collect::<candle_core::Result<Vec<f32>>>()?;
-        if v.len() != 65 {
-            candle_core::bail!("digits row with {} fields, expected 65", v.len());
-        }
-        xs.extend(v[..64].iter().map(|p| p / 16.0));
-        ys.push(v[64] as u32);
-    }
-    let n = ys.len();
-    Ok((
-        Tensor::from_vec(xs, (n, 64), dev)?,
-        Tensor::from_vec(ys, n, dev)?,
-    ))
-}
 
 struct Mlp {
     fc1: Linear,
@@ -100,44 +73,25 @@ fn row(name: &str, logp: &Tensor, y: &Tensor) -> varlora::Result<String> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev = Device::Cpu;
-    let (x, y) = digits(&dev)?;
-    let n = y.dim(0)?;
-    let mut rng = StdRng::seed_from_u64(SEED);
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    order.shuffle(&mut rng);
+    let (x, y) = common::digits(&dev)?;
+    let (test_ids, train_ids, batch_ids) = common::split(y.dim(0)?, TEST, EPOCHS, BATCH, SEED);
     let take = |ids: &[u32]| -> candle_core::Result<(Tensor, Tensor)> {
         let ids = Tensor::new(ids, &dev)?;
         Ok((x.index_select(&ids, 0)?, y.index_select(&ids, 0)?))
     };
-    let (x_test, y_test) = take(&order[..TEST])?;
-    let train_ids = &order[TEST..];
-    let mut batches = Vec::new();
-    for _ in 0..EPOCHS {
-        let mut ids = train_ids.to_vec();
-        ids.shuffle(&mut rng);
-        for chunk in ids.chunks_exact(BATCH) {
-            batches.push(take(chunk)?);
-        }
-    }
+    let (x_test, y_test) = take(&test_ids)?;
+    let batches = batch_ids
+        .iter()
+        .map(|ids| take(ids))
+        .collect::<candle_core::Result<Vec<_>>>()?;
 
     // Two copies of one seeded initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as in
     // PyTorch (fan_in is 64 for both layers).
     let (adamw_vars, ivon_vars) = (VarMap::new(), VarMap::new());
     let adamw_model = Mlp::new(VarBuilder::from_varmap(&adamw_vars, DType::F32, &dev))?;
     let ivon_model = Mlp::new(VarBuilder::from_varmap(&ivon_vars, DType::F32, &dev))?;
-    let init = Uniform::new(-0.125f32, 0.125)?;
     for varmap in [&adamw_vars, &ivon_vars] {
-        let mut rng = StdRng::seed_from_u64(SEED);
-        let vars = varmap.data().lock().map_err(|_| "poisoned")?;
-        let mut names: Vec<&String> = vars.keys().collect();
-        names.sort();
-        for name in names {
-            let var = &vars[name];
-            let values: Vec<f32> = (0..var.elem_count())
-                .map(|_| init.sample(&mut rng))
-                .collect();
-            var.set(&Tensor::from_vec(values, var.shape(), &dev)?)?;
-        }
+        common::seeded_init(varmap, 0.125, SEED, &dev)?;
     }
 
     // Learning rates and hess_init chosen by validation NLL on 200 training examples held
