@@ -4,5 +4,5 @@
 mod posterior;
 mod predictive;
 
-pub use posterior::Posterior;
+pub use posterior::{PointMass, Posterior};
 pub use predictive::{predictive, predictive_at_point, Predictive};

@@ -20,3 +20,31 @@ pub trait Posterior {
     /// Runs `f` at the point estimate (the posterior mean, for IVON).
     fn with_point_estimate<R>(&mut self, f: impl FnOnce() -> candle_core::Result<R>) -> Result<R>;
 }
+
+/// A deterministic model as a posterior: every sample is the model itself, so its
+/// epistemic uncertainty is zero. For baselines such as AdamW.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use varlora::predict::{predictive, PointMass};
+/// let logits = Tensor::new(&[[2f32, 0.0]], &Device::Cpu)?;
+/// let p = predictive(&mut PointMass, 4, false, || Ok(logits.clone()))?;
+/// assert!(p.epistemic.to_vec1::<f64>()?[0] < 1e-12);
+/// # Ok::<(), varlora::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PointMass;
+
+impl Posterior for PointMass {
+    fn with_posterior_sample<R>(
+        &mut self,
+        _k: usize,
+        f: impl FnOnce() -> candle_core::Result<R>,
+    ) -> Result<R> {
+        Ok(f()?)
+    }
+
+    fn with_point_estimate<R>(&mut self, f: impl FnOnce() -> candle_core::Result<R>) -> Result<R> {
+        Ok(f()?)
+    }
+}

@@ -1,0 +1,307 @@
+//! AdamW, IVON and a BLoB Bayesian last layer on the digits data, side by side: accuracy,
+//! NLL, ECE and Brier on the test digits; the total, aleatoric and epistemic uncertainty
+//! of the test digits against two shifted sets (the same digits rotated by 90 degrees,
+//! and with Gaussian pixel noise); the OOD AUROC of each score; and a reliability diagram
+//! per model (SVG and CSV).
+//!
+//! `cargo run --release --example digits_uncertainty [-- OUT_DIR]`
+//! (the diagrams go to `target/digits_uncertainty` by default).
+
+mod common;
+
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Module, ModuleT, Tensor, Var};
+use candle_nn::{linear, loss, AdamW, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap, SGD};
+use varlora::lora::{kl_weight, BayesianLoraLinear, BlobConfig, BlobSampler, LoraConfig};
+use varlora::metrics;
+use varlora::optim::{Ivon, IvonConfig};
+use varlora::predict::{predictive, PointMass, Posterior, Predictive};
+
+const EPOCHS: usize = 40;
+const BATCH: usize = 32;
+const TEST: usize = 500;
+const SEED: u64 = 0;
+
+/// 64 -> 64 (ReLU) -> 10.
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    fn new(vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            fc1: linear(64, 64, vb.pp("fc1"))?,
+            fc2: linear(64, 10, vb.pp("fc2"))?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(x)?.relu()?)
+    }
+}
+
+/// The same network with a BLoB adapter (rank 8) on a frozen, randomly initialised last
+/// layer: only the last layer is Bayesian.
+struct BlobMlp {
+    fc1: Linear,
+    fc2: BayesianLoraLinear,
+}
+
+impl BlobMlp {
+    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.fc2.forward_t(&self.fc1.forward(x)?.relu()?, train)
+    }
+}
+
+/// The pixels of each 8x8 digit rotated by 90 degrees.
+fn rotate(x: &Tensor) -> candle_core::Result<Tensor> {
+    let perm: Vec<u32> = (0..64u32).map(|k| (7 - k % 8) * 8 + k / 8).collect();
+    x.index_select(&Tensor::new(perm.as_slice(), x.device())?, 1)
+}
+
+/// Each pixel plus N(0, 0.3^2) noise, clipped to [0, 1], from a seeded stream.
+fn noisy(x: &Tensor) -> varlora::Result<Tensor> {
+    let mut z = vec![0f32; x.elem_count()];
+    varlora::noise::PhiloxNormal::new(SEED + 7).fill(&mut z);
+    let z = Tensor::from_vec(z, x.shape(), x.device())?;
+    Ok((x + (z * 0.3)?)?.clamp(0f32, 1f32)?)
+}
+
+struct Report {
+    name: String,
+    id: Predictive,
+    shifted: Vec<Predictive>,
+}
+
+fn evaluate<P: Posterior>(
+    name: &str,
+    posterior: &mut P,
+    samples: usize,
+    model: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
+    x: &Tensor,
+    shifted: &[Tensor],
+) -> varlora::Result<Report> {
+    Ok(Report {
+        name: name.into(),
+        id: predictive(posterior, samples, false, || model(x))?,
+        shifted: shifted
+            .iter()
+            .map(|xs| predictive(posterior, samples, false, || model(xs)))
+            .collect::<varlora::Result<_>>()?,
+    })
+}
+
+fn mean(t: &Tensor) -> varlora::Result<f64> {
+    Ok(t.mean_all()?.to_scalar::<f64>()?)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out_dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "target/digits_uncertainty".into());
+    std::fs::create_dir_all(&out_dir)?;
+    let dev = Device::Cpu;
+    let (x, y) = common::digits(&dev)?;
+    let (test_ids, train_ids, batch_ids) = common::split(y.dim(0)?, TEST, EPOCHS, BATCH, SEED);
+    let take = |ids: &[u32]| -> candle_core::Result<(Tensor, Tensor)> {
+        let ids = Tensor::new(ids, &dev)?;
+        Ok((x.index_select(&ids, 0)?, y.index_select(&ids, 0)?))
+    };
+    let (x_test, y_test) = take(&test_ids)?;
+    let shifted = [rotate(&x_test)?, noisy(&x_test)?];
+    let batches = batch_ids
+        .iter()
+        .map(|ids| take(ids))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let n_train = train_ids.len();
+
+    // AdamW and IVON as in the quickstart.
+    let (adamw_vars, ivon_vars) = (VarMap::new(), VarMap::new());
+    let adamw_model = Mlp::new(VarBuilder::from_varmap(&adamw_vars, DType::F32, &dev))?;
+    let ivon_model = Mlp::new(VarBuilder::from_varmap(&ivon_vars, DType::F32, &dev))?;
+    common::seeded_init(&adamw_vars, 0.125, SEED, &dev)?;
+    common::seeded_init(&ivon_vars, 0.125, SEED, &dev)?;
+    let mut adamw = AdamW::new_lr(adamw_vars.all_vars(), 3e-2)?;
+    let mut ivon = Ivon::from_varmap(
+        &ivon_vars,
+        IvonConfig::new(1.0, n_train as f64)
+            .hess_init(1.0)
+            .weight_decay(2e-4),
+    )?;
+    for (xb, yb) in &batches {
+        adamw.backward_step(&loss::cross_entropy(&adamw_model.forward(xb)?, yb)?)?;
+        ivon.backward_step(&loss::cross_entropy(&ivon_model.forward(xb)?, yb)?)?;
+    }
+
+    // BLoB's two optimizers, as the reference: AdamW on the NLL for everything but G,
+    // then SGD on pi * KL for every var, where G also keeps its NLL gradient.
+    let blob_vars = VarMap::new();
+    let vb = VarBuilder::from_varmap(&blob_vars, DType::F32, &dev);
+    let sampler = BlobSampler::new(SEED);
+    let fc1 = linear(64, 64, vb.pp("fc1"))?;
+    let frozen_vars = VarMap::new();
+    let w0 = VarBuilder::from_varmap(&frozen_vars, DType::F32, &dev).get((10, 64), "w")?;
+    common::seeded_init(&frozen_vars, 0.125, SEED + 1, &dev)?;
+    let frozen = Linear::new(w0.copy()?, None);
+    let lora = LoraConfig::new(8).alpha(16.0);
+    let fc2 = BayesianLoraLinear::new(frozen, BlobConfig::new(lora), vb.pp("fc2"), &sampler)?;
+    let blob_model = BlobMlp { fc1, fc2 };
+    // Seeded: fc1 and M as U(-1/8, 1/8) (both have 64 inputs), then G and B set back to
+    // BLoB's init, U(eps / sqrt 2, eps) with eps = 0.05, and zero.
+    common::seeded_init(&blob_vars, 0.125, SEED, &dev)?;
+    {
+        let data = blob_vars.data().lock().map_err(|_| "poisoned")?;
+        let g = &data["fc2.lora_a_g"];
+        let gvars = VarMap::new();
+        let gt = VarBuilder::from_varmap(&gvars, DType::F32, &dev).get(g.shape(), "g")?;
+        common::seeded_init(&gvars, 1.0, SEED + 2, &dev)?;
+        let eps = 0.05f64;
+        let lo = eps / 2f64.sqrt();
+        // U(-1, 1) -> U(lo, eps).
+        g.set(&(((gt.copy()? + 1.0)? * ((eps - lo) / 2.0))? + lo)?)?;
+        let b = &data["fc2.lora_b"];
+        b.set(&b.zeros_like()?)?;
+    }
+    let named: Vec<(String, Var)> = {
+        let data = blob_vars.data().lock().map_err(|_| "poisoned")?;
+        let mut v: Vec<_> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let g_var = named
+        .iter()
+        .find(|(k, _)| k.ends_with("lora_a_g"))
+        .map(|(_, v)| v.clone())
+        .ok_or("no G")?;
+    let nll_vars: Vec<Var> = named
+        .iter()
+        .filter(|(k, _)| !k.ends_with("lora_a_g"))
+        .map(|(_, v)| v.clone())
+        .collect();
+    let mut nll_opt = AdamW::new(
+        nll_vars,
+        ParamsAdamW {
+            lr: 1e-2,
+            weight_decay: 0.0,
+            eps: 1e-6,
+            ..Default::default()
+        },
+    )?;
+    let mut kl_opt = SGD::new(named.iter().map(|(_, v)| v.clone()).collect(), 1e-2)?;
+    let period = (n_train / BATCH) as u64;
+    for (step, (xb, yb)) in batches.iter().enumerate() {
+        let nll_grads = loss::cross_entropy(&blob_model.forward(xb, true)?, yb)?.backward()?;
+        nll_opt.step(&nll_grads)?;
+        let pi = kl_weight(step as u64 + 1, period);
+        let mut grads = (blob_model.fc2.kl()? * pi)?
+            .to_dtype(DType::F32)?
+            .backward()?;
+        add_grad(&mut grads, &g_var, &nll_grads)?;
+        kl_opt.step(&grads)?;
+    }
+
+    let mut sampler_posterior = sampler.clone();
+    let reports = [
+        evaluate(
+            "AdamW",
+            &mut PointMass,
+            1,
+            &|x| adamw_model.forward(x),
+            &x_test,
+            &shifted,
+        )?,
+        evaluate(
+            "IVON (32 samples)",
+            &mut ivon,
+            32,
+            &|x| ivon_model.forward(x),
+            &x_test,
+            &shifted,
+        )?,
+        evaluate(
+            "BLoB last layer (10)",
+            &mut sampler_posterior,
+            10,
+            &|x| blob_model.forward(x, false),
+            &x_test,
+            &shifted,
+        )?,
+    ];
+
+    println!(
+        "digits: {n_train} train / {TEST} test; shifted sets: the test digits rotated by 90 degrees, and with N(0, 0.3^2) pixel noise\n"
+    );
+    println!("| model                | accuracy |    NLL | ECE-15 |  Brier |");
+    println!("|----------------------|----------|--------|--------|--------|");
+    for r in &reports {
+        let p = &r.id.probs;
+        println!(
+            "| {:<20} | {:>7.2}% | {:>6.4} | {:>6.4} | {:>6.4} |",
+            r.name,
+            100.0 * metrics::accuracy(p, &y_test)?,
+            metrics::nll(&r.id.log_probs, &y_test)?,
+            metrics::ece(p, &y_test, 15)?,
+            metrics::brier(p, &y_test)?,
+        );
+        let bins = metrics::reliability(p, &y_test, 15)?;
+        let file = r.name.split(' ').next().unwrap_or("model").to_lowercase();
+        let title = format!("{}: ECE {:.4}", r.name, metrics::ece(p, &y_test, 15)?);
+        std::fs::write(
+            format!("{out_dir}/{file}.svg"),
+            metrics::reliability_svg(&bins, &title),
+        )?;
+        std::fs::write(
+            format!("{out_dir}/{file}.csv"),
+            metrics::reliability_csv(&bins),
+        )?;
+    }
+    println!("\nMean uncertainty (nats) and the OOD AUROC of each score, test digits against each shifted set:\n");
+    println!("| model                | set     |    TU |    AU |     MI | AUROC 1-MSP | AUROC TU | AUROC MI |");
+    println!("|----------------------|---------|-------|-------|--------|-------------|----------|----------|");
+    let msp = |p: &Predictive| -> varlora::Result<Tensor> { Ok((p.probs.max(1)?.neg()? + 1.0)?) };
+    for r in &reports {
+        let sets = std::iter::once(("test", &r.id, None)).chain(
+            ["rotated", "noisy"]
+                .into_iter()
+                .zip(&r.shifted)
+                .map(|(n, p)| (n, p, Some(p))),
+        );
+        for (set, p, ood) in sets {
+            let aurocs = match ood {
+                None => "             |          |         ".to_string(),
+                Some(o) => format!(
+                    " {:>11.3} | {:>8.3} | {:>8}",
+                    metrics::auroc(&msp(&r.id)?, &msp(o)?)?,
+                    metrics::auroc(&r.id.total, &o.total)?,
+                    if r.name == "AdamW" {
+                        "-".to_string()
+                    } else {
+                        format!("{:.3}", metrics::auroc(&r.id.epistemic, &o.epistemic)?)
+                    },
+                ),
+            };
+            println!(
+                "| {:<20} | {set:<7} | {:.3} | {:.3} | {:.4} |{aurocs} |",
+                r.name,
+                mean(&p.total)?,
+                mean(&p.aleatoric)?,
+                mean(&p.epistemic)?,
+            );
+        }
+    }
+    println!("\nreliability diagrams: {out_dir}/{{adamw,ivon,blob}}.svg (and .csv)");
+    Ok(())
+}
+
+/// Adds `var`'s gradient in `extra` to `grads`.
+fn add_grad(grads: &mut GradStore, var: &Var, extra: &GradStore) -> candle_core::Result<()> {
+    if let Some(e) = extra.get(var.as_tensor()) {
+        let sum = match grads.get(var.as_tensor()) {
+            Some(g) => (g + e)?,
+            None => e.clone(),
+        };
+        grads.insert(var.as_tensor(), sum);
+    }
+    Ok(())
+}
