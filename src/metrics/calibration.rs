@@ -126,4 +126,19 @@ mod tests {
         assert!(ece(&p, &y, 10).unwrap().abs() < 1e-12);
         assert!(ece(&p, &y, 0).is_err());
     }
+
+    #[test]
+    fn a_single_class_and_certain_predictions() {
+        // Every label is class 0; predictions certain (1 and 0 exactly) and right.
+        let (p, y) = binary(&[1.0, 1.0, 1.0], &[true, true, true]);
+        assert_eq!(ece(&p, &y, 15).unwrap(), 0.0);
+        assert_eq!(crate::metrics::brier(&p, &y).unwrap(), 0.0);
+        assert_eq!(crate::metrics::accuracy(&p, &y).unwrap(), 1.0);
+        // Certain and wrong: the last bin, accuracy 0, ECE 1, Brier 2.
+        let (p, y) = binary(&[1.0, 1.0], &[false, false]);
+        assert_eq!(ece(&p, &y, 15).unwrap(), 1.0);
+        assert_eq!(crate::metrics::brier(&p, &y).unwrap(), 2.0);
+        let t = reliability(&p, &y, 15).unwrap();
+        assert_eq!(t[14].count, 2);
+    }
 }
