@@ -22,25 +22,6 @@ const BATCH: usize = 32;
 const TEST: usize = 500;
 const SEED: u64 = 0;
 
-/// 64 -> 64 (ReLU) -> 10.
-struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
-}
-
-impl Mlp {
-    fn new(vb: VarBuilder) -> candle_core::Result<Self> {
-        Ok(Self {
-            fc1: linear(64, 64, vb.pp("fc1"))?,
-            fc2: linear(64, 10, vb.pp("fc2"))?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.relu()?)
-    }
-}
-
 /// The same network with a BLoB adapter (rank 8) on a frozen, randomly initialised last
 /// layer: only the last layer is Bayesian.
 struct BlobMlp {
@@ -118,8 +99,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // AdamW and IVON as in the quickstart.
     let (adamw_vars, ivon_vars) = (VarMap::new(), VarMap::new());
-    let adamw_model = Mlp::new(VarBuilder::from_varmap(&adamw_vars, DType::F32, &dev))?;
-    let ivon_model = Mlp::new(VarBuilder::from_varmap(&ivon_vars, DType::F32, &dev))?;
+    let adamw_model = common::Mlp::new(VarBuilder::from_varmap(&adamw_vars, DType::F32, &dev))?;
+    let ivon_model = common::Mlp::new(VarBuilder::from_varmap(&ivon_vars, DType::F32, &dev))?;
     common::seeded_init(&adamw_vars, 0.125, SEED, &dev)?;
     common::seeded_init(&ivon_vars, 0.125, SEED, &dev)?;
     let mut adamw = AdamW::new_lr(adamw_vars.all_vars(), 3e-2)?;

@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor, D};
-use candle_nn::{linear, loss, ops, Linear, Module, Optimizer, VarBuilder, VarMap};
+use candle_nn::{loss, ops, Module, Optimizer, VarBuilder, VarMap};
 use varlora::metrics;
 use varlora::optim::{Ivon, IvonConfig};
 use varlora::predict::{predictive, predictive_at_point};
@@ -20,30 +20,10 @@ const TEST: usize = 500;
 const MC_SAMPLES: usize = 32;
 const SEED: u64 = 0;
 
-struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
-}
-
-impl Mlp {
-    fn new(vb: VarBuilder) -> candle_core::Result<Self> {
-        Ok(Self {
-            fc1: linear(64, 64, vb.pp("fc1"))?,
-            fc2: linear(64, 10, vb.pp("fc2"))?,
-        })
-    }
-}
-
-impl Module for Mlp {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.relu()?)
-    }
-}
-
 /// Trains with any candle optimizer and returns the mean time of a training step and of
 /// the optimizer's part of it.
 fn train<O: Optimizer>(
-    model: &Mlp,
+    model: &common::Mlp,
     opt: &mut O,
     batches: &[(Tensor, Tensor)],
 ) -> candle_core::Result<(Duration, Duration)> {
@@ -88,8 +68,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Two copies of one seeded initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as in
     // PyTorch (fan_in is 64 for both layers).
     let (adamw_vars, ivon_vars) = (VarMap::new(), VarMap::new());
-    let adamw_model = Mlp::new(VarBuilder::from_varmap(&adamw_vars, DType::F32, &dev))?;
-    let ivon_model = Mlp::new(VarBuilder::from_varmap(&ivon_vars, DType::F32, &dev))?;
+    let adamw_model = common::Mlp::new(VarBuilder::from_varmap(&adamw_vars, DType::F32, &dev))?;
+    let ivon_model = common::Mlp::new(VarBuilder::from_varmap(&ivon_vars, DType::F32, &dev))?;
     for varmap in [&adamw_vars, &ivon_vars] {
         common::seeded_init(varmap, 0.125, SEED, &dev)?;
     }

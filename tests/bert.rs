@@ -40,6 +40,19 @@ fn frozen_weights(config: &Config) -> HashMap<String, Tensor> {
         .collect()
 }
 
+/// An encoder over fresh random frozen weights, its adapters in the returned VarMap.
+fn tiny_encoder(spec: Option<&AdapterSpec>, targets: AdapterTargets) -> (BertEncoder, VarMap) {
+    let theirs_config: Config = serde_json::from_str(TINY).unwrap();
+    let config: BertConfig = serde_json::from_str(TINY).unwrap();
+    let weights = frozen_weights(&theirs_config);
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let base = VarBuilder::from_tensors(weights, DType::F32, &dev);
+    let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let encoder = BertEncoder::load(base, adapters, &config, spec, targets).unwrap();
+    (encoder, varmap)
+}
+
 fn inputs() -> (Tensor, Tensor, Tensor) {
     let dev = Device::Cpu;
     let ids = Tensor::new(&[[1u32, 7, 22, 9, 0, 0], [3, 41, 5, 17, 8, 2]], &dev).unwrap();
@@ -116,13 +129,7 @@ fn matches_candle_transformers_bert_with_inert_adapters() {
 
 #[test]
 fn gradient_reaches_every_adapter_of_every_layer() {
-    let theirs_config: Config = serde_json::from_str(TINY).unwrap();
-    let config: BertConfig = serde_json::from_str(TINY).unwrap();
-    let weights = frozen_weights(&theirs_config);
     let dev = Device::Cpu;
-    let varmap = VarMap::new();
-    let base = VarBuilder::from_tensors(weights, DType::F32, &dev);
-    let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let all = AdapterTargets {
         query: true,
         key: true,
@@ -132,8 +139,9 @@ fn gradient_reaches_every_adapter_of_every_layer() {
         output: true,
     };
     let spec = AdapterSpec::Lora(LoraConfig::new(2));
-    let encoder = BertEncoder::load(base, adapters.clone(), &config, Some(&spec), all).unwrap();
-    let model = BertClassifier::new(encoder, 3, adapters).unwrap();
+    let (encoder, varmap) = tiny_encoder(Some(&spec), all);
+    let head = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let model = BertClassifier::new(encoder, 3, head).unwrap();
     // B starts at zero, which zeroes A's gradient: give every B a value first.
     for (name, var) in varmap.data().lock().unwrap().iter() {
         if name.ends_with("lora_b") {
@@ -160,15 +168,8 @@ fn gradient_reaches_every_adapter_of_every_layer() {
 
 #[test]
 fn padding_does_not_change_the_pooled_output() {
-    let theirs_config: Config = serde_json::from_str(TINY).unwrap();
-    let config: BertConfig = serde_json::from_str(TINY).unwrap();
-    let weights = frozen_weights(&theirs_config);
     let dev = Device::Cpu;
-    let varmap = VarMap::new();
-    let base = VarBuilder::from_tensors(weights, DType::F32, &dev);
-    let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
-    let encoder =
-        BertEncoder::load(base, adapters, &config, None, AdapterTargets::default()).unwrap();
+    let (encoder, _) = tiny_encoder(None, AdapterTargets::default());
     let pooled = |ids: &[u32], mask: &[u32]| {
         let ids = Tensor::new(ids, &dev).unwrap().unsqueeze(0).unwrap();
         let mask = Tensor::new(mask, &dev).unwrap().unsqueeze(0).unwrap();

@@ -2,8 +2,8 @@
 
 use std::io::Read;
 
-use candle_core::{Device, Tensor};
-use candle_nn::VarMap;
+use candle_core::{Device, Module, Tensor};
+use candle_nn::{linear, Linear, VarBuilder, VarMap};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -32,6 +32,28 @@ pub fn digits(dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
         Tensor::from_vec(xs, (n, 64), dev)?,
         Tensor::from_vec(ys, n, dev)?,
     ))
+}
+
+/// The examples' classifier: 64 pixels -> 64 (ReLU) -> 10 classes.
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    /// Its two layers, named `fc1` and `fc2` under `vb`.
+    pub fn new(vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            fc1: linear(64, 64, vb.pp("fc1"))?,
+            fc2: linear(64, 10, vb.pp("fc2"))?,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(x)?.relu()?)
+    }
 }
 
 /// A seeded split: `test` examples held out, then shuffled batches of `batch` over
