@@ -5,4 +5,4 @@ mod posterior;
 mod predictive;
 
 pub use posterior::{PointMass, Posterior};
-pub use predictive::{predictive, predictive_at_point, Predictive};
+pub use predictive::{predictive, predictive_at_point, predictive_from_samples, Predictive};

@@ -67,6 +67,36 @@ pub fn predictive<P: Posterior>(
         .finish(mc_samples)
 }
 
+/// The predictive of logits already computed for every sample or member, `(samples, n,
+/// classes)`: a LoRA-Ensemble's members from its one forward pass, or logit samples of a
+/// distilled student.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// // Two members that disagree completely on one example.
+/// let z = Tensor::new(&[[[9f32, -9.0]], [[-9.0, 9.0]]], &Device::Cpu)?;
+/// let p = varlora::predict::predictive_from_samples(&z, false)?;
+/// assert!(p.epistemic.to_vec1::<f64>()?[0] > 0.69); // close to ln 2
+/// # Ok::<(), varlora::Error>(())
+/// ```
+pub fn predictive_from_samples(logits: &Tensor, keep_samples: bool) -> Result<Predictive> {
+    let (s, _, _) = logits.dims3().map_err(|_| {
+        Error::InvalidInput(format!(
+            "sample logits must be (samples, n, classes), got {:?}",
+            logits.dims()
+        ))
+    })?;
+    if s == 0 {
+        return Err(Error::InvalidInput("no samples".into()));
+    }
+    let mut acc = Accumulator::new(log_softmax_checked(&logits.get(0)?, None)?, keep_samples)?;
+    for k in 1..s {
+        let dims = acc.lse.dims().to_vec();
+        acc.add(log_softmax_checked(&logits.get(k)?, Some(&dims))?)?;
+    }
+    acc.finish(s)
+}
+
 /// The predictive at the point estimate alone (IVON at the mean, "BLoB N = 0"): its
 /// epistemic part is zero.
 pub fn predictive_at_point<P: Posterior>(

@@ -1,0 +1,231 @@
+//! LoRA-Ensemble's batched forward and diversity, and distillation into a Laplace student.
+
+use candle_core::{DType, Device, Module, Tensor, Var};
+use candle_nn::{loss, AdamW, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use varlora::ensemble::{distillation_loss, laplace_nll, laplace_predictive, LoraEnsembleLinear};
+use varlora::metrics::auroc;
+use varlora::noise::PhiloxNormal;
+use varlora::predict::predictive_from_samples;
+
+const M: usize = 4;
+
+/// Seeded standard-normal draws of `shape`, times `std`.
+fn randn(seed: u64, std: f64, shape: &[usize], dtype: DType) -> Tensor {
+    use varlora::noise::NoiseSource;
+    let n = shape.iter().product();
+    let z = PhiloxNormal::new(seed)
+        .standard_normal(n, dtype, &Device::Cpu)
+        .unwrap();
+    (z.reshape(shape).unwrap() * std).unwrap()
+}
+
+fn ensemble(varmap: &VarMap) -> LoraEnsembleLinear {
+    let dev = Device::Cpu;
+    let base = Linear::new(
+        randn(1, 0.5, &[3, 6], DType::F32),
+        Some(randn(2, 0.5, &[3], DType::F32)),
+    );
+    let vb = VarBuilder::from_varmap(varmap, DType::F32, &dev);
+    LoraEnsembleLinear::new(base, M, 2, vb.pp("q")).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+#[test]
+fn batched_forward_equals_separate_members() {
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let layer = ensemble(&varmap);
+    varmap.data().lock().unwrap()["q.lora_b"]
+        .set(&randn(3, 0.1, &[M, 3, 2], DType::F32))
+        .unwrap();
+    let x = randn(4, 1.0, &[M, 2, 5, 6], DType::F32);
+    let y = layer.forward(&x).unwrap();
+    assert_eq!(y.dims(), &[M, 2, 5, 3]);
+    for m in 0..M {
+        let xm = x.get(m).unwrap();
+        let (a, b) = (layer.a().get(m).unwrap(), layer.b().get(m).unwrap());
+        let single = (layer.base().forward(&xm).unwrap()
+            + xm.broadcast_matmul(&a.t().unwrap())
+                .unwrap()
+                .broadcast_matmul(&b.t().unwrap())
+                .unwrap())
+        .unwrap();
+        assert!(
+            max_abs_diff(&y.get(m).unwrap(), &single) < 1e-5,
+            "member {m}"
+        );
+    }
+    // Xavier-uniform with gain 10 over (r, in) = (2, 6): bound 10 sqrt(6 / 8).
+    let a_max: f32 = layer
+        .a()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(a_max <= 10.0 * 0.75f32.sqrt() && a_max > 2.0, "{a_max}");
+    assert!(layer
+        .forward(&Tensor::zeros((M + 1, 6), DType::F32, &dev).unwrap())
+        .is_err());
+}
+
+#[test]
+fn members_start_equal_and_diverge_from_their_inits() {
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let layer = ensemble(&varmap);
+    let x = LoraEnsembleLinear::repeat_members(&randn(5, 1.0, &[16, 6], DType::F32), M).unwrap();
+    let y = Tensor::new(&[0u32, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0], &dev).unwrap();
+    let spread = |out: &Tensor| -> f32 {
+        let mean = out.mean_keepdim(0).unwrap();
+        out.broadcast_sub(&mean)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    };
+    assert_eq!(
+        spread(&layer.forward(&x).unwrap()),
+        0.0,
+        "B = 0: all members equal at init"
+    );
+    let mut opt = AdamW::new(
+        varmap.all_vars(),
+        ParamsAdamW {
+            lr: 1e-2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for _ in 0..30 {
+        let logits = layer.forward(&x).unwrap();
+        // Mean of the members' cross-entropies on the same batch.
+        let losses: Vec<Tensor> = (0..M)
+            .map(|m| loss::cross_entropy(&logits.get(m).unwrap(), &y).unwrap())
+            .collect();
+        opt.backward_step(&(Tensor::stack(&losses, 0).unwrap().mean_all().unwrap()))
+            .unwrap();
+    }
+    assert!(
+        spread(&layer.forward(&x).unwrap()) > 1e-2,
+        "members diverged"
+    );
+    let p = predictive_from_samples(&layer.forward(&x).unwrap(), false).unwrap();
+    let mi: Vec<f64> = p.epistemic.to_vec1().unwrap();
+    assert!(mi.iter().all(|&v| v >= 0.0) && mi.iter().any(|&v| v > 0.0));
+}
+
+#[test]
+fn laplace_fit_finds_median_and_mean_absolute_deviation() {
+    let dev = Device::Cpu;
+    let (m, n, v) = (7, 3, 4);
+    let targets = randn(6, 1.0, &[m, n, v], DType::F64);
+    let mu = Var::zeros((n, v), DType::F64, &dev).unwrap();
+    let log_b = Var::zeros((n, v), DType::F64, &dev).unwrap();
+    let mut opt = AdamW::new(
+        vec![mu.clone(), log_b.clone()],
+        ParamsAdamW {
+            lr: 0.05,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for step in 0..3000 {
+        if step == 2000 {
+            opt.set_learning_rate(0.005);
+        }
+        let loss = laplace_nll(&mu, &log_b, &targets)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        opt.backward_step(&loss).unwrap();
+    }
+    let t: Vec<Vec<Vec<f64>>> = targets.to_vec3().unwrap();
+    let fitted_mu: Vec<Vec<f64>> = mu.as_tensor().to_vec2().unwrap();
+    let fitted_b: Vec<Vec<f64>> = log_b.as_tensor().exp().unwrap().to_vec2().unwrap();
+    for i in 0..n {
+        for j in 0..v {
+            let mut col: Vec<f64> = (0..m).map(|k| t[k][i][j]).collect();
+            col.sort_by(f64::total_cmp);
+            let median = col[m / 2];
+            let mad = col.iter().map(|c| (c - median).abs()).sum::<f64>() / m as f64;
+            assert!(
+                (fitted_mu[i][j] - median).abs() < 0.02,
+                "mu {} vs median {median}",
+                fitted_mu[i][j]
+            );
+            assert!(
+                (fitted_b[i][j] - mad).abs() < 0.02 * mad.max(0.1),
+                "b {} vs MAD {mad}",
+                fitted_b[i][j]
+            );
+        }
+    }
+}
+
+#[test]
+fn student_mutual_information_ranks_ood_above_in_distribution() {
+    // Teacher: 8 members over 40 examples; the first 20 (in-distribution) agree, the last
+    // 20 (OOD) disagree.
+    let dev = Device::Cpu;
+    let (members, n, v) = (8, 40, 5);
+    let center = randn(7, 2.0, &[1, n, v], DType::F32);
+    let spread: Vec<f32> = (0..n).map(|i| if i < 20 { 0.1 } else { 3.0 }).collect();
+    let spread = Tensor::from_vec(spread, (1, n, 1), &dev).unwrap();
+    let teacher = center
+        .broadcast_add(
+            &Tensor::randn(0f32, 1.0, (members, n, v), &dev)
+                .unwrap()
+                .broadcast_mul(&spread)
+                .unwrap(),
+        )
+        .unwrap();
+    let teacher_mi = predictive_from_samples(&teacher, false).unwrap().epistemic;
+    let (id, ood) = (
+        teacher_mi.narrow(0, 0, 20).unwrap(),
+        teacher_mi.narrow(0, 20, 20).unwrap(),
+    );
+    assert!(
+        auroc(&id, &ood).unwrap() > 0.9,
+        "the teacher separates the sets"
+    );
+    // Student: one Laplace per example (a student whose features identify the example).
+    let mu = Var::zeros((n, v), DType::F32, &dev).unwrap();
+    let log_b = Var::zeros((n, v), DType::F32, &dev).unwrap();
+    let mut opt = AdamW::new(
+        vec![mu.clone(), log_b.clone()],
+        ParamsAdamW {
+            lr: 0.05,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for _ in 0..800 {
+        opt.backward_step(&distillation_loss(&mu, &log_b, &teacher, 1.0, 1.0).unwrap())
+            .unwrap();
+    }
+    let student = laplace_predictive(&mu, &log_b, 64, 0).unwrap();
+    let mi = student.epistemic;
+    let score = auroc(
+        &mi.narrow(0, 0, 20).unwrap(),
+        &mi.narrow(0, 20, 20).unwrap(),
+    )
+    .unwrap();
+    assert!(score > 0.9, "student MI AUROC {score}");
+}
