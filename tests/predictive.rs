@@ -197,3 +197,22 @@ fn ivon_epistemic_uncertainty_shrinks_with_more_data() {
         "MI {many} with ess 1e5 vs {few} with ess 10"
     );
 }
+
+#[test]
+fn sample_logits_stack_what_predictive_averages() {
+    let x = Tensor::new(&[[1f32, 2.0], [-1.0, 0.5]], &Device::Cpu).unwrap();
+    let (w, mut opt) = ivon(3, 20.0);
+    let stacked = varlora::predict::sample_logits(&mut opt, 5, || x.matmul(w.as_tensor())).unwrap();
+    assert_eq!(stacked.dims(), &[5, 2, 3]);
+    let direct = predictive(&mut opt, 5, false, || x.matmul(w.as_tensor())).unwrap();
+    let from_stack = varlora::predict::predictive_from_samples(&stacked, false).unwrap();
+    let diff: f64 = (direct.probs - from_stack.probs)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!(diff < 1e-12, "{diff}");
+}

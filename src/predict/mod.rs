@@ -5,4 +5,6 @@ mod posterior;
 mod predictive;
 
 pub use posterior::{PointMass, Posterior};
-pub use predictive::{predictive, predictive_at_point, predictive_from_samples, Predictive};
+pub use predictive::{
+    predictive, predictive_at_point, predictive_from_samples, sample_logits, Predictive,
+};

@@ -67,6 +67,23 @@ pub fn predictive<P: Posterior>(
         .finish(mc_samples)
 }
 
+/// The logits of posterior samples `0..samples`, stacked `(samples, n, classes)`: a
+/// teacher's targets for distillation (`ensemble::distillation_loss`), from IVON, BLoB or
+/// any other [`Posterior`].
+pub fn sample_logits<P: Posterior>(
+    posterior: &mut P,
+    samples: usize,
+    mut logits: impl FnMut() -> candle_core::Result<Tensor>,
+) -> Result<Tensor> {
+    if samples == 0 {
+        return Err(Error::InvalidInput("samples must be at least 1".into()));
+    }
+    let all = (0..samples)
+        .map(|k| posterior.with_posterior_sample(k, &mut logits))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&all, 0)?)
+}
+
 /// The predictive of logits already computed for every sample or member, `(samples, n,
 /// classes)`: a LoRA-Ensemble's members from its one forward pass, or logit samples of a
 /// distilled student.
