@@ -83,19 +83,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_else(|| "target/digits_uncertainty".into());
     std::fs::create_dir_all(&out_dir)?;
     let dev = Device::Cpu;
-    let (x, y) = common::digits(&dev)?;
-    let (test_ids, train_ids, batch_ids) = common::split(y.dim(0)?, TEST, EPOCHS, BATCH, SEED);
-    let take = |ids: &[u32]| -> candle_core::Result<(Tensor, Tensor)> {
-        let ids = Tensor::new(ids, &dev)?;
-        Ok((x.index_select(&ids, 0)?, y.index_select(&ids, 0)?))
-    };
-    let (x_test, y_test) = take(&test_ids)?;
+    let common::Data {
+        x_test,
+        y_test,
+        batches,
+        n_train,
+    } = common::load(TEST, EPOCHS, BATCH, SEED, &dev)?;
     let shifted = [rotate(&x_test)?, noisy(&x_test)?];
-    let batches = batch_ids
-        .iter()
-        .map(|ids| take(ids))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let n_train = train_ids.len();
 
     // AdamW and IVON as in the quickstart.
     let (adamw_vars, ivon_vars) = (VarMap::new(), VarMap::new());

@@ -53,17 +53,12 @@ fn row(name: &str, logp: &Tensor, y: &Tensor) -> varlora::Result<String> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dev = Device::Cpu;
-    let (x, y) = common::digits(&dev)?;
-    let (test_ids, train_ids, batch_ids) = common::split(y.dim(0)?, TEST, EPOCHS, BATCH, SEED);
-    let take = |ids: &[u32]| -> candle_core::Result<(Tensor, Tensor)> {
-        let ids = Tensor::new(ids, &dev)?;
-        Ok((x.index_select(&ids, 0)?, y.index_select(&ids, 0)?))
-    };
-    let (x_test, y_test) = take(&test_ids)?;
-    let batches = batch_ids
-        .iter()
-        .map(|ids| take(ids))
-        .collect::<candle_core::Result<Vec<_>>>()?;
+    let common::Data {
+        x_test,
+        y_test,
+        batches,
+        n_train,
+    } = common::load(TEST, EPOCHS, BATCH, SEED, &dev)?;
 
     // Two copies of one seeded initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as in
     // PyTorch (fan_in is 64 for both layers).
@@ -77,7 +72,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Learning rates and hess_init chosen by validation NLL on 200 training examples held
     // out, averaged over 3 seeds (see README).
     let mut adamw = candle_nn::AdamW::new_lr(adamw_vars.all_vars(), 3e-2)?;
-    let config = IvonConfig::new(1.0, train_ids.len() as f64)
+    let config = IvonConfig::new(1.0, n_train as f64)
         .hess_init(1.0)
         .weight_decay(2e-4);
     let mut ivon = Ivon::from_varmap(&ivon_vars, config)?;
@@ -92,7 +87,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!(
         "digits: {} train / {TEST} test, MLP 64-64-10, {EPOCHS} epochs of batch {BATCH} ({} steps)\n",
-        train_ids.len(),
+        n_train,
         batches.len()
     );
     println!("| model            |  accuracy |    NLL | ECE-15 |  Brier |");

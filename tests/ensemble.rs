@@ -1,5 +1,9 @@
 //! LoRA-Ensemble's batched forward and diversity, and distillation into a Laplace student.
 
+mod common;
+
+use common::max_abs_diff;
+
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{loss, AdamW, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use varlora::ensemble::{distillation_loss, laplace_nll, laplace_predictive, LoraEnsembleLinear};
@@ -27,17 +31,6 @@ fn ensemble(varmap: &VarMap) -> LoraEnsembleLinear {
     );
     let vb = VarBuilder::from_varmap(varmap, DType::F32, &dev);
     LoraEnsembleLinear::new(base, M, 2, vb.pp("q")).unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 #[test]

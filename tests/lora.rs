@@ -1,5 +1,9 @@
 //! LoRA layers: the update's algebra, merge/unmerge, what is trainable, and gradients.
 
+mod common;
+
+use common::max_abs_diff;
+
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::{Linear, VarBuilder, VarMap};
 use varlora::lora::{LoraConfig, LoraLinear};
@@ -8,17 +12,6 @@ fn base(dev: &Device) -> Linear {
     let w = Tensor::randn(0f32, 0.5, (5, 7), dev).unwrap();
     let b = Tensor::randn(0f32, 0.5, 5, dev).unwrap();
     Linear::new(w, Some(b))
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap()
 }
 
 /// A layer whose `B` is non-zero, so that the update shows.

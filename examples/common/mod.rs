@@ -11,7 +11,7 @@ use rand_distr::{Distribution, Uniform};
 
 /// The digits data bundled with scikit-learn (UCI, CC BY 4.0; see data/README.md):
 /// pixels scaled to [0, 1], `(1797, 64)`, and labels `(1797,)`.
-pub fn digits(dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+fn digits(dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
     let mut text = String::new();
     flate2::read::GzDecoder::new(&include_bytes!("../../data/digits.csv.gz")[..])
         .read_to_string(&mut text)?;
@@ -56,9 +56,45 @@ impl Module for Mlp {
     }
 }
 
+/// The digits split by [`split`], as tensors: the test inputs and labels, the training
+/// batches, and the number of training examples.
+pub struct Data {
+    pub x_test: Tensor,
+    pub y_test: Tensor,
+    pub batches: Vec<(Tensor, Tensor)>,
+    pub n_train: usize,
+}
+
+/// Loads the digits and splits them as [`split`] does.
+pub fn load(
+    test: usize,
+    epochs: usize,
+    batch: usize,
+    seed: u64,
+    dev: &Device,
+) -> candle_core::Result<Data> {
+    let (x, y) = digits(dev)?;
+    let (test_ids, train_ids, batch_ids) = split(y.dim(0)?, test, epochs, batch, seed);
+    let take = |ids: &[u32]| -> candle_core::Result<(Tensor, Tensor)> {
+        let ids = Tensor::new(ids, dev)?;
+        Ok((x.index_select(&ids, 0)?, y.index_select(&ids, 0)?))
+    };
+    let (x_test, y_test) = take(&test_ids)?;
+    let batches = batch_ids
+        .iter()
+        .map(|ids| take(ids))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Data {
+        x_test,
+        y_test,
+        batches,
+        n_train: train_ids.len(),
+    })
+}
+
 /// A seeded split: `test` examples held out, then shuffled batches of `batch` over
 /// `epochs` epochs of the rest. Returns (test ids, train ids, batches of train ids).
-pub fn split(
+fn split(
     n: usize,
     test: usize,
     epochs: usize,

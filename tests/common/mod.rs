@@ -111,3 +111,15 @@ pub fn digits() -> (Vec<[f32; 64]>, Vec<u32>) {
     }
     (xs, ys)
 }
+
+/// The largest absolute elementwise difference of two f32 tensors.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
