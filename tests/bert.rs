@@ -225,3 +225,74 @@ fn minilm_matches_bert_model_when_present() {
     eprintln!("all-MiniLM-L6-v2 against BertModel: relative error {err:e}");
     assert!(err < 1e-4, "relative error {err}");
 }
+
+/// LoRA-Ensemble on the encoder: member m of the one batched forward equals a LoRA model
+/// with member m's adapters (scale 1) and head.
+#[test]
+fn ensemble_members_equal_separate_lora_models() {
+    let theirs_config: Config = serde_json::from_str(TINY).unwrap();
+    let config: BertConfig = serde_json::from_str(TINY).unwrap();
+    let weights = frozen_weights(&theirs_config);
+    let dev = Device::Cpu;
+    let (members, rank) = (3, 2);
+    let targets = AdapterTargets {
+        query: true,
+        key: true,
+        value: true,
+        attention_output: true,
+        intermediate: false,
+        output: false,
+    };
+    let ens_vars = VarMap::new();
+    let ens_vb = VarBuilder::from_varmap(&ens_vars, DType::F32, &dev);
+    let spec = AdapterSpec::Ensemble { members, rank };
+    let encoder = BertEncoder::load(
+        VarBuilder::from_tensors(weights.clone(), DType::F32, &dev),
+        ens_vb.clone(),
+        &config,
+        Some(&spec),
+        targets,
+    )
+    .unwrap();
+    let ensemble = BertClassifier::new(encoder, 3, ens_vb).unwrap();
+    // Give every member's B a value so that the members differ.
+    for (name, var) in ens_vars.data().lock().unwrap().iter() {
+        if name.ends_with("lora_b") {
+            var.set(&Tensor::randn(0f32, 0.05, var.shape(), &dev).unwrap())
+                .unwrap();
+        }
+    }
+    let (ids, types, mask) = inputs();
+    let logits = ensemble.forward_t(&ids, &types, &mask, false).unwrap();
+    assert_eq!(logits.dims(), &[members, 2, 3]);
+    let ens = ens_vars.data().lock().unwrap();
+    for m in 0..members {
+        let vars = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vars, DType::F32, &dev);
+        let single = BertEncoder::load(
+            VarBuilder::from_tensors(weights.clone(), DType::F32, &dev),
+            vb.clone(),
+            &config,
+            Some(&AdapterSpec::Lora(LoraConfig::new(rank).alpha(rank as f64))),
+            targets,
+        )
+        .unwrap();
+        let single = BertClassifier::new(single, 3, vb).unwrap();
+        for (name, var) in vars.data().lock().unwrap().iter() {
+            var.set(
+                &ens[name]
+                    .as_tensor()
+                    .get(m)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap()
+                    .reshape(var.shape())
+                    .unwrap(),
+            )
+            .unwrap();
+        }
+        let expected = single.forward_t(&ids, &types, &mask, false).unwrap();
+        let err = rel_error(&logits.get(m).unwrap(), &expected);
+        assert!(err < 1e-5, "member {m}: relative error {err}");
+    }
+}

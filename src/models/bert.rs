@@ -10,6 +10,7 @@ use candle_core::{Module, ModuleT, Tensor, D};
 use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::ensemble::LoraEnsembleLinear;
 use crate::lora::{BayesianLoraLinear, BlobConfig, BlobSampler, LoraConfig, LoraLinear};
 use crate::{Error, Result};
 
@@ -87,6 +88,26 @@ pub enum AdapterSpec {
     Lora(LoraConfig),
     /// BLoB, drawing from the model's sampler.
     Blob(BlobConfig, BlobSampler),
+    /// LoRA-Ensemble: `members` adapters of rank `rank` per targeted layer (the reference
+    /// targets query, key, value and attention output). The encoder then carries the
+    /// members in its batch dimension, member-major: its outputs have `members * batch`
+    /// rows.
+    Ensemble {
+        /// Number of members `M`.
+        members: usize,
+        /// Rank of each member's adapter.
+        rank: usize,
+    },
+}
+
+impl AdapterSpec {
+    /// The number of ensemble members the encoder carries (1 unless LoRA-Ensemble).
+    pub fn members(&self) -> usize {
+        match self {
+            AdapterSpec::Ensemble { members, .. } => *members,
+            _ => 1,
+        }
+    }
 }
 
 /// A linear layer, frozen or with an adapter.
@@ -95,6 +116,7 @@ enum Proj {
     Frozen(Linear),
     Lora(LoraLinear),
     Blob(BayesianLoraLinear),
+    Ensemble(LoraEnsembleLinear),
 }
 
 impl Proj {
@@ -118,6 +140,9 @@ impl Proj {
                 adapters.pp(name),
                 s,
             )?),
+            Some(AdapterSpec::Ensemble { members, rank }) => Proj::Ensemble(
+                LoraEnsembleLinear::new(frozen, *members, *rank, adapters.pp(name))?,
+            ),
         })
     }
 }
@@ -128,6 +153,17 @@ impl ModuleT for Proj {
             Proj::Frozen(l) => l.forward(x),
             Proj::Lora(l) => l.forward_t(x, train),
             Proj::Blob(l) => l.forward_t(x, train),
+            Proj::Ensemble(l) => {
+                // Rows are member-major: (M * batch, ..., in) -> (M, batch * ..., in).
+                let m = l.members();
+                let mut dims = x.dims().to_vec();
+                let rows = dims[..dims.len() - 1].iter().product::<usize>();
+                let in_dim = dims[dims.len() - 1];
+                let y = l.forward(&x.reshape((m, rows / m, in_dim))?)?;
+                let last = dims.len() - 1;
+                dims[last] = y.dim(2)?;
+                y.reshape(dims)
+            }
         }
     }
 }
@@ -177,6 +213,7 @@ pub struct BertEncoder {
     embedding_norm: Norm,
     layers: Vec<Layer>,
     config: BertConfig,
+    members: usize,
 }
 
 impl BertEncoder {
@@ -271,6 +308,7 @@ impl BertEncoder {
             embedding_norm: Norm::load(h, config.layer_norm_eps, emb.pp("LayerNorm"))?,
             layers,
             config: config.clone(),
+            members: adapter.map_or(1, AdapterSpec::members),
         })
     }
 
@@ -279,9 +317,16 @@ impl BertEncoder {
         &self.config
     }
 
+    /// The number of ensemble members carried in the batch dimension (1 unless
+    /// LoRA-Ensemble).
+    pub fn members(&self) -> usize {
+        self.members
+    }
+
     /// Hidden states `(batch, seq, hidden)` for `input_ids` and `token_type_ids`
     /// `(batch, seq)`, with `attention_mask` (1 for tokens, 0 for padding; all ones if
-    /// `None`). `train` switches the adapters' dropout.
+    /// `None`). `train` switches the adapters' dropout. With LoRA-Ensemble the output has
+    /// `members * batch` rows, member-major.
     pub fn forward_t(
         &self,
         input_ids: &Tensor,
@@ -300,12 +345,13 @@ impl BertEncoder {
         let x = (self.word_embeddings.forward(input_ids)?
             + self.token_type_embeddings.forward(token_type_ids)?)?
         .broadcast_add(&self.position_embeddings.forward(&positions)?)?;
-        let mut x = self.embedding_norm.forward(&x)?;
+        let mut x = repeat_members(&self.embedding_norm.forward(&x)?, self.members)?;
         let dtype = x.dtype();
         let mask = match attention_mask {
             Some(m) => m.clone(),
             None => input_ids.ones_like()?,
         };
+        let mask = repeat_members(&mask, self.members)?;
         // (1 - mask) * min: padded keys get no attention.
         let bias = ((mask.ones_like()? - &mask)?.to_dtype(dtype)? * f64::from(f32::MIN))?
             .unsqueeze(1)?
@@ -346,9 +392,11 @@ impl BertEncoder {
             .forward(&(l.output.forward_t(&inter, train)? + attn)?)?)
     }
 
-    /// The mean of the hidden states over the tokens the mask keeps: `(batch, hidden)`.
+    /// The mean of the hidden states over the tokens the mask keeps: `(batch, hidden)`
+    /// (the mask is repeated for the members of a LoRA-Ensemble).
     pub fn mean_pool(hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
-        let mask = attention_mask
+        let members = hidden.dim(0)? / attention_mask.dim(0)?.max(1);
+        let mask = repeat_members(attention_mask, members)?
             .to_dtype(hidden.dtype())?
             .unsqueeze(D::Minus1)?;
         let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
@@ -357,23 +405,54 @@ impl BertEncoder {
     }
 }
 
+/// `x` `(batch, ...)` repeated `members` times, member-major: `(members * batch, ...)`.
+fn repeat_members(x: &Tensor, members: usize) -> Result<Tensor> {
+    if members == 1 {
+        return Ok(x.clone());
+    }
+    let mut dims = x.dims().to_vec();
+    let stacked = LoraEnsembleLinear::repeat_members(x, members)?;
+    dims[0] *= members;
+    Ok(stacked.reshape(dims)?)
+}
+
 /// A sequence classifier: the encoder's mean-pooled output into a trainable linear head
-/// (named `classifier` under the adapters' `VarBuilder`).
+/// (named `classifier` under the adapters' `VarBuilder`). With LoRA-Ensemble each member
+/// has its own head, stacked `(members, classes, hidden)`, and the logits come out as
+/// `(members, batch, classes)`: train on the mean of the members' losses, predict with
+/// `predict::predictive_from_samples`.
 #[derive(Clone, Debug)]
 pub struct BertClassifier {
     encoder: BertEncoder,
-    head: Linear,
+    weight: Tensor,
+    bias: Tensor,
 }
 
 impl BertClassifier {
-    /// The encoder plus a head with `classes` outputs.
+    /// The encoder plus a head (or one per member) with `classes` outputs, initialised as
+    /// candle-nn's `linear`.
     pub fn new(encoder: BertEncoder, classes: usize, adapters: VarBuilder) -> Result<Self> {
-        let head = linear(
-            encoder.config.hidden_size,
-            classes,
-            adapters.pp("classifier"),
+        let (m, h) = (encoder.members, encoder.config.hidden_size);
+        let vb = adapters.pp("classifier");
+        let bound = 1.0 / (h as f64).sqrt();
+        let weight = vb.get_with_hints(
+            (m, classes, h),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
         )?;
-        Ok(Self { encoder, head })
+        let bias = vb.get_with_hints(
+            (m, classes),
+            "bias",
+            candle_nn::init::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?;
+        Ok(Self {
+            encoder,
+            weight,
+            bias,
+        })
     }
 
     /// The encoder.
@@ -381,7 +460,7 @@ impl BertClassifier {
         &self.encoder
     }
 
-    /// Logits `(batch, classes)`.
+    /// Logits: `(batch, classes)`, or `(members, batch, classes)` for LoRA-Ensemble.
     pub fn forward_t(
         &self,
         input_ids: &Tensor,
@@ -393,6 +472,12 @@ impl BertClassifier {
             self.encoder
                 .forward_t(input_ids, token_type_ids, Some(attention_mask), train)?;
         let pooled = BertEncoder::mean_pool(&hidden, attention_mask)?;
-        Ok(self.head.forward(&pooled)?)
+        let m = self.encoder.members;
+        let (rows, h) = pooled.dims2()?;
+        let pooled = pooled.reshape((m, rows / m, h))?;
+        let logits = pooled
+            .matmul(&self.weight.transpose(1, 2)?)?
+            .broadcast_add(&self.bias.unsqueeze(1)?)?;
+        Ok(if m == 1 { logits.squeeze(0)? } else { logits })
     }
 }
