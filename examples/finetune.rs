@@ -58,6 +58,10 @@ struct Args {
     /// training-set size gives a posterior far too wide for LoRA weights).
     #[arg(long, default_value_t = 1e6)]
     ess: f64,
+    /// LoRA dropout. candle draws dropout masks from an unseeded generator on the CPU, so
+    /// only runs with 0 repeat exactly.
+    #[arg(long, default_value_t = 0.1)]
+    dropout: f32,
     /// BLoB's KL learning rate (SGD).
     #[arg(long, default_value_t = 0.01)]
     kl_lr: f64,
@@ -165,6 +169,40 @@ fn evaluate<P: Posterior>(
     concat(parts)
 }
 
+/// Re-initialises the trainable tensors from `seed` (candle's own initialisers are not
+/// seedable on the CPU), with the distributions the layers use: LoRA's `A` and the head
+/// U(-1/sqrt(fan_in), 1/sqrt(fan_in)), BLoB's `G` U(eps / sqrt 2, eps) with eps = 0.05, `B`
+/// zero.
+fn seeded_init(varmap: &VarMap, seed: u64) -> Result<(), Box<dyn std::error::Error>> {
+    use rand_distr::{Distribution, Uniform};
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x1417);
+    let data = varmap.data().lock().map_err(|_| "poisoned")?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &data[name];
+        let fan_in = *var.dims().last().ok_or("scalar var")? as f32;
+        let (lo, hi) = if name.ends_with("lora_b") {
+            (0.0, 0.0)
+        } else if name.ends_with("lora_a_g") {
+            (0.05 / 2f32.sqrt(), 0.05)
+        } else if name.ends_with("classifier.bias") {
+            let h = 384f32;
+            (-1.0 / h.sqrt(), 1.0 / h.sqrt())
+        } else {
+            (-1.0 / fan_in.sqrt(), 1.0 / fan_in.sqrt())
+        };
+        let values: Vec<f32> = if lo == hi {
+            vec![lo; var.elem_count()]
+        } else {
+            let u = Uniform::new(lo, hi)?;
+            (0..var.elem_count()).map(|_| u.sample(&mut rng)).collect()
+        };
+        var.set(&Tensor::from_vec(values, var.shape(), var.device())?)?;
+    }
+    Ok(())
+}
+
 /// Peak resident memory of this process, from /proc (Linux).
 fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -216,7 +254,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Model: LoRA (or BLoB) rank 8, alpha 16, dropout 0.1 on query and value.
     let config: BertConfig =
         serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json"))?)?;
-    let lora = LoraConfig::new(8).alpha(16.0).dropout(0.1);
+    let lora = LoraConfig::new(8).alpha(16.0).dropout(args.dropout);
     let sampler = BlobSampler::new(args.seed);
     let spec = match args.optimizer {
         Method::Blob => AdapterSpec::Blob(BlobConfig::new(lora), sampler.clone()),
@@ -240,6 +278,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         AdapterTargets::default(),
     )?;
     let model = BertClassifier::new(encoder, 2, adapters)?;
+    seeded_init(&varmap, args.seed)?;
 
     let n_train = train.len();
     let steps_per_epoch = n_train / args.batch;
@@ -336,7 +375,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let train_secs = start.elapsed().as_secs_f64();
 
-    // Evaluation: point estimate, and posterior samples where there is a posterior.
+    // Evaluation: point estimate, and posterior samples where there is a posterior, with a
+    // detached copy of the model so that forwards keep no graph.
+    let model = model.detach();
     let mut rows = Vec::new();
     let mut record =
         |name: String, id: Predictive, out: Predictive| -> varlora::Result<serde_json::Value> {

@@ -296,3 +296,34 @@ fn ensemble_members_equal_separate_lora_models() {
         assert!(err < 1e-5, "member {m}: relative error {err}");
     }
 }
+
+/// A detached copy computes the same outputs, sees later updates of the vars, and keeps
+/// no graph (no gradient reaches the adapters through it).
+#[test]
+fn detached_copy_shares_weights_without_tracking() {
+    let dev = Device::Cpu;
+    let spec = AdapterSpec::Lora(LoraConfig::new(2));
+    let (encoder, varmap) = tiny_encoder(Some(&spec), AdapterTargets::default());
+    let model = BertClassifier::new(
+        encoder,
+        3,
+        VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+    )
+    .unwrap();
+    let frozen = model.detach();
+    let (ids, types, mask) = inputs();
+    let run = |m: &BertClassifier| m.forward_t(&ids, &types, &mask, false).unwrap();
+    assert_eq!(rel_error(&run(&frozen), &run(&model)), 0.0);
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        if name.ends_with("lora_b") {
+            var.set(&Tensor::randn(0f32, 0.1, var.shape(), &dev).unwrap())
+                .unwrap();
+        }
+    }
+    let (after, tracked) = (run(&frozen), run(&model));
+    assert_eq!(rel_error(&after, &tracked), 0.0, "the update shows through");
+    let grads = after.sum_all().unwrap().backward().unwrap();
+    for var in varmap.all_vars() {
+        assert!(grads.get(var.as_tensor()).is_none());
+    }
+}

@@ -68,6 +68,16 @@ impl LoraEnsembleLinear {
         })
     }
 
+    /// A copy for inference without gradient tracking, sharing the weights (see
+    /// [`crate::lora::LoraLinear::detach`]).
+    pub fn detach(&self) -> Self {
+        Self {
+            a: self.a.detach(),
+            b: self.b.detach(),
+            ..self.clone()
+        }
+    }
+
     /// The number of members `M`.
     pub fn members(&self) -> usize {
         self.members

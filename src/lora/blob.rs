@@ -253,6 +253,17 @@ impl BayesianLoraLinear {
         })
     }
 
+    /// A copy for inference without gradient tracking, sharing the weights and the
+    /// sampler (see [`super::LoraLinear::detach`]).
+    pub fn detach(&self) -> Self {
+        Self {
+            a_mean: self.a_mean.detach(),
+            a_g: self.a_g.detach(),
+            b: self.b.detach(),
+            ..self.clone()
+        }
+    }
+
     /// The mean `M` of `A`.
     pub fn a_mean(&self) -> &Tensor {
         &self.a_mean

@@ -160,6 +160,17 @@ impl LoraLinear {
         })
     }
 
+    /// A copy for inference: the same weights (shared storage, so later updates of the
+    /// vars show through) without gradient tracking, so that a forward pass frees its
+    /// intermediate tensors as it goes instead of keeping them for a backward pass.
+    pub fn detach(&self) -> Self {
+        Self {
+            a: self.a.detach(),
+            b: self.b.detach(),
+            ..self.clone()
+        }
+    }
+
     /// The adapter `A` (r x in).
     pub fn a(&self) -> &Tensor {
         &self.a

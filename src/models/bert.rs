@@ -147,6 +147,17 @@ impl Proj {
     }
 }
 
+impl Proj {
+    fn detach(&self) -> Self {
+        match self {
+            Proj::Frozen(l) => Proj::Frozen(l.clone()),
+            Proj::Lora(l) => Proj::Lora(l.detach()),
+            Proj::Blob(l) => Proj::Blob(l.detach()),
+            Proj::Ensemble(l) => Proj::Ensemble(l.detach()),
+        }
+    }
+}
+
 impl ModuleT for Proj {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         match self {
@@ -317,6 +328,30 @@ impl BertEncoder {
         &self.config
     }
 
+    /// A copy for inference: the same weights (shared storage, so the optimizer's later
+    /// updates and IVON's or BLoB's samples show through) without gradient tracking, so
+    /// that a forward pass frees its intermediate tensors as it goes. Evaluating with the
+    /// trainable copy keeps every layer's activations alive until the output is dropped:
+    /// about 2 GB for all-MiniLM-L6-v2 at 64 x 64 tokens, against 0.1 GB detached.
+    pub fn detach(&self) -> Self {
+        Self {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| Layer {
+                    query: l.query.detach(),
+                    key: l.key.detach(),
+                    value: l.value.detach(),
+                    attention_output: l.attention_output.detach(),
+                    intermediate: l.intermediate.detach(),
+                    output: l.output.detach(),
+                    ..l.clone()
+                })
+                .collect(),
+            ..self.clone()
+        }
+    }
+
     /// The KL divergence of every BLoB adapter from its prior, summed (0 without BLoB):
     /// the term BLoB's training adds, f64 and differentiable.
     pub fn blob_kl(&self) -> Result<Tensor> {
@@ -475,6 +510,16 @@ impl BertClassifier {
             weight,
             bias,
         })
+    }
+
+    /// A copy for inference without gradient tracking, sharing the weights (see
+    /// [`BertEncoder::detach`]).
+    pub fn detach(&self) -> Self {
+        Self {
+            encoder: self.encoder.detach(),
+            weight: self.weight.detach(),
+            bias: self.bias.detach(),
+        }
     }
 
     /// The encoder.
