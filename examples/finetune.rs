@@ -58,6 +58,9 @@ struct Args {
     /// training-set size gives a posterior far too wide for LoRA weights).
     #[arg(long, default_value_t = 1e6)]
     ess: f64,
+    /// IVON's clip radius (ivon-lora: 1e-3 over 10,000 steps; a short run needs more room).
+    #[arg(long, default_value_t = 1e-3)]
+    clip_radius: f64,
     /// LoRA dropout. candle draws dropout masks from an unseeded generator on the CPU, so
     /// only runs with 0 repeat exactly.
     #[arg(long, default_value_t = 0.1)]
@@ -295,7 +298,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .hess_init(args.hess_init)
                 .weight_decay(0.0)
                 .rescale_lr(false)
-                .clip_radius(1e-3)
+                .clip_radius(args.clip_radius)
                 .seed(args.seed);
             ivon = Some(Ivon::from_varmap(&varmap, c)?);
         }
