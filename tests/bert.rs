@@ -53,6 +53,16 @@ fn tiny_encoder(spec: Option<&AdapterSpec>, targets: AdapterTargets) -> (BertEnc
     (encoder, varmap)
 }
 
+/// Sets every LoRA `B` in `varmap` (zero at init) to N(0, std^2) draws.
+fn randomize_lora_b(varmap: &VarMap, std: f32) {
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        if name.ends_with("lora_b") {
+            var.set(&Tensor::randn(0f32, std, var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+        }
+    }
+}
+
 fn inputs() -> (Tensor, Tensor, Tensor) {
     let dev = Device::Cpu;
     let ids = Tensor::new(&[[1u32, 7, 22, 9, 0, 0], [3, 41, 5, 17, 8, 2]], &dev).unwrap();
@@ -143,12 +153,7 @@ fn gradient_reaches_every_adapter_of_every_layer() {
     let head = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let model = BertClassifier::new(encoder, 3, head).unwrap();
     // B starts at zero, which zeroes A's gradient: give every B a value first.
-    for (name, var) in varmap.data().lock().unwrap().iter() {
-        if name.ends_with("lora_b") {
-            var.set(&Tensor::randn(0f32, 0.1, var.shape(), &dev).unwrap())
-                .unwrap();
-        }
-    }
+    randomize_lora_b(&varmap, 0.1);
     let (ids, types, mask) = inputs();
     let logits = model.forward_t(&ids, &types, &mask, true).unwrap();
     let y = Tensor::new(&[0u32, 2], &dev).unwrap();
@@ -256,12 +261,7 @@ fn ensemble_members_equal_separate_lora_models() {
     .unwrap();
     let ensemble = BertClassifier::new(encoder, 3, ens_vb).unwrap();
     // Give every member's B a value so that the members differ.
-    for (name, var) in ens_vars.data().lock().unwrap().iter() {
-        if name.ends_with("lora_b") {
-            var.set(&Tensor::randn(0f32, 0.05, var.shape(), &dev).unwrap())
-                .unwrap();
-        }
-    }
+    randomize_lora_b(&ens_vars, 0.05);
     let (ids, types, mask) = inputs();
     let logits = ensemble.forward_t(&ids, &types, &mask, false).unwrap();
     assert_eq!(logits.dims(), &[members, 2, 3]);

@@ -23,6 +23,19 @@ fn randn(seed: u64, std: f64, shape: &[usize], dtype: DType) -> Tensor {
     (z.reshape(shape).unwrap() * std).unwrap()
 }
 
+/// Free Laplace parameters `(mu, log b)`, `(n, v)` zeros, and an AdamW over them.
+fn laplace_params(n: usize, v: usize, dtype: DType) -> (Var, Var, AdamW) {
+    let mu = Var::zeros((n, v), dtype, &Device::Cpu).unwrap();
+    let log_b = Var::zeros((n, v), dtype, &Device::Cpu).unwrap();
+    let params = ParamsAdamW {
+        lr: 0.05,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
+    let opt = AdamW::new(vec![mu.clone(), log_b.clone()], params).unwrap();
+    (mu, log_b, opt)
+}
+
 fn ensemble(varmap: &VarMap) -> LoraEnsembleLinear {
     let dev = Device::Cpu;
     let base = Linear::new(
@@ -124,20 +137,9 @@ fn members_start_equal_and_diverge_from_their_inits() {
 
 #[test]
 fn laplace_fit_finds_median_and_mean_absolute_deviation() {
-    let dev = Device::Cpu;
     let (m, n, v) = (7, 3, 4);
     let targets = randn(6, 1.0, &[m, n, v], DType::F64);
-    let mu = Var::zeros((n, v), DType::F64, &dev).unwrap();
-    let log_b = Var::zeros((n, v), DType::F64, &dev).unwrap();
-    let mut opt = AdamW::new(
-        vec![mu.clone(), log_b.clone()],
-        ParamsAdamW {
-            lr: 0.05,
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (mu, log_b, mut opt) = laplace_params(n, v, DType::F64);
     for step in 0..3000 {
         if step == 2000 {
             opt.set_learning_rate(0.005);
@@ -198,17 +200,7 @@ fn student_mutual_information_ranks_ood_above_in_distribution() {
         "the teacher separates the sets"
     );
     // Student: one Laplace per example (a student whose features identify the example).
-    let mu = Var::zeros((n, v), DType::F32, &dev).unwrap();
-    let log_b = Var::zeros((n, v), DType::F32, &dev).unwrap();
-    let mut opt = AdamW::new(
-        vec![mu.clone(), log_b.clone()],
-        ParamsAdamW {
-            lr: 0.05,
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let (mu, log_b, mut opt) = laplace_params(n, v, DType::F32);
     for _ in 0..800 {
         opt.backward_step(&distillation_loss(&mu, &log_b, &teacher, 1.0, 1.0).unwrap())
             .unwrap();

@@ -90,28 +90,6 @@ pub fn flat(ts: &[Tensor]) -> Vec<f32> {
         .collect()
 }
 
-/// Loads the digits data committed in data/: pixels scaled to [0, 1] and labels.
-pub fn digits() -> (Vec<[f32; 64]>, Vec<u32>) {
-    use std::io::Read;
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv.gz");
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
-        .read_to_string(&mut text)
-        .unwrap();
-    let mut xs = Vec::new();
-    let mut ys = Vec::new();
-    for line in text.lines() {
-        let v: Vec<f32> = line.split(',').map(|s| s.parse().unwrap()).collect();
-        let mut x = [0f32; 64];
-        for (o, p) in x.iter_mut().zip(&v[..64]) {
-            *o = p / 16.0;
-        }
-        xs.push(x);
-        ys.push(v[64] as u32);
-    }
-    (xs, ys)
-}
-
 /// The largest absolute elementwise difference of two f32 tensors.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)

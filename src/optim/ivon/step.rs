@@ -129,6 +129,14 @@ impl Ivon {
         self.restore_mean()
     }
 
+    /// Checks every group's settings, which `set_learning_rate` may have made invalid.
+    fn validate_groups(&self) -> Result<()> {
+        for g in &self.groups {
+            g.settings.validate(self.config.debias)?;
+        }
+        Ok(())
+    }
+
     fn discard_samples(&mut self) {
         self.count = 0;
         for p in self.params_mut() {
@@ -148,9 +156,7 @@ impl Ivon {
                 "update needs at least one gradient sample: call accumulate() after a backward pass at a sample",
             ));
         }
-        for g in &self.groups {
-            g.settings.validate(self.config.debias)?;
-        }
+        self.validate_groups()?;
         let t = self.step + 1;
         let mut new = Vec::new();
         for group in &self.groups {
@@ -187,9 +193,7 @@ impl Ivon {
         if self.fusable() {
             let collected = self.collect_grads(grads)?;
             if collected.iter().flatten().all(|g| g.is_contiguous()) {
-                for g in &self.groups {
-                    g.settings.validate(self.config.debias)?;
-                }
+                self.validate_groups()?;
                 if !self.check_finite(&collected)? {
                     return self.resample();
                 }
