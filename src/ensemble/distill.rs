@@ -26,6 +26,16 @@ impl LaplaceHead {
         })
     }
 
+    /// A copy for inference without gradient tracking, sharing the weights (see
+    /// [`crate::lora::LoraLinear::detach`]).
+    pub fn detach(&self) -> Self {
+        let detach = |l: &Linear| Linear::new(l.weight().detach(), l.bias().map(Tensor::detach));
+        Self {
+            mu: detach(&self.mu),
+            log_scale: detach(&self.log_scale),
+        }
+    }
+
     /// `(mu, log b)` for hidden states `(n, hidden)`.
     pub fn forward(&self, h: &Tensor) -> Result<(Tensor, Tensor)> {
         Ok((self.mu.forward(h)?, self.log_scale.forward(h)?))

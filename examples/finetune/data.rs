@@ -1,0 +1,125 @@
+//! The corpora, the seeded split (written out for the PyTorch reference) and tokenised
+//! batches.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use tokenizers::Tokenizer;
+
+pub type Rows = Vec<(String, u32)>;
+
+/// Sentences and labels of a CSV with `"label","text"` rows (labels 1 / -1 -> 1 / 0).
+pub fn read_corpus(path: &Path) -> Result<Rows, Box<dyn std::error::Error>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_path(path)?;
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record?;
+        let label = record
+            .get(0)
+            .ok_or("missing label")?
+            .trim_start_matches('\u{feff}');
+        let text = record.get(1).ok_or("missing text")?.to_string();
+        rows.push((text, u32::from(label == "1")));
+    }
+    Ok(rows)
+}
+
+/// Training, evaluation (test or validation) and OOD sentences.
+pub struct Split {
+    pub train: Rows,
+    pub eval: Rows,
+    pub ood: Rows,
+}
+
+impl Split {
+    /// 800 test and 3200 training polarity sentences (the last 400 of them held out for
+    /// validation on request), OOD Wikipedia sentences as many as evaluation ones (at most
+    /// 800); every set cut to `limit`. The split is drawn as row indices and written to
+    /// `split_file`, so that the PyTorch reference (tools/reference/finetune.py) trains and
+    /// evaluates on exactly the same sentences.
+    pub fn draw(
+        corpora: &Path,
+        rng: &mut StdRng,
+        validation: bool,
+        limit: usize,
+        split_file: &Path,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let polarity = read_corpus(&corpora.join("polarity-en-pang&lee2.csv"))?;
+        let wiki = read_corpus(&corpora.join("uncertainty-conll2010.csv"))?;
+        if polarity.len() < 1600 || wiki.len() < 800 {
+            return Err(
+                "the corpora are shorter than expected: run scripts/fetch-assets.sh".into(),
+            );
+        }
+        let mut order: Vec<usize> = (0..polarity.len()).collect();
+        order.shuffle(rng);
+        let (test, train) = order.split_at(800);
+        let (train, eval) = if validation {
+            train.split_at(train.len() - 400)
+        } else {
+            (train, test)
+        };
+        let mut wiki_order: Vec<usize> = (0..wiki.len()).collect();
+        wiki_order.shuffle(rng);
+        let train = &train[..train.len().min(limit)];
+        let eval = &eval[..eval.len().min(limit)];
+        let ood = &wiki_order[..eval.len().min(800)];
+        std::fs::write(
+            split_file,
+            serde_json::to_string(&serde_json::json!({
+                "polarity_rows": polarity.len(),
+                "wiki_rows": wiki.len(),
+                "train": train,
+                "eval": eval,
+                "ood": ood,
+            }))?,
+        )?;
+        let pick = |rows: &Rows, idx: &[usize]| idx.iter().map(|&i| rows[i].clone()).collect();
+        Ok(Self {
+            train: pick(&polarity, train),
+            eval: pick(&polarity, eval),
+            ood: pick(&wiki, ood),
+        })
+    }
+}
+
+pub struct Batch {
+    pub ids: Tensor,
+    pub types: Tensor,
+    pub mask: Tensor,
+    pub labels: Tensor,
+}
+
+/// Tokenised batches of `size` rows, in order.
+pub fn batches(
+    tokenizer: &Tokenizer,
+    rows: &[(String, u32)],
+    size: usize,
+    dev: &Device,
+) -> Result<Vec<Batch>, Box<dyn std::error::Error>> {
+    let mut out = Vec::new();
+    for chunk in rows.chunks(size) {
+        let texts: Vec<&str> = chunk.iter().map(|(t, _)| t.as_str()).collect();
+        let enc = tokenizer
+            .encode_batch(texts, true)
+            .map_err(|e| e.to_string())?;
+        let field = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> candle_core::Result<Tensor> {
+            let rows: Vec<Tensor> = enc
+                .iter()
+                .map(|e| Tensor::new(f(e), dev))
+                .collect::<candle_core::Result<_>>()?;
+            Tensor::stack(&rows, 0)
+        };
+        out.push(Batch {
+            ids: field(&|e| e.get_ids())?,
+            types: field(&|e| e.get_type_ids())?,
+            mask: field(&|e| e.get_attention_mask())?,
+            labels: Tensor::new(chunk.iter().map(|(_, y)| *y).collect::<Vec<_>>(), dev)?,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,599 @@
+//! LoRA fine-tuning of all-MiniLM-L6-v2 for sentence polarity (Pang & Lee), with AdamW,
+//! IVON, BLoB or a LoRA-Ensemble, evaluated for accuracy, calibration and OOD detection
+//! against Wikipedia sentences (CoNLL-2010); optionally distilled into a student with a
+//! Laplace head over the logits.
+//!
+//! Run `scripts/fetch-assets.sh` first, then for example
+//! `cargo run --release --example finetune -- --optimizer ivon --seed 0`.
+//! Results go to `results/` as JSON and a Markdown table.
+
+mod data;
+mod distill;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{loss, AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap, SGD};
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
+use varlora::lora::{kl_weight, BlobConfig, BlobSampler, LoraConfig};
+use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
+use varlora::optim::{Ivon, IvonConfig};
+use varlora::predict::{
+    predictive, predictive_at_point, predictive_from_samples, sample_logits, PointMass, Posterior,
+    Predictive,
+};
+
+use data::{batches, Batch, Split};
+use report::{concat, peak_rss_mb, Cost, Report};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Method {
+    Adamw,
+    Ivon,
+    Blob,
+    LoraEnsemble,
+}
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// The optimizer / posterior (default adamw, or the teacher of --distill-from).
+    #[arg(long, value_enum)]
+    optimizer: Option<Method>,
+    /// Train this teacher (ivon, blob or lora-ensemble), then distill its samples into a
+    /// student with a Laplace head over the logits, and report both.
+    #[arg(long, value_enum)]
+    distill_from: Option<Method>,
+    /// Seed of the split, the batch order, the adapters' init and the noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 2)]
+    epochs: usize,
+    /// Posterior samples at test time (IVON, BLoB) and the teacher's samples per training
+    /// sentence when distilling.
+    #[arg(long, default_value_t = 10)]
+    test_samples: usize,
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Tokens per sentence, [CLS] and [SEP] included.
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// Learning rate (default: 5e-4 AdamW, BLoB's AdamW, LoRA-Ensemble and the student;
+    /// 0.03 IVON).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Keep the learning rate constant instead of decaying it linearly to 0 (ivon-lora and
+    /// BLoB decay it linearly).
+    #[arg(long)]
+    constant_lr: bool,
+    /// IVON's initial Hessian.
+    #[arg(long, default_value_t = 3e-4)]
+    hess_init: f64,
+    /// IVON's effective sample size (1e6 to 1e8 in ivon-lora; with hess_init 3e-4 the
+    /// training-set size gives a posterior far too wide for LoRA weights).
+    #[arg(long, default_value_t = 1e6)]
+    ess: f64,
+    /// IVON's clip radius (ivon-lora: 1e-3 over 10,000 steps; a short run needs more room).
+    #[arg(long, default_value_t = 1e-3)]
+    clip_radius: f64,
+    /// IVON's Hessian decay (0.99999 in the papers' runs of 10,000 steps and more; a run of
+    /// a few hundred steps barely moves h from hess_init with it).
+    #[arg(long, default_value_t = 0.99999)]
+    beta2: f64,
+    /// LoRA dropout (not LoRA-Ensemble, whose reference has none). candle draws dropout
+    /// masks from an unseeded generator on the CPU, so only runs with 0 repeat exactly.
+    #[arg(long, default_value_t = 0.1)]
+    dropout: f32,
+    /// BLoB's KL learning rate (SGD).
+    #[arg(long, default_value_t = 0.01)]
+    kl_lr: f64,
+    /// LoRA-Ensemble members (each with rank 8 adapters on query, key, value and the
+    /// attention output, as the reference).
+    #[arg(long, default_value_t = 4)]
+    members: usize,
+    /// Weight of the Laplace term in the distillation loss.
+    #[arg(long, default_value_t = 1.0)]
+    laplace_weight: f64,
+    /// Laplace logit samples per sentence when evaluating the student.
+    #[arg(long, default_value_t = 100)]
+    student_samples: usize,
+    /// Evaluate on 400 sentences held out of the training set instead of the test set
+    /// (for choosing hyperparameters).
+    #[arg(long)]
+    validation: bool,
+    /// Use only this many training and evaluation sentences (a smoke run).
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value = "assets")]
+    assets: PathBuf,
+    #[arg(long, default_value = "results")]
+    out: PathBuf,
+}
+
+impl Args {
+    /// The method to train: `--optimizer`, else the teacher of `--distill-from`.
+    fn method(&self) -> Result<Method, Box<dyn std::error::Error>> {
+        match (self.optimizer, self.distill_from) {
+            (_, Some(Method::Adamw)) => {
+                Err("AdamW has no posterior to distill: use --distill-from ivon, blob or lora-ensemble".into())
+            }
+            (Some(o), Some(t)) if o != t => Err(format!(
+                "--optimizer {o:?} and --distill-from {t:?} disagree: the teacher is the model trained"
+            )
+            .into()),
+            (o, t) => Ok(o.or(t).unwrap_or(Method::Adamw)),
+        }
+    }
+}
+
+/// Prints a progress line every 25 steps when the progress bar is hidden (output not a
+/// terminal), so that logs show how a run goes.
+fn progress(step: usize, total: usize, epoch: usize, loss: f32, what: &str) {
+    if !console_is_terminal() && (step % 25 == 0 || step == total) {
+        println!(
+            "{what} epoch {} step {step}/{total} loss {loss:.4}",
+            epoch + 1
+        );
+    }
+}
+
+fn console_is_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
+/// The model's trainable vars whose names pass `keep`, in name order (a `VarMap` iterates
+/// in hash order, which differs from run to run).
+fn sorted_vars(
+    varmap: &VarMap,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<Var>, Box<dyn std::error::Error>> {
+    let data = varmap.data().lock().map_err(|_| "poisoned")?;
+    let mut named: Vec<_> = data.iter().filter(|(k, _)| keep(k)).collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    Ok(named.into_iter().map(|(_, v)| v.clone()).collect())
+}
+
+/// Re-initialises the trainable tensors from `seed` (candle's own initialisers are not
+/// seedable on the CPU), with the distributions the layers use: LoRA's `A`, heads and
+/// biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (fan_in of a bias: the hidden size), a
+/// LoRA-Ensemble's `A` Xavier-uniform with gain 10, BLoB's `G` U(eps / sqrt 2, eps) with
+/// eps = 0.05, `B` zero.
+fn seeded_init(
+    varmap: &VarMap,
+    seed: u64,
+    hidden: usize,
+    ensemble: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use rand_distr::{Distribution, Uniform};
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x1417);
+    let data = varmap.data().lock().map_err(|_| "poisoned")?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        let var = &data[name];
+        let dims = var.dims();
+        let fan_in = *dims.last().ok_or("scalar var")? as f32;
+        let (lo, hi) = if name.ends_with("lora_b") {
+            (0.0, 0.0)
+        } else if name.ends_with("lora_a_g") {
+            (0.05 / 2f32.sqrt(), 0.05)
+        } else if ensemble && name.ends_with("lora_a") {
+            let rank = dims[dims.len() - 2] as f32;
+            let bound = 10.0 * (6.0 / (fan_in + rank)).sqrt();
+            (-bound, bound)
+        } else if name.ends_with("bias") {
+            let h = hidden as f32;
+            (-1.0 / h.sqrt(), 1.0 / h.sqrt())
+        } else {
+            (-1.0 / fan_in.sqrt(), 1.0 / fan_in.sqrt())
+        };
+        let values: Vec<f32> = if lo == hi {
+            vec![lo; var.elem_count()]
+        } else {
+            let u = Uniform::new(lo, hi)?;
+            (0..var.elem_count()).map(|_| u.sample(&mut rng)).collect()
+        };
+        var.set(&Tensor::from_vec(values, var.shape(), var.device())?)?;
+    }
+    Ok(())
+}
+
+/// The predictive over `data`: at the point estimate (`samples` 0) or averaged over
+/// `samples` posterior draws.
+fn evaluate<P: Posterior>(
+    posterior: &mut P,
+    model: &BertClassifier,
+    data: &[Batch],
+    samples: usize,
+) -> varlora::Result<Predictive> {
+    let mut parts = Vec::new();
+    for b in data {
+        let logits = || {
+            model
+                .forward_t(&b.ids, &b.types, &b.mask, false)
+                .map_err(candle_core::Error::wrap)
+        };
+        parts.push(if samples == 0 {
+            predictive_at_point(posterior, logits)?
+        } else {
+            predictive(posterior, samples, false, logits)?
+        });
+    }
+    concat(parts)
+}
+
+/// The predictive of a LoRA-Ensemble: its members' probabilities averaged, from one
+/// forward per batch.
+fn evaluate_members(model: &BertClassifier, data: &[Batch]) -> varlora::Result<Predictive> {
+    let parts = data
+        .iter()
+        .map(|b| {
+            predictive_from_samples(&model.forward_t(&b.ids, &b.types, &b.mask, false)?, false)
+        })
+        .collect::<varlora::Result<Vec<_>>>()?;
+    concat(parts)
+}
+
+/// `f` and the seconds it took.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let start = Instant::now();
+    let out = f();
+    (out, start.elapsed().as_secs_f64())
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let method = args.method()?;
+    let dev = Device::Cpu;
+    let model_dir = args.assets.join("all-minilm-l6-v2");
+    let corpora = args.assets.join("corpora");
+    if !model_dir.join("model.safetensors").exists() || !corpora.exists() {
+        return Err("missing assets: run scripts/fetch-assets.sh".into());
+    }
+    std::fs::create_dir_all(&args.out)?;
+    let tag = if args.validation { "-val" } else { "" };
+
+    let name = method
+        .to_possible_value()
+        .map_or_else(|| format!("{method:?}"), |v| v.get_name().to_string());
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let split = Split::draw(
+        &corpora,
+        &mut rng,
+        args.validation,
+        args.limit.unwrap_or(usize::MAX),
+        &args.out.join(format!("split-seed{}{tag}.json", args.seed)),
+    )?;
+
+    let mut tokenizer =
+        Tokenizer::from_file(model_dir.join("tokenizer.json")).map_err(|e| e.to_string())?;
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length: args.max_tokens,
+            ..Default::default()
+        }))
+        .map_err(|e| e.to_string())?;
+    tokenizer.with_padding(Some(PaddingParams::default()));
+    let eval_batches = batches(&tokenizer, &split.eval, 64, &dev)?;
+    let ood_batches = batches(&tokenizer, &split.ood, 64, &dev)?;
+
+    // Model: LoRA (or BLoB) rank 8, alpha 16 on query and value; LoRA-Ensemble as its
+    // reference.
+    let config: BertConfig =
+        serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json"))?)?;
+    let lora = LoraConfig::new(8).alpha(16.0).dropout(args.dropout);
+    let sampler = BlobSampler::new(args.seed);
+    let (spec, targets) = match method {
+        Method::Blob => (
+            AdapterSpec::Blob(BlobConfig::new(lora.clone()), sampler.clone()),
+            AdapterTargets::default(),
+        ),
+        Method::LoraEnsemble => (
+            AdapterSpec::Ensemble {
+                members: args.members,
+                rank: 8,
+            },
+            AdapterTargets {
+                key: true,
+                attention_output: true,
+                ..AdapterTargets::default()
+            },
+        ),
+        _ => (AdapterSpec::Lora(lora.clone()), AdapterTargets::default()),
+    };
+    let varmap = VarMap::new();
+    let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    // SAFETY: the weights file is not modified while mapped.
+    let base = unsafe {
+        VarBuilder::from_mmaped_safetensors(
+            &[model_dir.join("model.safetensors")],
+            DType::F32,
+            &dev,
+        )?
+    };
+    let encoder = BertEncoder::load(
+        base.clone(),
+        adapters.clone(),
+        &config,
+        Some(&spec),
+        targets,
+    )?;
+    let model = BertClassifier::new(encoder, 2, adapters)?;
+    seeded_init(
+        &varmap,
+        args.seed,
+        config.hidden_size,
+        method == Method::LoraEnsemble,
+    )?;
+
+    let steps_per_epoch = split.train.len() / args.batch;
+    let total = steps_per_epoch * args.epochs;
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} [{elapsed}<{eta}] {per_sec} {msg}",
+    )?);
+    let base_lr = args.lr.unwrap_or(match method {
+        Method::Ivon => 0.03,
+        _ => 5e-4,
+    });
+    let mut ivon = None;
+    let (mut adamw, mut kl_sgd) = (None, None);
+    match method {
+        Method::Ivon => {
+            let c = IvonConfig::new(base_lr, args.ess)
+                .hess_init(args.hess_init)
+                .weight_decay(0.0)
+                .rescale_lr(false)
+                .clip_radius(args.clip_radius)
+                .beta2(args.beta2)
+                .seed(args.seed);
+            ivon = Some(Ivon::from_varmap(&varmap, c)?);
+        }
+        _ => {
+            // BLoB: AdamW on everything but G; SGD on the reweighted KL for every var.
+            let p = ParamsAdamW {
+                lr: base_lr,
+                weight_decay: 0.0,
+                eps: 1e-6,
+                ..Default::default()
+            };
+            adamw = Some(AdamW::new(
+                sorted_vars(&varmap, |k| !k.ends_with("lora_a_g"))?,
+                p,
+            )?);
+            if method == Method::Blob {
+                kl_sgd = Some(SGD::new(sorted_vars(&varmap, |_| true)?, args.kl_lr)?);
+            }
+        }
+    }
+
+    let start = Instant::now();
+    let mut step = 0usize;
+    for epoch in 0..args.epochs {
+        let mut order = split.train.clone();
+        order.shuffle(&mut rng);
+        for b in batches(
+            &tokenizer,
+            &order[..steps_per_epoch * args.batch],
+            args.batch,
+            &dev,
+        )? {
+            let lr = if args.constant_lr {
+                base_lr
+            } else {
+                base_lr * (1.0 - step as f64 / total as f64)
+            };
+            if let Some(opt) = ivon.as_mut() {
+                opt.set_learning_rate(lr);
+            } else if let Some(opt) = adamw.as_mut() {
+                opt.set_learning_rate(lr);
+            }
+            let logits = model.forward_t(&b.ids, &b.types, &b.mask, true)?;
+            // A LoRA-Ensemble's (M, B, C) logits: the mean of the members' losses.
+            let (logits, labels) = match logits.dims3() {
+                Ok((m, n, c)) => (
+                    logits.reshape((m * n, c))?,
+                    b.labels.unsqueeze(0)?.repeat((m, 1))?.flatten_all()?,
+                ),
+                Err(_) => (logits, b.labels.clone()),
+            };
+            let nll = loss::cross_entropy(&logits, &labels)?;
+            let grads = nll.backward()?;
+            if let Some(opt) = ivon.as_mut() {
+                opt.step(&grads)?;
+            } else if let Some(opt) = adamw.as_mut() {
+                opt.step(&grads)?;
+            }
+            if let Some(sgd) = kl_sgd.as_mut() {
+                // KL of every BLoB layer, reweighted over one epoch; G keeps its NLL gradient.
+                let kl = model.encoder().blob_kl()?;
+                let mut kl_grads = (kl * kl_weight(step as u64 + 1, steps_per_epoch as u64))?
+                    .to_dtype(DType::F32)?
+                    .backward()?;
+                for (name, var) in varmap.data().lock().map_err(|_| "poisoned")?.iter() {
+                    if name.ends_with("lora_a_g") {
+                        if let Some(g) = grads.get(var.as_tensor()) {
+                            let sum = match kl_grads.get(var.as_tensor()) {
+                                Some(k) => (k + g)?,
+                                None => g.clone(),
+                            };
+                            kl_grads.insert(var.as_tensor(), sum);
+                        }
+                    }
+                }
+                sgd.step(&kl_grads)?;
+            }
+            step += 1;
+            let loss = nll.to_scalar::<f32>()?;
+            bar.set_message(format!("epoch {} loss {loss:.4}", epoch + 1));
+            bar.inc(1);
+            progress(step, total, epoch, loss, "train");
+        }
+    }
+    bar.finish();
+    let ms_per_step = 1e3 * start.elapsed().as_secs_f64() / total.max(1) as f64;
+
+    // Evaluation: point estimate, and posterior samples where there is a posterior, with a
+    // detached copy of the model so that forwards keep no graph. The cost per prediction
+    // is timed on the evaluation set.
+    let model = model.detach();
+    let mut report = Report::new(&eval_batches)?;
+    let n_eval = split.eval.len().max(1) as f64;
+    let mut add = |name: String, (id, secs): (varlora::Result<Predictive>, f64), ood| {
+        let cost = Cost {
+            ms_per_step,
+            ms_per_sentence: 1e3 * secs / n_eval,
+        };
+        report.add(name, &id?, &ood?, cost)
+    };
+    let s = args.test_samples;
+    match method {
+        Method::Adamw => {
+            let id = timed(|| evaluate(&mut PointMass, &model, &eval_batches, 0));
+            add(
+                "AdamW".into(),
+                id,
+                evaluate(&mut PointMass, &model, &ood_batches, 0),
+            )?;
+        }
+        Method::Ivon => {
+            let opt = ivon.as_mut().ok_or("no IVON")?;
+            let id = timed(|| evaluate(opt, &model, &eval_batches, 0));
+            add(
+                "IVON @ mean".into(),
+                id,
+                evaluate(opt, &model, &ood_batches, 0),
+            )?;
+            let id = timed(|| evaluate(opt, &model, &eval_batches, s));
+            add(
+                format!("IVON {s} samples"),
+                id,
+                evaluate(opt, &model, &ood_batches, s),
+            )?;
+        }
+        Method::Blob => {
+            let mut post = sampler.clone();
+            let id = timed(|| evaluate(&mut post, &model, &eval_batches, 0));
+            add(
+                "BLoB N = 0".into(),
+                id,
+                evaluate(&mut post, &model, &ood_batches, 0),
+            )?;
+            let id = timed(|| evaluate(&mut post, &model, &eval_batches, s));
+            add(
+                format!("BLoB N = {s}"),
+                id,
+                evaluate(&mut post, &model, &ood_batches, s),
+            )?;
+        }
+        Method::LoraEnsemble => {
+            let id = timed(|| evaluate_members(&model, &eval_batches));
+            let name = format!("LoRA-Ensemble M = {}", args.members);
+            add(name, id, evaluate_members(&model, &ood_batches))?;
+        }
+    }
+
+    if args.distill_from.is_some() {
+        // The teacher's logits (S, n, 2) on every training sentence, in split order.
+        let train_batches = batches(&tokenizer, &split.train, 64, &dev)?;
+        let (targets, teacher_secs) = timed(|| -> varlora::Result<(Tensor, usize)> {
+            let mut parts = Vec::new();
+            for b in &train_batches {
+                let logits = || {
+                    model
+                        .forward_t(&b.ids, &b.types, &b.mask, false)
+                        .map_err(candle_core::Error::wrap)
+                };
+                parts.push(match (method, ivon.as_mut()) {
+                    (Method::Ivon, Some(opt)) => sample_logits(opt, s, logits)?,
+                    (Method::Blob, _) => sample_logits(&mut sampler.clone(), s, logits)?,
+                    _ => logits()?,
+                });
+            }
+            let samples = parts.first().map_or(0, |p| p.dim(0).unwrap_or(0));
+            Ok((Tensor::cat(&parts, 1)?, samples))
+        });
+        let (targets, samples) = targets?;
+        println!(
+            "teacher targets: {samples} samples of {} sentences in {teacher_secs:.1} s",
+            split.train.len()
+        );
+        let student_vars = VarMap::new();
+        let student = distill::Student::new(base, &student_vars, &config, lora, &dev)?;
+        seeded_init(&student_vars, args.seed ^ 0x5eed, config.hidden_size, false)?;
+        let schedule = distill::Schedule {
+            epochs: args.epochs,
+            batch: args.batch,
+            lr: args.lr.filter(|_| method != Method::Ivon).unwrap_or(5e-4),
+            constant_lr: args.constant_lr,
+            laplace_weight: args.laplace_weight,
+            tokenizer: &tokenizer,
+        };
+        let student_ms = distill::train(
+            &student,
+            &student_vars,
+            &split.train,
+            &targets,
+            &schedule,
+            &mut rng,
+            &dev,
+        )?;
+        let student = student.detach();
+        let k = args.student_samples;
+        let (id, secs) = timed(|| student.predict(&eval_batches, k, args.seed));
+        let ood = student.predict(&ood_batches, k, args.seed ^ 0x00d)?;
+        report.add(
+            format!("Student of {name}, {k} Laplace samples"),
+            &id?,
+            &ood,
+            Cost {
+                ms_per_step: student_ms,
+                ms_per_sentence: 1e3 * secs / n_eval,
+            },
+        )?;
+    }
+
+    let summary = serde_json::json!({
+        "optimizer": name,
+        "distilled": args.distill_from.is_some(),
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "train_sentences": split.train.len(),
+        "eval_set": if args.validation { "validation" } else { "test" },
+        "eval_sentences": split.eval.len(),
+        "ood_sentences": split.ood.len(),
+        "ms_per_step": ms_per_step,
+        "peak_rss_mb": peak_rss_mb(),
+        "args": format!("{args:?}"),
+        "results": report.rows,
+    });
+    let stem = format!(
+        "{name}{}-seed{}{tag}",
+        if args.distill_from.is_some() {
+            "-distilled"
+        } else {
+            ""
+        },
+        args.seed
+    );
+    std::fs::write(
+        args.out.join(format!("{stem}.json")),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
+    let md = report.markdown();
+    std::fs::write(args.out.join(format!("{stem}.md")), &md)?;
+    print!("{md}");
+    println!(
+        "peak memory {:.0} MB; results in {}",
+        peak_rss_mb().unwrap_or(f64::NAN),
+        args.out.display()
+    );
+    Ok(())
+}

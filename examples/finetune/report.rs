@@ -1,0 +1,104 @@
+//! Metrics of each evaluated model, written as JSON and a Markdown table.
+
+use candle_core::Tensor;
+use varlora::metrics;
+use varlora::predict::Predictive;
+
+use crate::data::Batch;
+
+/// Concatenates per-batch predictives.
+pub fn concat(parts: Vec<Predictive>) -> varlora::Result<Predictive> {
+    let cat = |f: &dyn Fn(&Predictive) -> &Tensor| -> varlora::Result<Tensor> {
+        Ok(Tensor::cat(&parts.iter().map(f).collect::<Vec<_>>(), 0)?)
+    };
+    Ok(Predictive {
+        log_probs: cat(&|p| &p.log_probs)?,
+        probs: cat(&|p| &p.probs)?,
+        total: cat(&|p| &p.total)?,
+        aleatoric: cat(&|p| &p.aleatoric)?,
+        epistemic: cat(&|p| &p.epistemic)?,
+        samples: None,
+    })
+}
+
+/// The rows of the results table.
+pub struct Report {
+    labels: Tensor,
+    pub rows: Vec<serde_json::Value>,
+}
+
+/// What one model's predictions cost.
+pub struct Cost {
+    /// Milliseconds per training step.
+    pub ms_per_step: f64,
+    /// Milliseconds per evaluated sentence, all posterior samples included.
+    pub ms_per_sentence: f64,
+}
+
+impl Report {
+    pub fn new(eval: &[Batch]) -> varlora::Result<Self> {
+        let labels = eval.iter().map(|b| b.labels.clone()).collect::<Vec<_>>();
+        Ok(Self {
+            labels: Tensor::cat(&labels, 0)?,
+            rows: Vec::new(),
+        })
+    }
+
+    /// Adds a model's row: accuracy and calibration on `id`, OOD AUROC of `id` against
+    /// `ood` by 1 - max p, predictive entropy and mutual information.
+    pub fn add(
+        &mut self,
+        name: String,
+        id: &Predictive,
+        ood: &Predictive,
+        cost: Cost,
+    ) -> varlora::Result<()> {
+        let y = &self.labels;
+        let msp =
+            |p: &Predictive| -> varlora::Result<Tensor> { Ok((p.probs.max(1)?.neg()? + 1.0)?) };
+        self.rows.push(serde_json::json!({
+            "model": name,
+            "accuracy": metrics::accuracy(&id.probs, y)?,
+            "nll": metrics::nll(&id.log_probs, y)?,
+            "ece": metrics::ece(&id.probs, y, 15)?,
+            "brier": metrics::brier(&id.probs, y)?,
+            "auroc_msp": metrics::auroc(&msp(id)?, &msp(ood)?)?,
+            "auroc_entropy": metrics::auroc(&id.total, &ood.total)?,
+            "auroc_mi": metrics::auroc(&id.epistemic, &ood.epistemic)?,
+            "ms_per_step": cost.ms_per_step,
+            "ms_per_sentence": cost.ms_per_sentence,
+        }));
+        Ok(())
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut md = String::from(
+            "| model | accuracy | NLL | ECE | Brier | AUROC MSP | AUROC entropy | AUROC MI | ms/step | ms/sentence |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        );
+        let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        for r in &self.rows {
+            md.push_str(&format!(
+                "| {} | {:.2}% | {:.4} | {:.4} | {:.4} | {:.3} | {:.3} | {:.3} | {:.0} | {:.2} |\n",
+                r["model"].as_str().unwrap_or("?"),
+                100.0 * f(r, "accuracy"),
+                f(r, "nll"),
+                f(r, "ece"),
+                f(r, "brier"),
+                f(r, "auroc_msp"),
+                f(r, "auroc_entropy"),
+                f(r, "auroc_mi"),
+                f(r, "ms_per_step"),
+                f(r, "ms_per_sentence"),
+            ));
+        }
+        md
+    }
+}
+
+/// Peak resident memory of this process, from /proc (Linux).
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
