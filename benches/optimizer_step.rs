@@ -1,5 +1,7 @@
 //! One optimizer step on f32 parameters on the CPU: IVON's fused kernel, IVON's tensor-op
 //! path and candle-nn's AdamW, against a plain copy of the parameters (the memory floor).
+//! With `--features cuda`, the same on GPU 0 against a device-to-device copy, each step
+//! followed by a synchronisation (`scripts/gpu-check.sh`).
 //!
 //! `cargo bench --bench optimizer_step`
 //!
@@ -11,15 +13,40 @@
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
+};
 use varlora::optim::{Ivon, IvonConfig};
 
-fn setup(n: usize) -> (Var, GradStore) {
-    let dev = Device::Cpu;
-    let var = Var::from_tensor(&Tensor::randn(0f32, 0.1, n, &dev).unwrap()).unwrap();
+fn setup(n: usize, dev: &Device) -> (Var, GradStore) {
+    let var = Var::from_tensor(&Tensor::randn(0f32, 0.1, n, dev).unwrap()).unwrap();
     let mut grads = GradStore::default();
-    grads.insert(var.as_tensor(), Tensor::randn(0f32, 1e-2, n, &dev).unwrap());
+    grads.insert(var.as_tensor(), Tensor::randn(0f32, 1e-2, n, dev).unwrap());
     (var, grads)
+}
+
+/// AdamW and IVON (fused and tensor ops) on `dev`, each step synchronised.
+fn optimizers(group: &mut BenchmarkGroup<'_, WallTime>, n: usize, dev: &Device) {
+    group.bench_function(BenchmarkId::new("adamw", n), |b| {
+        let (var, grads) = setup(n, dev);
+        let mut opt = AdamW::new(vec![var], ParamsAdamW::default()).unwrap();
+        b.iter(|| {
+            opt.step(&grads).unwrap();
+            dev.synchronize().unwrap();
+        });
+    });
+    for (name, fused) in [("ivon_fused", true), ("ivon_tensor_ops", false)] {
+        group.bench_function(BenchmarkId::new(name, n), |b| {
+            let (var, grads) = setup(n, dev);
+            let config = IvonConfig::new(0.1, 1e4).hess_init(0.5).fused(fused);
+            let mut opt = Ivon::new(vec![var], config).unwrap();
+            b.iter(|| {
+                opt.step(&grads).unwrap();
+                dev.synchronize().unwrap();
+            });
+        });
+    }
 }
 
 fn optimizer_step(c: &mut Criterion) {
@@ -35,22 +62,39 @@ fn optimizer_step(c: &mut Criterion) {
                 std::hint::black_box(&mut dst);
             });
         });
-        group.bench_function(BenchmarkId::new("adamw", n), |b| {
-            let (var, grads) = setup(n);
-            let mut opt = AdamW::new(vec![var], ParamsAdamW::default()).unwrap();
-            b.iter(|| opt.step(&grads).unwrap());
-        });
-        for (name, fused) in [("ivon_fused", true), ("ivon_tensor_ops", false)] {
-            group.bench_function(BenchmarkId::new(name, n), |b| {
-                let (var, grads) = setup(n);
-                let config = IvonConfig::new(0.1, 1e4).hess_init(0.5).fused(fused);
-                let mut opt = Ivon::new(vec![var], config).unwrap();
-                b.iter(|| opt.step(&grads).unwrap());
-            });
-        }
+        optimizers(&mut group, n, &Device::Cpu);
     }
     group.finish();
 }
 
+/// The same on GPU 0; the floor is a device-to-device copy of the parameters.
+#[cfg(feature = "cuda")]
+fn optimizer_step_cuda(c: &mut Criterion) {
+    let dev = match Device::new_cuda(0) {
+        Ok(dev) => dev,
+        Err(e) => {
+            eprintln!("no CUDA device, the cuda benchmarks are skipped: {e}");
+            return;
+        }
+    };
+    let mut group = c.benchmark_group("optimizer_step_cuda");
+    for n in [100_000usize, 1_000_000, 10_000_000, 100_000_000] {
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::new("dtod_copy", n), |b| {
+            let src = Tensor::zeros(n, candle_core::DType::F32, &dev).unwrap();
+            let dst = Tensor::zeros(n, candle_core::DType::F32, &dev).unwrap();
+            b.iter(|| {
+                dst.slice_set(&src, 0, 0).unwrap();
+                dev.synchronize().unwrap();
+            });
+        });
+        optimizers(&mut group, n, &dev);
+    }
+    group.finish();
+}
+
+#[cfg(feature = "cuda")]
+criterion_group!(benches, optimizer_step, optimizer_step_cuda);
+#[cfg(not(feature = "cuda"))]
 criterion_group!(benches, optimizer_step);
 criterion_main!(benches);

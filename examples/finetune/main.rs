@@ -135,7 +135,7 @@ impl Args {
 /// Prints a progress line every 25 steps when the progress bar is hidden (output not a
 /// terminal), so that logs show how a run goes.
 fn progress(step: usize, total: usize, epoch: usize, loss: f32, what: &str) {
-    if !console_is_terminal() && (step % 25 == 0 || step == total) {
+    if !console_is_terminal() && (step.is_multiple_of(25) || step == total) {
         println!(
             "{what} epoch {} step {step}/{total} loss {loss:.4}",
             epoch + 1

@@ -5,6 +5,33 @@
 //! to it (the tests compare the two).
 
 pub(crate) mod cpu;
+#[cfg(feature = "cuda")]
+pub(crate) mod cuda;
+#[cfg(test)]
+mod cuda_source;
+
+use candle_core::{Tensor, Var};
+
+/// One fused IVON step for one var, on the var's device: see [`cpu::ivon_step`] (and
+/// `cuda::ivon_step` with the `cuda` feature).
+pub(crate) fn ivon_step(
+    var: &Var,
+    state: &Tensor,
+    grad: &Tensor,
+    draws: Draws,
+    c: &IvonCoeffs,
+) -> candle_core::Result<()> {
+    #[cfg(feature = "cuda")]
+    if var.device().is_cuda() {
+        return cuda::ivon_step(var, state, grad, draws, c);
+    }
+    cpu::ivon_step(var, state, grad, draws, c)
+}
+
+/// Whether the fused kernel runs on `device`: the CPU, and CUDA with the `cuda` feature.
+pub(crate) fn fused_on(device: &candle_core::Device) -> bool {
+    device.is_cpu() || (cfg!(feature = "cuda") && device.is_cuda())
+}
 
 /// IVON's scalar coefficients for one group and step, each rounded once from f64 to f32
 /// as the tensor-op path rounds them.

@@ -107,9 +107,10 @@ pub struct IvonConfig {
     /// Seed of the default noise source.
     #[serde(default)]
     pub seed: u64,
-    /// Use the fused CPU kernel where it applies (one sample per step, f32 vars on the
-    /// CPU, the default noise source). Its results are bit-identical to the tensor-op
-    /// path; `false` forces the latter, e.g. to compare the two.
+    /// Use the fused kernel where it applies (one sample per step, f32 vars on the CPU,
+    /// or on CUDA with the `cuda` feature, the default noise source). Its results are
+    /// bit-identical to the tensor-op path; `false` forces the latter, e.g. to compare
+    /// the two.
     #[serde(default = "defaults::yes")]
     pub fused: bool,
 }

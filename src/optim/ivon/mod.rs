@@ -281,7 +281,7 @@ impl Ivon {
         self.step
     }
 
-    /// Steps taken by the fused CPU kernel (the rest went through the tensor-op path).
+    /// Steps taken by the fused kernel (the rest went through the tensor-op path).
     pub fn fused_steps(&self) -> u64 {
         self.fused_steps
     }

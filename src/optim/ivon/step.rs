@@ -186,9 +186,10 @@ impl Ivon {
     /// gradient at the current sample, update if `mc_samples` samples are collected, and
     /// draw the next training sample.
     ///
-    /// With one sample per step, f32 vars on the CPU and the default noise source, this
-    /// runs the fused kernel: one pass per var that updates the state and writes the next
-    /// sample, with the same bits as the tensor-op path.
+    /// With one sample per step, f32 vars on the CPU (or CUDA, with the `cuda` feature)
+    /// and the default noise source, this runs the fused kernel: one pass per var that
+    /// updates the state and writes the next sample, with the same bits as the tensor-op
+    /// path.
     pub fn try_step(&mut self, grads: &GradStore) -> Result<()> {
         if self.fusable() {
             let collected = self.collect_grads(grads)?;
@@ -214,7 +215,7 @@ impl Ivon {
             && self.count == 0
             && self.position == Position::Sample
             && self.dtype == DType::F32
-            && self.device.is_cpu()
+            && kernels::fused_on(&self.device)
             && self.params_mut().all(|p| p.sampled)
             && self.noise.as_philox().is_some()
     }
@@ -238,7 +239,7 @@ impl Ivon {
                     block,
                     offset,
                 };
-                kernels::cpu::ivon_step(&p.var, &p.state, g, draws, &coeffs)?;
+                kernels::ivon_step(&p.var, &p.state, g, draws, &coeffs)?;
                 offset += p.var.elem_count();
             }
         }
