@@ -221,20 +221,21 @@ def main():
                 print(f"epoch {epoch + 1} step {step}/{total} loss {loss.item():.4f} {rate:.2f} steps/s", flush=True)
     train_secs = time.perf_counter() - start
 
-    rows = []
+    ms_per_step = 1e3 * train_secs / max(total, 1)
+
+    def row(name, samples, optimizer=None):
+        start = time.perf_counter()
+        ind_logits = evaluate(model, ind_batches, samples, optimizer)
+        ms_per_sentence = 1e3 * (time.perf_counter() - start) / len(ind)
+        ood_logits = evaluate(model, ood_batches, samples, optimizer)
+        r = metrics(name, predictive(ind_logits), predictive(ood_logits), y)
+        r.update(ms_per_step=ms_per_step, ms_per_sentence=ms_per_sentence)
+        return r
+
     if args.optimizer == "ivon":
-        rows.append(metrics("IVON @ mean", predictive(evaluate(model, ind_batches, 0)), predictive(evaluate(model, ood_batches, 0)), y))
-        s = args.test_samples
-        rows.append(
-            metrics(
-                f"IVON {s} samples",
-                predictive(evaluate(model, ind_batches, s, opt)),
-                predictive(evaluate(model, ood_batches, s, opt)),
-                y,
-            )
-        )
+        rows = [row("IVON @ mean", 0), row(f"IVON {args.test_samples} samples", args.test_samples, opt)]
     else:
-        rows.append(metrics("AdamW", predictive(evaluate(model, ind_batches, 0)), predictive(evaluate(model, ood_batches, 0)), y))
+        rows = [row("AdamW", 0)]
 
     summary = {
         "implementation": f"torch {torch.__version__}, ivon-opt, peft",
@@ -246,7 +247,7 @@ def main():
         "eval_sentences": len(ind),
         "ood_sentences": len(ood),
         "threads": torch.get_num_threads(),
-        "ms_per_step": 1e3 * train_secs / max(total, 1),
+        "ms_per_step": ms_per_step,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "results": rows,
     }
@@ -257,7 +258,7 @@ def main():
         print(
             f"| torch {r['model']} | {100 * r['accuracy']:.2f}% | {r['nll']:.4f} | {r['ece']:.4f} | "
             f"{r['brier']:.4f} | {r['auroc_msp']:.3f} | {r['auroc_entropy']:.3f} | {r['auroc_mi']:.3f} | "
-            f"{summary['ms_per_step']:.0f} |"
+            f"{r['ms_per_step']:.0f} | {r['ms_per_sentence']:.2f} |"
         )
 
 
