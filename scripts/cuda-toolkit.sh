@@ -6,10 +6,12 @@
 #   cargo build --release --features cuda --lib
 #
 # What was verified on a CPU-only machine: the library builds (candle-kernels' PTX is
-# compiled by this nvcc; about 10 minutes on 2 cores). cudarc 0.19.10 knows CUDA up to
-# 13.4, hence CUDARC_CUDA_VERSION=13040. Linking test or example binaries additionally
-# needs libcuda (the driver, or the toolkit's stub), libcublas, libcublasLt and libcurand,
-# which these wheels do not provide.
+# compiled by this nvcc; 10 to 25 minutes on 2 cores), and
+#   CARGO_TARGET_DIR=target/cuda cargo clippy --release --features cuda --all-targets
+# is clean, so the CUDA kernel's Rust side, tests and benches type-check. cudarc 0.19.10
+# knows CUDA up to 13.4, hence CUDARC_CUDA_VERSION=13040. Linking test or example
+# binaries additionally needs libcuda (the driver, or the toolkit's stub), libcublas,
+# libcublasLt and libcurand, which these wheels do not provide.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=.cuda
