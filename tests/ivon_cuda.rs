@@ -3,11 +3,10 @@
 //! (`scripts/gpu-check.sh`); the default build compiles nothing here.
 #![cfg(feature = "cuda")]
 
-use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor, Var};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
-use varlora::optim::{HessApprox, Ivon, IvonConfig, ParamGroup};
+mod common;
+
+use candle_core::Device;
+use varlora::optim::IvonConfig;
 
 /// Vars that straddle the CPU's generator batches and thread chunks at unaligned offsets,
 /// and one large enough for the kernel's grid to stride.
@@ -19,60 +18,8 @@ fn gpu() -> Device {
     })
 }
 
-fn values(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n)
-        .map(|i| match i % 97 {
-            0 => 0.0,
-            1 => -0.0,
-            _ => scale * (rng.random::<f32>() * 2.0 - 1.0),
-        })
-        .collect()
-}
-
-/// The bits of every var and state row after `steps` steps on `dev`, and the fused steps.
 fn run(config: &IvonConfig, dev: &Device, fused: bool, steps: usize) -> (Vec<Vec<u32>>, u64) {
-    let mut rng = StdRng::seed_from_u64(5);
-    let mut groups = Vec::new();
-    let mut vars = Vec::new();
-    for (gi, sizes) in GROUPS.iter().enumerate() {
-        let vs: Vec<Var> = sizes
-            .iter()
-            .map(|&n| Var::from_vec(values(&mut rng, n, 0.5), n, dev).unwrap())
-            .collect();
-        let group = ParamGroup::new(vs.clone());
-        groups.push(if gi == 1 {
-            group.lr(0.03).weight_decay(0.0).beta1(0.7)
-        } else {
-            group
-        });
-        vars.extend(vs);
-    }
-    let mut opt = Ivon::with_groups(groups, config.clone().fused(fused)).unwrap();
-    for _ in 0..steps {
-        let mut grads = GradStore::default();
-        for v in &vars {
-            let g =
-                Tensor::from_vec(values(&mut rng, v.elem_count(), 2.0), v.shape(), dev).unwrap();
-            grads.insert(v.as_tensor(), g);
-        }
-        opt.try_step(&grads).unwrap();
-    }
-    let mut out = Vec::new();
-    for gi in 0..opt.num_groups() {
-        for p in opt.group_params(gi).unwrap() {
-            for t in [
-                p.var().as_tensor().clone(),
-                p.mean().unwrap(),
-                p.hess().unwrap(),
-                p.momentum().unwrap(),
-                p.noise().unwrap().unwrap(),
-            ] {
-                let v = t.to_device(&Device::Cpu).unwrap().to_vec1::<f32>().unwrap();
-                out.push(v.iter().map(|x| x.to_bits()).collect());
-            }
-        }
-    }
-    (out, opt.fused_steps())
+    common::ivon_trajectory(config, GROUPS, dev, fused, steps)
 }
 
 fn check(config: IvonConfig) {
@@ -96,39 +43,24 @@ fn check(config: IvonConfig) {
 
 #[test]
 fn price_debias_rescale_no_clip() {
-    check(IvonConfig::new(0.1, 500.0).hess_init(0.3).seed(1));
+    check(common::price_debias_rescale_no_clip());
 }
 
 #[test]
 fn price_clip_no_debias_no_rescale() {
-    check(
-        IvonConfig::new(0.05, 2000.0)
-            .hess_init(0.2)
-            .weight_decay(2e-4)
-            .clip_radius(1e-3)
-            .debias(false)
-            .rescale_lr(false)
-            .seed(2),
-    );
+    check(common::price_clip_no_debias_no_rescale());
 }
 
 #[test]
 fn gradsq_clip_wd0() {
-    check(
-        IvonConfig::new(0.2, 800.0)
-            .hess_approx(HessApprox::Gradsq)
-            .weight_decay(0.0)
-            .clip_radius(0.05)
-            .beta2(0.999)
-            .seed(3),
-    );
+    check(common::gradsq_clip_wd0());
 }
 
 /// The tensor-op path on the GPU (candle's kernels, compiled with fused multiply-adds)
 /// stays within a few ulps of the fused kernel: the reference the fused path replaces.
 #[test]
 fn tensor_ops_on_the_gpu_agree_within_ulps() {
-    let config = IvonConfig::new(0.1, 500.0).hess_init(0.3).seed(1);
+    let config = common::price_debias_rescale_no_clip();
     let (fused, _) = run(&config, &gpu(), true, 2);
     let (plain, n) = run(&config, &gpu(), false, 2);
     assert_eq!(n, 0);

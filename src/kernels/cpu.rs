@@ -351,19 +351,7 @@ mod tests {
         let mut hess: Vec<f32> = wave(0.23).iter().map(|v| v.abs() + 0.1).collect();
         let mut momentum = wave(0.05);
         let mut noise: Vec<f32> = wave(0.71).iter().map(|v| v * 0.01).collect();
-        let c = IvonCoeffs {
-            beta1: 0.9,
-            one_minus_beta1: 0.1,
-            beta2: 0.999,
-            one_minus_beta2: 0.001,
-            correction: 5e-7,
-            weight_decay: 1e-4,
-            ess: 1000.0,
-            lr: 0.05,
-            debias: Some(0.19),
-            clip_radius: 0.5,
-            price,
-        };
+        let c = IvonCoeffs::for_tests(price, Some(0.19), 0.5);
         let draws = Draws {
             seed: 9,
             block: 3,

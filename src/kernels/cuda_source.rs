@@ -100,19 +100,7 @@ fn cuda_source_gives_the_cpu_kernels_bits() {
         (false, None, f32::INFINITY),
         (true, None, 1e-3),
     ] {
-        let c = IvonCoeffs {
-            beta1: 0.9,
-            one_minus_beta1: 0.1,
-            beta2: 0.999,
-            one_minus_beta2: 0.001,
-            correction: 5e-7,
-            weight_decay: 1e-4,
-            ess: 1000.0,
-            lr: 0.05,
-            debias,
-            clip_radius: clip,
-            price,
-        };
+        let c = IvonCoeffs::for_tests(price, debias, clip);
         let draws = Draws {
             seed: 0x1234_5678_9abc,
             block: 7,

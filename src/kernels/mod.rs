@@ -55,6 +55,26 @@ pub(crate) struct IvonCoeffs {
     pub price: bool,
 }
 
+#[cfg(test)]
+impl IvonCoeffs {
+    /// Coefficients for the kernels' unit tests, the rest fixed at typical values.
+    pub(crate) fn for_tests(price: bool, debias: Option<f32>, clip_radius: f32) -> Self {
+        Self {
+            beta1: 0.9,
+            one_minus_beta1: 0.1,
+            beta2: 0.999,
+            one_minus_beta2: 0.001,
+            correction: 5e-7,
+            weight_decay: 1e-4,
+            ess: 1000.0,
+            lr: 0.05,
+            debias,
+            clip_radius,
+            price,
+        }
+    }
+}
+
 /// Where the next sample's standard-normal draws come from: the request of a group that
 /// starts at counter `block` of `seed`'s Philox stream, from its element `offset` on.
 #[derive(Clone, Copy, Debug)]

@@ -101,3 +101,103 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar()
         .unwrap()
 }
+
+/// `n` values uniform in [-scale, scale], with exact zeros of both signs every 97
+/// elements (the signed-zero cases of the fused kernels).
+pub fn signed_values(rng: &mut rand::rngs::StdRng, n: usize, scale: f32) -> Vec<f32> {
+    use rand::Rng;
+    (0..n)
+        .map(|i| match i % 97 {
+            0 => 0.0,
+            1 => -0.0,
+            _ => scale * (rng.random::<f32>() * 2.0 - 1.0),
+        })
+        .collect()
+}
+
+/// Runs `steps` IVON steps on `dev` over two groups of vars of the given sizes (the second
+/// with its own lr, weight decay and beta1), on seeded values and gradients. Returns the
+/// bits of every var, mean, `h`, momentum and noise, and the number of fused steps.
+pub fn ivon_trajectory(
+    config: &varlora::optim::IvonConfig,
+    groups: [&[usize]; 2],
+    dev: &Device,
+    fused: bool,
+    steps: usize,
+) -> (Vec<Vec<u32>>, u64) {
+    use candle_core::backprop::GradStore;
+    use candle_core::Var;
+    use rand::SeedableRng;
+    use varlora::optim::{Ivon, ParamGroup};
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let mut param_groups = Vec::new();
+    let mut vars = Vec::new();
+    for (gi, sizes) in groups.iter().enumerate() {
+        let vs: Vec<Var> = sizes
+            .iter()
+            .map(|&n| Var::from_vec(signed_values(&mut rng, n, 0.5), n, dev).unwrap())
+            .collect();
+        let group = ParamGroup::new(vs.clone());
+        param_groups.push(if gi == 1 {
+            group.lr(0.03).weight_decay(0.0).beta1(0.7)
+        } else {
+            group
+        });
+        vars.extend(vs);
+    }
+    let mut opt = Ivon::with_groups(param_groups, config.clone().fused(fused)).unwrap();
+    for _ in 0..steps {
+        let mut grads = GradStore::default();
+        for v in &vars {
+            let g = signed_values(&mut rng, v.elem_count(), 2.0);
+            grads.insert(v.as_tensor(), Tensor::from_vec(g, v.shape(), dev).unwrap());
+        }
+        opt.try_step(&grads).unwrap();
+    }
+    let mut out = Vec::new();
+    for gi in 0..opt.num_groups() {
+        for p in opt.group_params(gi).unwrap() {
+            for t in [
+                p.var().as_tensor().clone(),
+                p.mean().unwrap(),
+                p.hess().unwrap(),
+                p.momentum().unwrap(),
+                p.noise().unwrap().unwrap(),
+            ] {
+                let v = t.to_device(&Device::Cpu).unwrap().to_vec1::<f32>().unwrap();
+                out.push(v.iter().map(|x| x.to_bits()).collect());
+            }
+        }
+    }
+    (out, opt.fused_steps())
+}
+
+/// The settings the fused kernels are checked under: price with debiasing and lr
+/// rescaling, no clip.
+pub fn price_debias_rescale_no_clip() -> varlora::optim::IvonConfig {
+    varlora::optim::IvonConfig::new(0.1, 500.0)
+        .hess_init(0.3)
+        .seed(1)
+}
+
+/// Price with a clip and weight decay, without debiasing or lr rescaling.
+pub fn price_clip_no_debias_no_rescale() -> varlora::optim::IvonConfig {
+    varlora::optim::IvonConfig::new(0.05, 2000.0)
+        .hess_init(0.2)
+        .weight_decay(2e-4)
+        .clip_radius(1e-3)
+        .debias(false)
+        .rescale_lr(false)
+        .seed(2)
+}
+
+/// The gradsq estimator with a clip and no weight decay.
+pub fn gradsq_clip_wd0() -> varlora::optim::IvonConfig {
+    varlora::optim::IvonConfig::new(0.2, 800.0)
+        .hess_approx(varlora::optim::HessApprox::Gradsq)
+        .weight_decay(0.0)
+        .clip_radius(0.05)
+        .beta2(0.999)
+        .seed(3)
+}
