@@ -48,7 +48,7 @@ fn frozen(config: &BertConfig, dev: &Device) -> candle_core::Result<HashMap<Stri
         .lock()
         .map_err(|_| candle_core::Error::msg("poisoned"))?;
     data.iter()
-        .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+        .map(|(k, v)| Ok((k.clone(), v.as_tensor().detach())))
         .collect()
 }
 
@@ -57,6 +57,8 @@ fn bytes(ts: impl Iterator<Item = Tensor>) -> usize {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // Reuse freed tensor memory instead of page-faulting it in again every step.
+    varlora::alloc::keep_freed_memory();
     let dev = Device::Cpu;
     let config = minilm_shape();
     let weights = frozen(&config, &dev)?;

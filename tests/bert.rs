@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::bert::{BertModel, Config};
 use varlora::lora::{BlobConfig, BlobSampler, LoraConfig};
@@ -33,7 +33,7 @@ fn frozen_weights(config: &Config) -> HashMap<String, Tensor> {
                     + if k.ends_with("weight") { 1.0 } else { 0.0 })
                 .unwrap()
             } else {
-                v.as_tensor().copy().unwrap()
+                v.as_tensor().detach()
             };
             (k.clone(), t)
         })
@@ -71,6 +71,12 @@ fn inputs() -> (Tensor, Tensor, Tensor) {
     (ids, types, mask)
 }
 
+/// BertModel's hidden states at the real tokens, zero at padding (as ours are).
+fn at_tokens(hidden: &Tensor, mask: &Tensor) -> Tensor {
+    let mask = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
+    hidden.broadcast_mul(&mask).unwrap()
+}
+
 fn rel_error(a: &Tensor, b: &Tensor) -> f32 {
     let diff: f32 = (a - b)
         .unwrap()
@@ -106,7 +112,7 @@ fn matches_candle_transformers_bert_with_inert_adapters() {
     )
     .unwrap();
     let (ids, types, mask) = inputs();
-    let expected = reference.forward(&ids, &types, Some(&mask)).unwrap();
+    let expected = at_tokens(&reference.forward(&ids, &types, Some(&mask)).unwrap(), &mask);
     let specs = [
         None,
         Some(AdapterSpec::Lora(LoraConfig::new(4))),
@@ -134,6 +140,8 @@ fn matches_candle_transformers_bert_with_inert_adapters() {
         let ours = encoder.forward_t(&ids, &types, Some(&mask), false).unwrap();
         let err = rel_error(&ours, &expected);
         assert!(err < 1e-5, "{spec:?}: relative error {err}");
+        // Padding is skipped: its hidden states are exactly zero.
+        assert_eq!(ours.i((0, 4..)).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.);
     }
 }
 
@@ -168,6 +176,64 @@ fn gradient_reaches_every_adapter_of_every_layer() {
             .unwrap_or_else(|| panic!("no gradient for {name}"));
         let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
         assert!(norm > 0.0, "zero gradient for {name}");
+    }
+}
+
+/// The fused CPU kernels of the frozen linear layers, layer norms and GELU against candle's
+/// ops: the same weights loaded as plain tensors take the kernels, loaded as vars they take
+/// candle's ops (whose gradients then reach the frozen weights too). The logits and every
+/// adapter's gradient agree. (The attention softmax takes its kernel in both; its unit
+/// test compares it with candle's ops.)
+#[test]
+fn fused_kernels_give_the_gradients_of_candles_ops() {
+    let dev = Device::Cpu;
+    let theirs_config: Config = serde_json::from_str(TINY).unwrap();
+    let config: BertConfig = serde_json::from_str(TINY).unwrap();
+    let weights = frozen_weights(&theirs_config);
+    let tracked: HashMap<String, Tensor> = weights
+        .iter()
+        .map(|(k, v)| (k.clone(), Var::from_tensor(v).unwrap().as_tensor().clone()))
+        .collect();
+    let all = AdapterTargets {
+        query: true,
+        key: true,
+        value: true,
+        attention_output: true,
+        intermediate: true,
+        output: true,
+    };
+    // One set of adapters, shared by both models through the VarMap.
+    let varmap = VarMap::new();
+    let model = |w: &HashMap<String, Tensor>| {
+        let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let encoder = BertEncoder::load(
+            VarBuilder::from_tensors(w.clone(), DType::F32, &dev),
+            adapters.clone(),
+            &config,
+            Some(&AdapterSpec::Lora(LoraConfig::new(2))),
+            all,
+        )
+        .unwrap();
+        BertClassifier::new(encoder, 3, adapters).unwrap()
+    };
+    let (fused, composed) = (model(&weights), model(&tracked));
+    randomize_lora_b(&varmap, 0.1);
+    let (ids, types, mask) = inputs();
+    let y = Tensor::new(&[0u32, 2], &dev).unwrap();
+    let run = |m: &BertClassifier| {
+        let logits = m.forward_t(&ids, &types, &mask, true).unwrap();
+        let loss = candle_nn::loss::cross_entropy(&logits, &y).unwrap();
+        (logits, loss.backward().unwrap())
+    };
+    let ((ours, our_grads), (theirs, their_grads)) = (run(&fused), run(&composed));
+    assert!(rel_error(&ours, &theirs) < 1e-5);
+    let data = varmap.data().lock().unwrap();
+    assert_eq!(data.len(), 2 * 6 * 2 + 2);
+    for (name, var) in data.iter() {
+        let g =
+            |grads: &candle_core::backprop::GradStore| grads.get(var.as_tensor()).unwrap().clone();
+        let err = rel_error(&g(&our_grads), &g(&their_grads));
+        assert!(err < 1e-4, "{name}: relative error {err}");
     }
 }
 
@@ -224,7 +290,7 @@ fn minilm_matches_bert_model_when_present() {
     )
     .unwrap();
     let (ids, types, mask) = inputs();
-    let expected = reference.forward(&ids, &types, Some(&mask)).unwrap();
+    let expected = at_tokens(&reference.forward(&ids, &types, Some(&mask)).unwrap(), &mask);
     let ours = encoder.forward_t(&ids, &types, Some(&mask), false).unwrap();
     let err = rel_error(&ours, &expected);
     eprintln!("all-MiniLM-L6-v2 against BertModel: relative error {err:e}");

@@ -253,6 +253,8 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    // Reuse freed tensor memory instead of page-faulting it in again every step.
+    varlora::alloc::keep_freed_memory();
     let method = args.method()?;
     let dev = Device::Cpu;
     let model_dir = args.assets.join("all-minilm-l6-v2");

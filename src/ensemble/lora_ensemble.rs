@@ -3,6 +3,7 @@
 use candle_core::{Module, Tensor};
 use candle_nn::{init::Init, Linear, VarBuilder};
 
+use crate::kernels::encoder::FrozenLinear;
 use crate::{Error, Result};
 
 /// `M` LoRA adapters on one frozen `Linear`, all applied in one forward pass:
@@ -31,7 +32,7 @@ use crate::{Error, Result};
 /// ```
 #[derive(Clone, Debug)]
 pub struct LoraEnsembleLinear {
-    base: Linear,
+    base: FrozenLinear,
     a: Tensor,
     b: Tensor,
     members: usize,
@@ -61,7 +62,7 @@ impl LoraEnsembleLinear {
         )?;
         let b = vb.get_with_hints((members, out_dim, rank), "lora_b", Init::Const(0.0))?;
         Ok(Self {
-            base,
+            base: FrozenLinear::new(base),
             a,
             b,
             members,
@@ -95,7 +96,7 @@ impl LoraEnsembleLinear {
 
     /// The frozen layer.
     pub fn base(&self) -> &Linear {
-        &self.base
+        self.base.linear()
     }
 
     /// `x` repeated for `members` members along a new leading dimension.
@@ -125,7 +126,7 @@ impl Module for LoraEnsembleLinear {
             .matmul(&self.b.transpose(1, 2)?)?;
         let mut out_dims = dims.to_vec();
         let last = out_dims.len() - 1;
-        out_dims[last] = self.base.weight().dim(0)?;
+        out_dims[last] = self.base().weight().dim(0)?;
         (frozen + delta)?.reshape(out_dims)
     }
 }

@@ -1,6 +1,7 @@
-//! Fused update kernels: one pass over memory per step and tensor.
+//! Fused kernels: IVON's update, one pass over memory per step and tensor, and the
+//! encoder's layer ops with their backward passes ([`encoder`]).
 //!
-//! The tensor-op path in `optim::ivon` is the readable reference; these kernels compute the
+//! IVON's tensor-op path in `optim::ivon` is the readable reference; these kernels compute the
 //! same floating-point operations in the same order, so their results are bit-identical
 //! to it (the tests compare the two).
 
@@ -9,6 +10,7 @@ pub(crate) mod cpu;
 pub(crate) mod cuda;
 #[cfg(test)]
 mod cuda_source;
+pub(crate) mod encoder;
 
 use candle_core::{Tensor, Var};
 

@@ -10,11 +10,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Module, ModuleT, Tensor};
+use candle_core::{DType, ModuleT, Tensor};
 use candle_nn::{init::Init, Dropout, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::LoraConfig;
+use crate::kernels::encoder::FrozenLinear;
 use crate::noise::PhiloxNormal;
 use crate::predict::Posterior;
 use crate::{Error, Result};
@@ -205,7 +206,7 @@ impl Posterior for BlobSampler {
 /// ```
 #[derive(Clone, Debug)]
 pub struct BayesianLoraLinear {
-    base: Linear,
+    base: FrozenLinear,
     a_mean: Tensor,
     a_g: Tensor,
     b: Tensor,
@@ -244,7 +245,7 @@ impl BayesianLoraLinear {
         let b = vb.get_with_hints((out_dim, r), "lora_b", Init::Const(0.0))?;
         Ok(Self {
             dropout: Dropout::new(config.lora.dropout),
-            base,
+            base: FrozenLinear::new(base),
             a_mean,
             a_g,
             b,

@@ -1,9 +1,10 @@
 //! `LoraLinear`: a frozen linear layer plus a trainable low-rank update.
 
-use candle_core::{Module, ModuleT, Tensor};
+use candle_core::{ModuleT, Tensor};
 use candle_nn::{init::Init, Dropout, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::kernels::encoder::FrozenLinear;
 use crate::{Error, Result};
 
 /// The adapter's shape and scaling.
@@ -110,7 +111,7 @@ impl LoraConfig {
 /// ```
 #[derive(Clone, Debug)]
 pub struct LoraLinear {
-    base: Linear,
+    base: FrozenLinear,
     a: Tensor,
     b: Tensor,
     config: LoraConfig,
@@ -152,7 +153,7 @@ impl LoraLinear {
         }
         Ok(Self {
             dropout: Dropout::new(config.dropout),
-            base,
+            base: FrozenLinear::new(base),
             a,
             b,
             config,
@@ -183,7 +184,7 @@ impl LoraLinear {
 
     /// The frozen layer (with the update folded in while merged).
     pub fn base(&self) -> &Linear {
-        &self.base
+        self.base.linear()
     }
 
     /// The configuration.
@@ -207,8 +208,8 @@ impl LoraLinear {
         if self.merged {
             return Err(Error::InvalidState("the adapter is already merged"));
         }
-        let w = (self.base.weight() + self.delta_weight()?)?;
-        self.base = Linear::new(w, self.base.bias().cloned());
+        let w = (self.base().weight() + self.delta_weight()?)?;
+        self.base = FrozenLinear::new(Linear::new(w, self.base().bias().cloned()));
         self.merged = true;
         Ok(())
     }
@@ -218,17 +219,22 @@ impl LoraLinear {
         if !self.merged {
             return Err(Error::InvalidState("the adapter is not merged"));
         }
-        let w = (self.base.weight() - self.delta_weight()?)?;
-        self.base = Linear::new(w, self.base.bias().cloned());
+        let w = (self.base().weight() - self.delta_weight()?)?;
+        self.base = FrozenLinear::new(Linear::new(w, self.base().bias().cloned()));
         self.merged = false;
         Ok(())
     }
 
-    /// The adapter's contribution for `x`, with dropout when `train`.
+    /// The adapter's contribution for `x`, with dropout when `train`. The rows are
+    /// flattened into one matrix, so that the backward pass computes `A`'s gradient as one
+    /// matmul instead of one per sequence and a sum.
     fn update(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let x = self.dropout.forward_t(x, train)?;
-        let xa = x.broadcast_matmul(&self.a.t()?)?;
-        xa.broadcast_matmul(&self.b.t()?)? * self.config.scale()
+        let mut dims = x.dims().to_vec();
+        let in_dim = dims.pop().unwrap_or(1);
+        let xa = x.reshape(((), in_dim))?.matmul(&self.a.t()?)?;
+        dims.push(self.b.dim(0)?);
+        (xa.matmul(&self.b.t()?)? * self.config.scale())?.reshape(dims)
     }
 }
 

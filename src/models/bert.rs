@@ -6,11 +6,12 @@
 //! norm built from differentiable ops: candle-nn's `LayerNorm` is a fused op without a
 //! backward pass, which would silently stop the gradient at every layer.
 
-use candle_core::{Module, ModuleT, Tensor, D};
-use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
+use candle_core::{DType, Module, ModuleT, Tensor, D};
+use candle_nn::{embedding, linear, Embedding, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::ensemble::LoraEnsembleLinear;
+use crate::kernels::encoder::{gelu_erf, layer_norm, masked_softmax, FrozenLinear};
 use crate::lora::{BayesianLoraLinear, BlobConfig, BlobSampler, LoraConfig, LoraLinear};
 use crate::{Error, Result};
 
@@ -113,7 +114,7 @@ impl AdapterSpec {
 /// A linear layer, frozen or with an adapter.
 #[derive(Clone, Debug)]
 enum Proj {
-    Frozen(Linear),
+    Frozen(FrozenLinear),
     Lora(LoraLinear),
     Blob(BayesianLoraLinear),
     Ensemble(LoraEnsembleLinear),
@@ -130,7 +131,7 @@ impl Proj {
     ) -> Result<Self> {
         let frozen = linear(d_in, d_out, base.pp(name))?;
         Ok(match spec {
-            None => Proj::Frozen(frozen),
+            None => Proj::Frozen(FrozenLinear::new(frozen)),
             Some(AdapterSpec::Lora(c)) => {
                 Proj::Lora(LoraLinear::new(frozen, c.clone(), adapters.pp(name))?)
             }
@@ -197,7 +198,7 @@ impl Norm {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps)
+        layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -384,6 +385,11 @@ impl BertEncoder {
     /// `(batch, seq)`, with `attention_mask` (1 for tokens, 0 for padding; all ones if
     /// `None`). `train` switches the adapters' dropout. With LoRA-Ensemble the output has
     /// `members * batch` rows, member-major.
+    ///
+    /// Padding is skipped: every per-token op (the linear layers, layer norms and GELU)
+    /// runs on the real tokens only, and only attention sees the padded layout. The hidden
+    /// states of padding positions are therefore zero (a padded batch of sentences of
+    /// uneven length is often half padding).
     pub fn forward_t(
         &self,
         input_ids: &Tensor,
@@ -391,57 +397,81 @@ impl BertEncoder {
         attention_mask: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
-        let (_, seq) = input_ids.dims2()?;
+        let (batch, seq) = input_ids.dims2()?;
         if seq > self.config.max_position_embeddings {
             return Err(Error::InvalidInput(format!(
                 "{seq} tokens, but the model has {} positions",
                 self.config.max_position_embeddings
             )));
         }
+        for (name, t) in [("token_type_ids", Some(token_type_ids)), ("attention_mask", attention_mask)] {
+            if let Some(t) = t {
+                if t.dims() != [batch, seq] {
+                    return Err(Error::InvalidInput(format!(
+                        "{name} of shape {:?} for input_ids of shape [{batch}, {seq}]",
+                        t.dims()
+                    )));
+                }
+            }
+        }
         let positions = Tensor::arange(0u32, seq as u32, input_ids.device())?;
         let x = (self.word_embeddings.forward(input_ids)?
             + self.token_type_embeddings.forward(token_type_ids)?)?
         .broadcast_add(&self.position_embeddings.forward(&positions)?)?;
-        let mut x = repeat_members(&self.embedding_norm.forward(&x)?, self.members)?;
-        let dtype = x.dtype();
         let mask = match attention_mask {
-            Some(m) => m.clone(),
-            None => input_ids.ones_like()?,
+            Some(m) => m.ne(0u32)?,
+            None => input_ids.ones_like()?.to_dtype(DType::U8)?,
         };
         let mask = repeat_members(&mask, self.members)?;
-        // (1 - mask) * min: padded keys get no attention.
-        let bias = ((mask.ones_like()? - &mask)?.to_dtype(dtype)? * f64::from(f32::MIN))?
-            .unsqueeze(1)?
-            .unsqueeze(1)?;
+        let tokens = Tokens::new(&mask)?;
+        let h = self.config.hidden_size;
+        let x = repeat_members(&x, self.members)?.reshape(((), h))?;
+        let mut x = self.embedding_norm.forward(&tokens.pack(&x)?)?;
+        // (1 - mask) * min, per sentence and key: padded keys get no attention.
+        let dtype = x.dtype();
+        let bias = ((1. - mask.to_dtype(dtype)?)? * f64::from(f32::MIN))?;
         for layer in &self.layers {
-            x = self.layer(layer, &x, &bias, train)?;
+            x = self.layer(layer, &x, &bias, &tokens, train)?;
         }
-        Ok(x)
+        Ok(tokens.unpack(&x)?.reshape((batch * self.members, seq, h))?)
     }
 
-    fn layer(&self, l: &Layer, x: &Tensor, bias: &Tensor, train: bool) -> Result<Tensor> {
-        let (b, t, h) = x.dims3()?;
+    /// One transformer layer on the packed tokens `(tokens, hidden)`.
+    fn layer(
+        &self,
+        l: &Layer,
+        x: &Tensor,
+        bias: &Tensor,
+        tokens: &Tokens,
+        train: bool,
+    ) -> Result<Tensor> {
+        let (b, t) = bias.dims2()?;
+        let h = self.config.hidden_size;
         let heads = self.config.num_attention_heads;
         let d = h / heads;
         let split = |y: Tensor| -> candle_core::Result<Tensor> {
-            y.reshape((b, t, heads, d))?.transpose(1, 2)?.contiguous()
+            tokens
+                .unpack(&y)?
+                .reshape((b, t, heads, d))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let q = split(l.query.forward_t(x, train)?)?;
         let k = split(l.key.forward_t(x, train)?)?;
         let v = split(l.value.forward_t(x, train)?)?;
-        let scores = (q.matmul(&k.t()?)? / (d as f64).sqrt())?.broadcast_add(bias)?;
-        let probs = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let probs = masked_softmax(&q.matmul(&k.t()?)?, bias, 1. / (d as f64).sqrt())?;
         let context = probs
             .matmul(&v)?
             .transpose(1, 2)?
             .contiguous()?
-            .reshape((b, t, h))?;
+            .reshape((b * t, h))?;
+        let context = tokens.pack(&context)?;
         let attn = l
             .attention_norm
             .forward(&(l.attention_output.forward_t(&context, train)? + x)?)?;
         let inter = l.intermediate.forward_t(&attn, train)?;
         let inter = match self.config.hidden_act.as_str() {
-            "gelu" => inter.gelu_erf()?,
+            "gelu" => gelu_erf(&inter)?,
             "gelu_new" => inter.gelu()?,
             _ => inter.relu()?,
         };
@@ -471,6 +501,52 @@ fn repeat_members(x: &Tensor, members: usize) -> Result<Tensor> {
     let stacked = LoraEnsembleLinear::repeat_members(x, members)?;
     dims[0] *= members;
     Ok(stacked.reshape(dims)?)
+}
+
+/// The real tokens of a padded batch: the rows of the flattened `(batch * seq, hidden)`
+/// positions the mask keeps.
+struct Tokens {
+    /// Flat positions of the real tokens, ascending; `None` when there is no padding.
+    index: Option<Tensor>,
+    positions: usize,
+}
+
+impl Tokens {
+    fn new(mask: &Tensor) -> Result<Self> {
+        let keep = mask.flatten_all()?.to_vec1::<u8>()?;
+        let index: Vec<u32> = (0..keep.len() as u32)
+            .filter(|&i| keep[i as usize] != 0)
+            .collect();
+        let index = if index.len() == keep.len() {
+            None
+        } else {
+            let n = index.len();
+            Some(Tensor::from_vec(index, n, mask.device())?)
+        };
+        Ok(Self {
+            index,
+            positions: keep.len(),
+        })
+    }
+
+    /// `(batch * seq, hidden)` to the real tokens' rows.
+    fn pack(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.index {
+            Some(i) => x.index_select(i, 0),
+            None => Ok(x.clone()),
+        }
+    }
+
+    /// The real tokens' rows back to `(batch * seq, hidden)`, zero at padding.
+    fn unpack(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.index {
+            Some(i) => {
+                let h = x.dim(1)?;
+                Tensor::zeros((self.positions, h), x.dtype(), x.device())?.index_add(i, x, 0)
+            }
+            None => Ok(x.clone()),
+        }
+    }
 }
 
 /// A sequence classifier: the encoder's mean-pooled output into a trainable linear head

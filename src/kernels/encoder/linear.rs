@@ -1,0 +1,171 @@
+//! A linear layer with frozen weights whose backward pass computes only the input's
+//! gradient.
+//!
+//! candle's matmul backward computes the gradient of both operands. For a frozen `Linear`
+//! inside a trained model that is a weight-gradient matmul per layer (for a batch of
+//! sequences a batched one, then summed over the batch) that is thrown away: a third of a
+//! LoRA step's matmul work.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
+
+use super::{cpu_f32, slice, with_slice};
+
+/// `y = x W^T + b` with `W` (out x in) and `b` frozen.
+#[derive(Clone, Debug)]
+pub(crate) struct FrozenLinear {
+    linear: candle_nn::Linear,
+    fused: bool,
+}
+
+impl FrozenLinear {
+    /// The fused kernel runs when the weights are untracked contiguous f32 CPU tensors;
+    /// otherwise candle-nn's `Linear` does the work, gradients of the weights included.
+    pub(crate) fn new(linear: candle_nn::Linear) -> Self {
+        let w = linear.weight();
+        let params: Vec<&Tensor> = std::iter::once(w).chain(linear.bias()).collect();
+        let fused = cpu_f32(&params)
+            && params.iter().all(|t| !t.track_op() && t.is_contiguous())
+            && w.rank() == 2
+            && linear.bias().is_none_or(|b| b.dims() == [w.dims()[0]]);
+        Self { linear, fused }
+    }
+
+    /// The wrapped layer.
+    pub(crate) fn linear(&self) -> &candle_nn::Linear {
+        &self.linear
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        if !self.fused || !cpu_f32(&[x]) {
+            return self.linear.forward(x);
+        }
+        x.contiguous()?.apply_op1(self.clone())
+    }
+}
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = slice(s, l)?;
+        let (out_dim, in_dim) = self.linear.weight().dims2()?;
+        let mut dims = l.dims().to_vec();
+        match dims.last_mut() {
+            Some(last) if *last == in_dim => *last = out_dim,
+            _ => candle_core::bail!(
+                "frozen-linear: input of shape {:?} for a {out_dim}x{in_dim} weight",
+                l.dims()
+            ),
+        }
+        let rows = x.len() / in_dim;
+        // The bias rows go in first and the product is added to them.
+        let mut y = match self.linear.bias() {
+            Some(b) => with_slice(b, |b| Ok(b.repeat(rows)))?,
+            None => vec![0f32; rows * out_dim],
+        };
+        with_slice(self.linear.weight(), |w| {
+            let threads = rayon::current_num_threads();
+            // SAFETY: x is rows x in (row stride in), W^T is W read with swapped strides,
+            // y is rows x out (row stride out); all three hold exactly those elements.
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    out_dim,
+                    in_dim,
+                    y.as_mut_ptr(),
+                    1,
+                    out_dim as isize,
+                    self.linear.bias().is_some(),
+                    x.as_ptr(),
+                    1,
+                    in_dim as isize,
+                    w.as_ptr(),
+                    in_dim as isize,
+                    1,
+                    1f32,
+                    1f32,
+                    false,
+                    false,
+                    false,
+                    if threads > 1 {
+                        gemm::Parallelism::Rayon(threads)
+                    } else {
+                        gemm::Parallelism::None
+                    },
+                )
+            };
+            Ok(())
+        })?;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    fn bwd(&self, x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let w = self.linear.weight();
+        let out_dim = w.dim(0)?;
+        let rows = grad.elem_count() / out_dim;
+        let gx = grad.reshape((rows, out_dim))?.matmul(w)?;
+        Ok(Some(gx.reshape(x.shape())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    fn linear(bias: bool) -> candle_nn::Linear {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1., (5, 7), &dev).unwrap();
+        let b = bias.then(|| Tensor::randn(0f32, 1., 5, &dev).unwrap());
+        candle_nn::Linear::new(w, b)
+    }
+
+    /// Output and input gradient against candle-nn's Linear on a batch of sequences.
+    #[test]
+    fn matches_candle_linear() {
+        for bias in [true, false] {
+            let reference = linear(bias);
+            let fused = FrozenLinear::new(reference.clone());
+            assert!(fused.fused);
+            let x = Var::randn(0f32, 1., (3, 4, 7), &Device::Cpu).unwrap();
+            let ours = fused.forward(&x).unwrap();
+            let theirs = reference.forward(&x).unwrap();
+            assert_eq!(ours.dims(), &[3, 4, 5]);
+            let diff = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+            // A loss weighting every output differently.
+            let weights = Tensor::randn(0f32, 1., (3, 4, 5), &Device::Cpu).unwrap();
+            let g = |y: &Tensor| {
+                let grads = (y * &weights)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                grads.get(x.as_tensor()).unwrap().clone()
+            };
+            let diff = (g(&ours) - g(&theirs)).unwrap().abs().unwrap();
+            assert!(diff.max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-5);
+        }
+    }
+
+    /// A trainable weight takes candle-nn's path, so its gradient is still computed.
+    #[test]
+    fn tracked_weights_keep_their_gradient() {
+        let w = Var::randn(0f32, 1., (5, 7), &Device::Cpu).unwrap();
+        let layer = FrozenLinear::new(candle_nn::Linear::new(w.as_tensor().clone(), None));
+        assert!(!layer.fused);
+        let x = Tensor::randn(0f32, 1., (2, 7), &Device::Cpu).unwrap();
+        let grads = layer
+            .forward(&x)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(grads.get(w.as_tensor()).is_some());
+    }
+}

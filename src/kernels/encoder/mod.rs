@@ -1,0 +1,55 @@
+//! Fused CPU kernels for the encoder's training step, each with its backward pass.
+//!
+//! candle composes a layer norm, a masked softmax or an erf GELU from a chain of tensor
+//! ops, each a pass over memory and an allocation, forward and backward; and its matmul
+//! backward computes the gradient of a frozen weight that nobody asked for. These kernels
+//! do each in one pass per direction on contiguous f32 CPU tensors. Every entry point falls
+//! back to the composed ops on other devices and dtypes, and where a weight the kernel
+//! treats as frozen is tracked (a var, or computed from one), so that no gradient is ever
+//! silently dropped.
+
+mod gelu;
+mod layer_norm;
+mod linear;
+mod softmax;
+
+pub(crate) use gelu::gelu_erf;
+pub(crate) use layer_norm::layer_norm;
+pub(crate) use linear::FrozenLinear;
+pub(crate) use softmax::masked_softmax;
+
+use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
+
+/// Elements per rayon task: enough to amortise the task, few enough to share the work.
+const TASK: usize = 1 << 14;
+
+/// Whether every tensor is an f32 tensor on the CPU.
+fn cpu_f32(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// Rows per rayon task for rows of `width` elements.
+fn rows_per_task(width: usize) -> usize {
+    (TASK / width.max(1)).max(1)
+}
+
+/// The contiguous f32 data of a CPU storage.
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("the fused encoder kernels need contiguous f32 CPU tensors"),
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor held by a kernel (a weight).
+fn with_slice<R>(
+    t: &Tensor,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(s) => f(slice(s, layout)?),
+        _ => candle_core::bail!("the fused encoder kernels need CPU tensors"),
+    }
+}

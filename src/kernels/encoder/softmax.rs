@@ -1,0 +1,192 @@
+//! Attention probabilities: the softmax of scaled scores plus a per-key mask bias, forward
+//! and backward in one pass each.
+//!
+//! Composed, that is a division, a broadcast add and five softmax ops forward, and about a
+//! dozen ops backward, each over a `(batch, heads, tokens, tokens)` tensor.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, D};
+use rayon::prelude::*;
+
+use super::{cpu_f32, rows_per_task, slice};
+
+/// `softmax(scores * scale + key_bias)` over the last dimension, for `scores`
+/// `(batch, heads, queries, keys)` and `key_bias` `(batch, keys)` (0 for a token, a large
+/// negative value for padding). The bias gets no gradient.
+pub(crate) fn masked_softmax(
+    scores: &Tensor,
+    key_bias: &Tensor,
+    scale: f64,
+) -> candle_core::Result<Tensor> {
+    let (b, _, _, k) = scores.dims4()?;
+    if key_bias.track_op() || !cpu_f32(&[scores, key_bias]) || key_bias.dims() != [b, k] {
+        let bias = key_bias.unsqueeze(1)?.unsqueeze(1)?;
+        return candle_nn::ops::softmax(&(scores * scale)?.broadcast_add(&bias)?, D::Minus1);
+    }
+    scores.contiguous()?.apply_op2(
+        &key_bias.contiguous()?,
+        MaskedSoftmax {
+            scale: scale as f32,
+        },
+    )
+}
+
+struct MaskedSoftmax {
+    scale: f32,
+}
+
+impl CustomOp2 for MaskedSoftmax {
+    fn name(&self) -> &'static str {
+        "masked-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ss: &CpuStorage,
+        sl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (s, bias) = (slice(ss, sl)?, slice(bs, bl)?);
+        let (_, heads, queries, keys) = sl.shape().dims4()?;
+        // Rows of one sentence share its key bias.
+        let rows_per_sentence = heads * queries;
+        let mut p = vec![0f32; s.len()];
+        let task_rows = rows_per_task(keys);
+        p.par_chunks_mut(task_rows * keys)
+            .zip(s.par_chunks(task_rows * keys))
+            .enumerate()
+            .for_each(|(c, (p, s))| {
+                let rows = p.chunks_exact_mut(keys).zip(s.chunks_exact(keys));
+                for (r, (p, s)) in rows.enumerate() {
+                    let sentence = (c * task_rows + r) / rows_per_sentence;
+                    let bias = &bias[sentence * keys..(sentence + 1) * keys];
+                    let mut max = f32::NEG_INFINITY;
+                    for j in 0..keys {
+                        p[j] = s[j] * self.scale + bias[j];
+                        max = max.max(p[j]);
+                    }
+                    let mut sum = 0f32;
+                    for v in p.iter_mut() {
+                        *v = (*v - max).exp();
+                        sum += *v;
+                    }
+                    for v in p.iter_mut() {
+                        *v /= sum;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(p), sl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _scores: &Tensor,
+        _bias: &Tensor,
+        p: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let gs = p.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad { scale: self.scale })?;
+        Ok((Some(gs), None))
+    }
+}
+
+/// The scores' gradient: `scale p (grad - sum(grad p))` per row.
+struct SoftmaxGrad {
+    scale: f32,
+}
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "masked-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        ps: &CpuStorage,
+        pl: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (p, g) = (slice(ps, pl)?, slice(gs, gl)?);
+        if p.len() != g.len() {
+            candle_core::bail!(
+                "masked-softmax-grad: {} probs, {} gradients",
+                p.len(),
+                g.len()
+            );
+        }
+        let keys = pl.dims().last().copied().unwrap_or(1);
+        let mut gs = vec![0f32; p.len()];
+        let rows = rows_per_task(keys);
+        gs.par_chunks_mut(rows * keys)
+            .zip(p.par_chunks(rows * keys).zip(g.par_chunks(rows * keys)))
+            .for_each(|(gs, (p, g))| {
+                let rows = gs.chunks_exact_mut(keys).zip(p.chunks_exact(keys));
+                for ((gs, p), g) in rows.zip(g.chunks_exact(keys)) {
+                    let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
+                    for j in 0..keys {
+                        gs[j] = self.scale * p[j] * (g[j] - dot);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(gs), pl.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+
+    /// Probabilities and the scores' gradient against the composed ops, with padded keys,
+    /// and enough rows to span several rayon tasks.
+    #[test]
+    fn matches_composed_softmax() {
+        let dev = Device::Cpu;
+        let (b, heads, t) = (3, 4, 37);
+        let scores = Var::randn(0f32, 3., (b, heads, t, t), &dev).unwrap();
+        let mut bias = vec![0f32; b * t];
+        for (i, v) in bias.iter_mut().enumerate() {
+            // Sentence s has its last 5 s keys padded.
+            if i % t >= t - 5 * (i / t) {
+                *v = f32::MIN;
+            }
+        }
+        let bias = Tensor::from_vec(bias, (b, t), &dev).unwrap();
+        let scale = 0.125;
+        let ours = masked_softmax(&scores, &bias, scale).unwrap();
+        let composed = (scores.as_tensor() * scale)
+            .unwrap()
+            .broadcast_add(&bias.unsqueeze(1).unwrap().unsqueeze(1).unwrap())
+            .unwrap();
+        let theirs = candle_nn::ops::softmax(&composed, D::Minus1).unwrap();
+        let max_diff = |a: &Tensor, b: &Tensor| {
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            d.to_scalar::<f32>().unwrap()
+        };
+        assert!(max_diff(&ours, &theirs) < 1e-6);
+        // Padded keys get nothing.
+        let last = ours.get(2).unwrap().get(0).unwrap().get(0).unwrap();
+        assert_eq!(
+            last.narrow(0, t - 10, 10)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.
+        );
+        let weights = Tensor::randn(0f32, 1., (b, heads, t, t), &dev).unwrap();
+        let g = |y: &Tensor| {
+            let grads = (y * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            grads.get(scores.as_tensor()).unwrap().clone()
+        };
+        assert!(max_diff(&g(&ours), &g(&theirs)) < 1e-6);
+    }
+}
