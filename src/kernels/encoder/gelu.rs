@@ -1,7 +1,9 @@
 //! The erf GELU, `x Φ(x)`, forward and backward in one pass each.
 //!
-//! The forward computes what candle's `gelu_erf` computes, bit for bit; candle's backward
-//! takes nine tensor ops.
+//! `Φ` comes from erf by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7), the
+//! approximation PyTorch's vectorised CPU erf uses: one `exp` per element, which the
+//! backward pass shares with the normal density. candle's `gelu_erf` calls a full-precision
+//! erf (two `exp`s) and takes nine tensor ops backward.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -19,9 +21,26 @@ pub(crate) fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
     x.contiguous()?.apply_op1(Gelu)
 }
 
-/// `Φ(x)`, the standard normal CDF.
-fn cdf(x: f32) -> f32 {
-    (libm::erff(x * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5
+/// `Φ(x)`, the standard normal CDF, and `exp(-x^2 / 2)`. With `z = |x| / sqrt 2`,
+/// `erfc(z) = t (a1 + a2 t + ... + a5 t^4) exp(-z^2)` with `t = 1 / (1 + p z)`, and
+/// `Φ(x) = 1 - erfc(z) / 2` for `x >= 0`, `erfc(z) / 2` below (so no cancellation there).
+fn cdf_and_gauss(x: f32) -> (f32, f32) {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        0.254_829_6,
+        -0.284_496_74,
+        1.421_413_8,
+        -1.453_152,
+        1.061_405_4,
+    ];
+    let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    // exp underflows to 0 past z^2 = 104; skip libm's slow underflow path.
+    let gauss = if z < 10. { (-z * z).exp() } else { 0. };
+    let t = 1. / (1. + P * z);
+    let poly = A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4])));
+    let half_erfc = 0.5 * t * poly * gauss;
+    let cdf = if x >= 0. { 1. - half_erfc } else { half_erfc };
+    (cdf, gauss)
 }
 
 /// Applies `f` to each element of `x` (and `g`), in parallel chunks.
@@ -44,7 +63,7 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = map(slice(s, l)?, None, |x, _| cdf(x) * x);
+        let y = map(slice(s, l)?, None, |x, _| cdf_and_gauss(x).0 * x);
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -73,7 +92,8 @@ impl CustomOp2 for GeluGrad {
             candle_core::bail!("gelu-erf-grad: {} inputs, {} gradients", x.len(), g.len());
         }
         let y = map(x, Some(g), |x, g| {
-            g * (cdf(x) + x * FRAC_1_SQRT_2PI * (-0.5 * x * x).exp())
+            let (cdf, gauss) = cdf_and_gauss(x);
+            g * (cdf + x * FRAC_1_SQRT_2PI * gauss)
         });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
@@ -89,15 +109,24 @@ mod tests {
         (-400..=400).map(|i| i as f32 * 0.02).collect()
     }
 
+    /// `x Φ(x)` against the closed form in f64: Φ within 2.5e-7 (the approximation's
+    /// 7.5e-8 plus the f32 rounding of its polynomial), plus the rounding of the product.
     #[test]
-    fn forward_is_candles_gelu_erf_bit_for_bit() {
+    fn forward_matches_the_closed_form() {
         let x = Tensor::new(inputs(), &Device::Cpu).unwrap();
         let ours = gelu_erf(&x).unwrap().to_vec1::<f32>().unwrap();
-        let theirs = x.gelu_erf().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(ours, theirs);
+        for (x, y) in inputs().into_iter().zip(ours) {
+            let x = f64::from(x);
+            let exact = 0.5 * x * (1. + libm::erf(x / 2f64.sqrt()));
+            let bound = 2.5e-7 * x.abs() + 6e-8 * exact.abs();
+            assert!((f64::from(y) - exact).abs() <= bound, "x {x}: {y} vs {exact}");
+        }
+        // Far in the tails: 0 and x exactly.
+        let tails = Tensor::new(&[-30f32, 30.], &Device::Cpu).unwrap();
+        assert_eq!(gelu_erf(&tails).unwrap().to_vec1::<f32>().unwrap(), [0., 30.]);
     }
 
-    /// The derivative against the closed form `Φ(x) + x φ(x)` in f64.
+    /// The derivative `Φ(x) + x φ(x)` against the closed form in f64.
     #[test]
     fn gradient_matches_the_closed_form() {
         let x = Var::new(inputs(), &Device::Cpu).unwrap();
@@ -107,7 +136,7 @@ mod tests {
             let x = f64::from(x);
             let exact = 0.5 * (1. + libm::erf(x / 2f64.sqrt()))
                 + x * (-0.5 * x * x).exp() / (2. * std::f64::consts::PI).sqrt();
-            assert!((f64::from(d) - exact).abs() < 1e-6, "x {x}: {d} vs {exact}");
+            assert!((f64::from(d) - exact).abs() < 3e-7, "x {x}: {d} vs {exact}");
         }
     }
 

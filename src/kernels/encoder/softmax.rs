@@ -67,7 +67,9 @@ impl CustomOp2 for MaskedSoftmax {
                     }
                     let mut sum = 0f32;
                     for v in p.iter_mut() {
-                        *v = (*v - max).exp();
+                        // Masked keys sit near f32::MIN: skip libm's slow underflow path.
+                        let d = *v - max;
+                        *v = if d > -104. { d.exp() } else { 0. };
                         sum += *v;
                     }
                     for v in p.iter_mut() {
