@@ -112,7 +112,10 @@ fn matches_candle_transformers_bert_with_inert_adapters() {
     )
     .unwrap();
     let (ids, types, mask) = inputs();
-    let expected = at_tokens(&reference.forward(&ids, &types, Some(&mask)).unwrap(), &mask);
+    let expected = at_tokens(
+        &reference.forward(&ids, &types, Some(&mask)).unwrap(),
+        &mask,
+    );
     let specs = [
         None,
         Some(AdapterSpec::Lora(LoraConfig::new(4))),
@@ -141,7 +144,17 @@ fn matches_candle_transformers_bert_with_inert_adapters() {
         let err = rel_error(&ours, &expected);
         assert!(err < 1e-5, "{spec:?}: relative error {err}");
         // Padding is skipped: its hidden states are exactly zero.
-        assert_eq!(ours.i((0, 4..)).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.);
+        assert_eq!(
+            ours.i((0, 4..))
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.
+        );
     }
 }
 
@@ -290,7 +303,10 @@ fn minilm_matches_bert_model_when_present() {
     )
     .unwrap();
     let (ids, types, mask) = inputs();
-    let expected = at_tokens(&reference.forward(&ids, &types, Some(&mask)).unwrap(), &mask);
+    let expected = at_tokens(
+        &reference.forward(&ids, &types, Some(&mask)).unwrap(),
+        &mask,
+    );
     let ours = encoder.forward_t(&ids, &types, Some(&mask), false).unwrap();
     let err = rel_error(&ours, &expected);
     eprintln!("all-MiniLM-L6-v2 against BertModel: relative error {err:e}");

@@ -404,7 +404,10 @@ impl BertEncoder {
                 self.config.max_position_embeddings
             )));
         }
-        for (name, t) in [("token_type_ids", Some(token_type_ids)), ("attention_mask", attention_mask)] {
+        for (name, t) in [
+            ("token_type_ids", Some(token_type_ids)),
+            ("attention_mask", attention_mask),
+        ] {
             if let Some(t) = t {
                 if t.dims() != [batch, seq] {
                     return Err(Error::InvalidInput(format!(

@@ -119,11 +119,17 @@ mod tests {
             let x = f64::from(x);
             let exact = 0.5 * x * (1. + libm::erf(x / 2f64.sqrt()));
             let bound = 2.5e-7 * x.abs() + 6e-8 * exact.abs();
-            assert!((f64::from(y) - exact).abs() <= bound, "x {x}: {y} vs {exact}");
+            assert!(
+                (f64::from(y) - exact).abs() <= bound,
+                "x {x}: {y} vs {exact}"
+            );
         }
         // Far in the tails: 0 and x exactly.
         let tails = Tensor::new(&[-30f32, 30.], &Device::Cpu).unwrap();
-        assert_eq!(gelu_erf(&tails).unwrap().to_vec1::<f32>().unwrap(), [0., 30.]);
+        assert_eq!(
+            gelu_erf(&tails).unwrap().to_vec1::<f32>().unwrap(),
+            [0., 30.]
+        );
     }
 
     /// The derivative `Φ(x) + x φ(x)` against the closed form in f64.
