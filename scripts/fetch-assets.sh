@@ -7,8 +7,40 @@
 #   set (4000 movie-review sentences) and the CoNLL-2010 Wikipedia sentences (3000; a
 #   far-OOD set for sentiment). These corpora are for personal use, outside the package's
 #   BSD licence: never commit them.
+# - With --multiemo, also assets/corpora/multiemo/: the English sentence-level hotel and
+#   medicine reviews of MultiEmo (CC BY 4.0) from the PyPI sdist bigbench 1.0.0, a 358 MB
+#   download; a shift between review domains for the fine-tuning benchmark's OOD AUROC.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+multiemo=false
+for arg in "$@"; do
+    case "$arg" in
+        --multiemo) multiemo=true ;;
+        *) echo "usage: $0 [--multiemo]" >&2; exit 2 ;;
+    esac
+done
+
+if $multiemo; then
+    dir=assets/corpora/multiemo
+    multiemo_sums='084d18d069760d534a03201de5ce7c8e1775ef5444c525a6c32d9386ca861a58  hotels_sentence_en.json
+b6bce13d8916befc056d7eb517b3a990bbc7afb3edf75c9b2513db57b17dbaa5  medicine_sentence_en.json'
+    if [ -d "$dir" ] && (cd "$dir" && echo "$multiemo_sums" | sha256sum -c --quiet - 2>/dev/null); then
+        echo "assets present and verified: $dir"
+    else
+        tmp=$(mktemp -d)
+        python3 -m pip download --no-deps --no-binary :all: -q -d "$tmp" bigbench==1.0.0
+        mkdir -p "$dir"
+        for domain in hotels medicine; do
+            task="bigbench-1.0.0/bigbench/benchmark_tasks/multiemo/${domain}_sentence_en/task.json"
+            tar xzf "$tmp/bigbench-1.0.0.tar.gz" -C "$tmp" "$task"
+            cp "$tmp/$task" "$dir/${domain}_sentence_en.json"
+        done
+        rm -rf "$tmp"
+        (cd "$dir" && echo "$multiemo_sums" | sha256sum -c --quiet -)
+        echo "fetched and verified: $dir"
+    fi
+fi
 
 corpora=assets/corpora
 corpora_sums='1b9975e7c33f487bc2187fffdc55213fdbb84bac4f6c1852b5dd40912411f53f  polarity-en-pang&lee2.csv

@@ -17,6 +17,9 @@ METRICS = [
     ("auroc_msp", "AUROC MSP", lambda v: f"{v:.3f}"),
     ("auroc_entropy", "AUROC entropy", lambda v: f"{v:.3f}"),
     ("auroc_mi", "AUROC MI", lambda v: f"{v:.3f}"),
+    ("auroc_msp_multiemo", "MultiEmo AUROC MSP", lambda v: f"{v:.3f}"),
+    ("auroc_entropy_multiemo", "MultiEmo AUROC entropy", lambda v: f"{v:.3f}"),
+    ("auroc_mi_multiemo", "MultiEmo AUROC MI", lambda v: f"{v:.3f}"),
     ("ms_per_step", "ms / step", lambda v: f"{v:.0f}"),
     ("ms_per_sentence", "ms / sentence", lambda v: f"{v:.1f}"),
 ]
@@ -48,10 +51,12 @@ def main(paths):
                 value = r.get(key, run.get(key) if key == "ms_per_step" else None)
                 if value is not None:
                     rows[name][key].append(value)
-    print("| model | seeds | " + " | ".join(label for _, label, _ in METRICS) + " |")
-    print("|---|---|" + "---|" * len(METRICS))
+    # Only the columns some run has (MultiEmo only where it was fetched).
+    metrics = [m for m in METRICS if any(rows[name][m[0]] for name in order)]
+    print("| model | seeds | " + " | ".join(label for _, label, _ in metrics) + " |")
+    print("|---|---|" + "---|" * len(metrics))
     for name in order:
-        cells = [cell(rows[name][key], fmt) for key, _, fmt in METRICS]
+        cells = [cell(rows[name][key], fmt) for key, _, fmt in metrics]
         print(f"| {name} | {len(seeds[name])} | " + " | ".join(cells) + " |")
 
 

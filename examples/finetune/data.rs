@@ -6,6 +6,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use rand::SeedableRng;
 use tokenizers::Tokenizer;
 
 pub type Rows = Vec<(String, u32)>;
@@ -28,22 +29,52 @@ pub fn read_corpus(path: &Path) -> Result<Rows, Box<dyn std::error::Error>> {
     Ok(rows)
 }
 
-/// Training, evaluation (test or validation) and OOD sentences.
+/// The sentences of MultiEmo's English hotel and medicine reviews, if
+/// `scripts/fetch-assets.sh --multiemo` fetched them (bigbench task files, whose examples'
+/// `input` is the sentence).
+fn read_multiemo(corpora: &Path) -> Result<Option<Vec<String>>, Box<dyn std::error::Error>> {
+    let dir = corpora.join("multiemo");
+    if !dir.exists() {
+        return Ok(None);
+    }
+    let mut sentences = Vec::new();
+    for domain in ["hotels", "medicine"] {
+        let path = dir.join(format!("{domain}_sentence_en.json"));
+        let task: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        let examples = task["examples"]
+            .as_array()
+            .ok_or_else(|| format!("{}: no examples", path.display()))?;
+        for e in examples {
+            let text = e["input"]
+                .as_str()
+                .ok_or_else(|| format!("{}: an example without input", path.display()))?;
+            sentences.push(text.to_string());
+        }
+    }
+    Ok(Some(sentences))
+}
+
+/// Training, evaluation (test or validation) and OOD sentences: Wikipedia, and MultiEmo's
+/// reviews of other domains when fetched.
 pub struct Split {
     pub train: Rows,
     pub eval: Rows,
     pub ood: Rows,
+    pub ood_multiemo: Option<Rows>,
 }
 
 impl Split {
     /// 800 test and 3200 training polarity sentences (the last 400 of them held out for
     /// validation on request), OOD Wikipedia sentences as many as evaluation ones (at most
-    /// 800); every set cut to `limit`. The split is drawn as row indices and written to
+    /// 800) and as many MultiEmo sentences if fetched (drawn with a generator of their own
+    /// from `seed`, so that the other sets do not depend on whether they were); every set
+    /// cut to `limit`. The split is drawn as row indices and written to
     /// `split_file`, so that the PyTorch reference (tools/reference/finetune.py) trains and
     /// evaluates on exactly the same sentences.
     pub fn draw(
         corpora: &Path,
         rng: &mut StdRng,
+        seed: u64,
         validation: bool,
         limit: usize,
         split_file: &Path,
@@ -68,6 +99,13 @@ impl Split {
         let train = &train[..train.len().min(limit)];
         let eval = &eval[..eval.len().min(limit)];
         let ood = &wiki_order[..eval.len().min(800)];
+        let multiemo = read_multiemo(corpora)?;
+        let multiemo_ood = multiemo.as_ref().map(|m| {
+            let mut order: Vec<usize> = (0..m.len()).collect();
+            order.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x3e30));
+            order.truncate(ood.len());
+            order
+        });
         std::fs::write(
             split_file,
             serde_json::to_string(&serde_json::json!({
@@ -76,6 +114,7 @@ impl Split {
                 "train": train,
                 "eval": eval,
                 "ood": ood,
+                "ood_multiemo": multiemo_ood,
             }))?,
         )?;
         let pick = |rows: &Rows, idx: &[usize]| idx.iter().map(|&i| rows[i].clone()).collect();
@@ -83,6 +122,9 @@ impl Split {
             train: pick(&polarity, train),
             eval: pick(&polarity, eval),
             ood: pick(&wiki, ood),
+            ood_multiemo: multiemo
+                .zip(multiemo_ood)
+                .map(|(m, idx)| idx.iter().map(|&i| (m[i].clone(), 0)).collect()),
         })
     }
 }

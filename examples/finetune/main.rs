@@ -208,6 +208,16 @@ fn seeded_init(
     Ok(())
 }
 
+/// The predictive on every OOD set, with the set's name.
+fn on_ood_sets(
+    sets: &[(&'static str, Vec<Batch>)],
+    mut predict: impl FnMut(&[Batch]) -> varlora::Result<Predictive>,
+) -> varlora::Result<Vec<(&'static str, Predictive)>> {
+    sets.iter()
+        .map(|(name, b)| Ok((*name, predict(b)?)))
+        .collect()
+}
+
 /// The predictive over `data`: at the point estimate (`samples` 0) or averaged over
 /// `samples` posterior draws.
 fn evaluate<P: Posterior>(
@@ -272,6 +282,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let split = Split::draw(
         &corpora,
         &mut rng,
+        args.seed,
         args.validation,
         args.limit.unwrap_or(usize::MAX),
         &args.out.join(format!("split-seed{}{tag}.json", args.seed)),
@@ -287,7 +298,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| e.to_string())?;
     tokenizer.with_padding(Some(PaddingParams::default()));
     let eval_batches = batches(&tokenizer, &split.eval, 64, &dev)?;
-    let ood_batches = batches(&tokenizer, &split.ood, 64, &dev)?;
+    let mut ood_sets = vec![("wiki", batches(&tokenizer, &split.ood, 64, &dev)?)];
+    if let Some(rows) = &split.ood_multiemo {
+        ood_sets.push(("multiemo", batches(&tokenizer, rows, 64, &dev)?));
+    }
 
     // Model: LoRA (or BLoB) rank 8, alpha 16 on query and value; LoRA-Ensemble as its
     // reference.
@@ -451,13 +465,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = model.detach();
     let mut report = Report::new(&eval_batches)?;
     let n_eval = split.eval.len().max(1) as f64;
-    let mut add = |name: String, (id, secs): (varlora::Result<Predictive>, f64), ood| {
-        let cost = Cost {
-            ms_per_step,
-            ms_per_sentence: 1e3 * secs / n_eval,
+    type OodPredictives = varlora::Result<Vec<(&'static str, Predictive)>>;
+    let mut add =
+        |name: String, (id, secs): (varlora::Result<Predictive>, f64), ood: OodPredictives| {
+            let cost = Cost {
+                ms_per_step,
+                ms_per_sentence: 1e3 * secs / n_eval,
+            };
+            report.add(name, &id?, &ood?, cost)
         };
-        report.add(name, &id?, &ood?, cost)
-    };
     let s = args.test_samples;
     match method {
         Method::Adamw => {
@@ -465,7 +481,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             add(
                 "AdamW".into(),
                 id,
-                evaluate(&mut PointMass, &model, &ood_batches, 0),
+                on_ood_sets(&ood_sets, |b| evaluate(&mut PointMass, &model, b, 0)),
             )?;
         }
         Method::Ivon => {
@@ -474,13 +490,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             add(
                 "IVON @ mean".into(),
                 id,
-                evaluate(opt, &model, &ood_batches, 0),
+                on_ood_sets(&ood_sets, |b| evaluate(opt, &model, b, 0)),
             )?;
             let id = timed(|| evaluate(opt, &model, &eval_batches, s));
             add(
                 format!("IVON {s} samples"),
                 id,
-                evaluate(opt, &model, &ood_batches, s),
+                on_ood_sets(&ood_sets, |b| evaluate(opt, &model, b, s)),
             )?;
         }
         Method::Blob => {
@@ -489,19 +505,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             add(
                 "BLoB N = 0".into(),
                 id,
-                evaluate(&mut post, &model, &ood_batches, 0),
+                on_ood_sets(&ood_sets, |b| evaluate(&mut post, &model, b, 0)),
             )?;
             let id = timed(|| evaluate(&mut post, &model, &eval_batches, s));
             add(
                 format!("BLoB N = {s}"),
                 id,
-                evaluate(&mut post, &model, &ood_batches, s),
+                on_ood_sets(&ood_sets, |b| evaluate(&mut post, &model, b, s)),
             )?;
         }
         Method::LoraEnsemble => {
             let id = timed(|| evaluate_members(&model, &eval_batches));
             let name = format!("LoRA-Ensemble M = {}", args.members);
-            add(name, id, evaluate_members(&model, &ood_batches))?;
+            add(
+                name,
+                id,
+                on_ood_sets(&ood_sets, |b| evaluate_members(&model, b)),
+            )?;
         }
     }
 
@@ -553,7 +573,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let student = student.detach();
         let k = args.student_samples;
         let (id, secs) = timed(|| student.predict(&eval_batches, k, args.seed));
-        let ood = student.predict(&ood_batches, k, args.seed ^ 0x00d)?;
+        let ood = on_ood_sets(&ood_sets, |b| student.predict(b, k, args.seed ^ 0x00d))?;
         report.add(
             format!("Student of {name}, {k} Laplace samples"),
             &id?,
@@ -574,6 +594,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "eval_set": if args.validation { "validation" } else { "test" },
         "eval_sentences": split.eval.len(),
         "ood_sentences": split.ood.len(),
+        "ood_multiemo_sentences": split.ood_multiemo.as_ref().map(Vec::len),
         "ms_per_step": ms_per_step,
         "peak_rss_mb": peak_rss_mb(),
         "args": format!("{args:?}"),

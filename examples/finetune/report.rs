@@ -45,40 +45,65 @@ impl Report {
     }
 
     /// Adds a model's row: accuracy and calibration on `id`, OOD AUROC of `id` against
-    /// `ood` by 1 - max p, predictive entropy and mutual information.
+    /// each OOD set by 1 - max p, predictive entropy and mutual information (keys
+    /// `auroc_msp` etc. for the Wikipedia set "wiki", `auroc_msp_multiemo` etc. for
+    /// "multiemo").
     pub fn add(
         &mut self,
         name: String,
         id: &Predictive,
-        ood: &Predictive,
+        ood: &[(&str, Predictive)],
         cost: Cost,
     ) -> varlora::Result<()> {
         let y = &self.labels;
         let msp =
             |p: &Predictive| -> varlora::Result<Tensor> { Ok((p.probs.max(1)?.neg()? + 1.0)?) };
-        self.rows.push(serde_json::json!({
+        let mut row = serde_json::json!({
             "model": name,
             "accuracy": metrics::accuracy(&id.probs, y)?,
             "nll": metrics::nll(&id.log_probs, y)?,
             "ece": metrics::ece(&id.probs, y, 15)?,
             "brier": metrics::brier(&id.probs, y)?,
-            "auroc_msp": metrics::auroc(&msp(id)?, &msp(ood)?)?,
-            "auroc_entropy": metrics::auroc(&id.total, &ood.total)?,
-            "auroc_mi": metrics::auroc(&id.epistemic, &ood.epistemic)?,
             "ms_per_step": cost.ms_per_step,
             "ms_per_sentence": cost.ms_per_sentence,
-        }));
+        });
+        for (set, p) in ood {
+            let suffix = if *set == "wiki" {
+                String::new()
+            } else {
+                format!("_{set}")
+            };
+            row[format!("auroc_msp{suffix}")] = metrics::auroc(&msp(id)?, &msp(p)?)?.into();
+            row[format!("auroc_entropy{suffix}")] = metrics::auroc(&id.total, &p.total)?.into();
+            row[format!("auroc_mi{suffix}")] = metrics::auroc(&id.epistemic, &p.epistemic)?.into();
+        }
+        self.rows.push(row);
         Ok(())
     }
 
+    /// The rows as a Markdown table; the MultiEmo AUROCs as three more columns when any
+    /// row has them.
     pub fn markdown(&self) -> String {
+        let multiemo = self
+            .rows
+            .iter()
+            .any(|r| r.get("auroc_msp_multiemo").is_some());
         let mut md = String::from(
-            "| model | accuracy | NLL | ECE | Brier | AUROC MSP | AUROC entropy | AUROC MI | ms/step | ms/sentence |\n|---|---|---|---|---|---|---|---|---|---|\n",
+            "| model | accuracy | NLL | ECE | Brier | AUROC MSP | AUROC entropy | AUROC MI |",
         );
+        if multiemo {
+            md.push_str(" MultiEmo AUROC MSP | MultiEmo AUROC entropy | MultiEmo AUROC MI |");
+        }
+        md.push_str(" ms/step | ms/sentence |\n|---|---|---|---|---|---|---|---|");
+        md.push_str(if multiemo {
+            "---|---|---|---|---|\n"
+        } else {
+            "---|---|\n"
+        });
         let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         for r in &self.rows {
             md.push_str(&format!(
-                "| {} | {:.2}% | {:.4} | {:.4} | {:.4} | {:.3} | {:.3} | {:.3} | {:.0} | {:.2} |\n",
+                "| {} | {:.2}% | {:.4} | {:.4} | {:.4} | {:.3} | {:.3} | {:.3} |",
                 r["model"].as_str().unwrap_or("?"),
                 100.0 * f(r, "accuracy"),
                 f(r, "nll"),
@@ -87,8 +112,19 @@ impl Report {
                 f(r, "auroc_msp"),
                 f(r, "auroc_entropy"),
                 f(r, "auroc_mi"),
+            ));
+            if multiemo {
+                md.push_str(&format!(
+                    " {:.3} | {:.3} | {:.3} |",
+                    f(r, "auroc_msp_multiemo"),
+                    f(r, "auroc_entropy_multiemo"),
+                    f(r, "auroc_mi_multiemo"),
+                ));
+            }
+            md.push_str(&format!(
+                " {:.0} | {:.2} |\n",
                 f(r, "ms_per_step"),
-                f(r, "ms_per_sentence"),
+                f(r, "ms_per_sentence")
             ));
         }
         md

@@ -37,6 +37,16 @@ def read_corpus(path):
         return [(text, int(label == "1")) for label, text, *_ in csv.reader(f)]
 
 
+def read_multiemo(corpora):
+    """MultiEmo's English hotel and medicine review sentences (as the Rust example reads
+    them, in that order), if `scripts/fetch-assets.sh --multiemo` fetched them."""
+    sentences = []
+    for domain in ("hotels", "medicine"):
+        task = json.loads((corpora / "multiemo" / f"{domain}_sentence_en.json").read_text())
+        sentences += [(e["input"], 0) for e in task["examples"]]
+    return sentences
+
+
 class Classifier(torch.nn.Module):
     """MiniLM with LoRA on query and value, mean pooling and a linear head."""
 
@@ -108,20 +118,24 @@ def auroc(ind, ood):
     return float((greater + 0.5 * ties) / (len(ind) * len(ood)))
 
 
-def metrics(name, ind, ood, y):
+def metrics(name, ind, oods, y):
+    """The metrics on `ind`, with AUROCs against each OOD set of `oods` ({name: predictive};
+    keys auroc_msp etc. for "wiki", auroc_msp_multiemo etc. for "multiemo")."""
     log_probs, probs, total, _, mi = ind
-    _, ood_probs, ood_total, _, ood_mi = ood
     onehot = F.one_hot(y, 2).to(probs.dtype)
-    return {
+    r = {
         "model": name,
         "accuracy": float((probs.argmax(-1) == y).double().mean()),
         "nll": float(-log_probs.gather(1, y[:, None]).double().mean()),
         "ece": ece(probs, y),
         "brier": float(((probs - onehot) ** 2).sum(-1).double().mean()),
-        "auroc_msp": auroc(1 - probs.max(-1).values, 1 - ood_probs.max(-1).values),
-        "auroc_entropy": auroc(total, ood_total),
-        "auroc_mi": auroc(mi, ood_mi),
     }
+    for set_name, (_, ood_probs, ood_total, _, ood_mi) in oods.items():
+        suffix = "" if set_name == "wiki" else f"_{set_name}"
+        r["auroc_msp" + suffix] = auroc(1 - probs.max(-1).values, 1 - ood_probs.max(-1).values)
+        r["auroc_entropy" + suffix] = auroc(total, ood_total)
+        r["auroc_mi" + suffix] = auroc(mi, ood_mi)
+    return r
 
 
 @torch.no_grad()
@@ -167,11 +181,16 @@ def main():
     train = [polarity[i] for i in split["train"]]
     ind = [polarity[i] for i in split["eval"]]
     ood = [wiki[i] for i in split["ood"]]
+    ood_sets = {"wiki": ood}
+    if split.get("ood_multiemo"):
+        multiemo = read_multiemo(args.assets / "corpora")
+        ood_sets["multiemo"] = [multiemo[i] for i in split["ood_multiemo"]]
 
     tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     tokenizer.enable_truncation(args.max_tokens)
     tokenizer.enable_padding()
-    ind_batches, ood_batches = batches(tokenizer, ind, 64), batches(tokenizer, ood, 64)
+    ind_batches = batches(tokenizer, ind, 64)
+    ood_batches = {name: batches(tokenizer, rows, 64) for name, rows in ood_sets.items()}
     y = torch.cat([b[3] for b in ind_batches])
 
     model = Classifier(model_dir, args.dropout)
@@ -227,8 +246,11 @@ def main():
         start = time.perf_counter()
         ind_logits = evaluate(model, ind_batches, samples, optimizer)
         ms_per_sentence = 1e3 * (time.perf_counter() - start) / len(ind)
-        ood_logits = evaluate(model, ood_batches, samples, optimizer)
-        r = metrics(name, predictive(ind_logits), predictive(ood_logits), y)
+        oods = {
+            set_name: predictive(evaluate(model, b, samples, optimizer))
+            for set_name, b in ood_batches.items()
+        }
+        r = metrics(name, predictive(ind_logits), oods, y)
         r.update(ms_per_step=ms_per_step, ms_per_sentence=ms_per_sentence)
         return r
 
@@ -246,6 +268,7 @@ def main():
         "train_sentences": len(train),
         "eval_sentences": len(ind),
         "ood_sentences": len(ood),
+        "ood_multiemo_sentences": len(ood_sets.get("multiemo", [])) or None,
         "threads": torch.get_num_threads(),
         "ms_per_step": ms_per_step,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
