@@ -64,8 +64,7 @@ struct Args {
     /// Tokens per sentence, [CLS] and [SEP] included.
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
-    /// Learning rate (default: 5e-4 AdamW, BLoB's AdamW, LoRA-Ensemble and the student;
-    /// 0.03 IVON).
+    /// Learning rate (default: 5e-4 AdamW, BLoB's AdamW and LoRA-Ensemble; 0.03 IVON).
     #[arg(long)]
     lr: Option<f64>,
     /// Keep the learning rate constant instead of decaying it linearly to 0 (ivon-lora and
@@ -106,6 +105,12 @@ struct Args {
     /// Laplace logit samples per sentence when evaluating the student.
     #[arg(long, default_value_t = 100)]
     student_samples: usize,
+    /// The student's epochs over the teacher's targets (default: --epochs).
+    #[arg(long)]
+    student_epochs: Option<usize>,
+    /// The student's AdamW learning rate, decayed as the teacher's (default 5e-4).
+    #[arg(long, default_value_t = 5e-4)]
+    student_lr: f64,
     /// Evaluate on 400 sentences held out of the training set instead of the test set
     /// (for choosing hyperparameters).
     #[arg(long)]
@@ -554,9 +559,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let student = distill::Student::new(base, &student_vars, &config, lora, &dev)?;
         seeded_init(&student_vars, args.seed ^ 0x5eed, config.hidden_size, false)?;
         let schedule = distill::Schedule {
-            epochs: args.epochs,
+            epochs: args.student_epochs.unwrap_or(args.epochs),
             batch: args.batch,
-            lr: args.lr.filter(|_| method != Method::Ivon).unwrap_or(5e-4),
+            lr: args.student_lr,
             constant_lr: args.constant_lr,
             laplace_weight: args.laplace_weight,
             tokenizer: &tokenizer,
