@@ -105,11 +105,13 @@ struct Args {
     /// Laplace logit samples per sentence when evaluating the student.
     #[arg(long, default_value_t = 100)]
     student_samples: usize,
-    /// The student's epochs over the teacher's targets (default: --epochs).
-    #[arg(long)]
-    student_epochs: Option<usize>,
-    /// The student's AdamW learning rate, decayed as the teacher's (default 5e-4).
-    #[arg(long, default_value_t = 5e-4)]
+    /// The student's epochs over the teacher's targets (4 and lr 1e-3 chosen on the
+    /// validation split over 2 and 5e-4: NLL 0.446 against 0.519 for a LoRA-Ensemble
+    /// teacher; the soft targets need more steps than the labels).
+    #[arg(long, default_value_t = 4)]
+    student_epochs: usize,
+    /// The student's AdamW learning rate, decayed linearly as the teacher's.
+    #[arg(long, default_value_t = 1e-3)]
     student_lr: f64,
     /// Evaluate on 400 sentences held out of the training set instead of the test set
     /// (for choosing hyperparameters).
@@ -559,7 +561,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let student = distill::Student::new(base, &student_vars, &config, lora, &dev)?;
         seeded_init(&student_vars, args.seed ^ 0x5eed, config.hidden_size, false)?;
         let schedule = distill::Schedule {
-            epochs: args.student_epochs.unwrap_or(args.epochs),
+            epochs: args.student_epochs,
             batch: args.batch,
             lr: args.student_lr,
             constant_lr: args.constant_lr,
