@@ -17,6 +17,16 @@ const TINY: &str = r#"{
     "classifier_dropout": null
 }"#;
 
+/// An adapter on every linear layer of every transformer layer.
+const ALL_TARGETS: AdapterTargets = AdapterTargets {
+    query: true,
+    key: true,
+    value: true,
+    attention_output: true,
+    intermediate: true,
+    output: true,
+};
+
 /// Random frozen weights with BertModel's names (layer norms randomised too).
 fn frozen_weights(config: &Config) -> HashMap<String, Tensor> {
     let varmap = VarMap::new();
@@ -161,16 +171,8 @@ fn matches_candle_transformers_bert_with_inert_adapters() {
 #[test]
 fn gradient_reaches_every_adapter_of_every_layer() {
     let dev = Device::Cpu;
-    let all = AdapterTargets {
-        query: true,
-        key: true,
-        value: true,
-        attention_output: true,
-        intermediate: true,
-        output: true,
-    };
     let spec = AdapterSpec::Lora(LoraConfig::new(2));
-    let (encoder, varmap) = tiny_encoder(Some(&spec), all);
+    let (encoder, varmap) = tiny_encoder(Some(&spec), ALL_TARGETS);
     let head = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let model = BertClassifier::new(encoder, 3, head).unwrap();
     // B starts at zero, which zeroes A's gradient: give every B a value first.
@@ -207,14 +209,6 @@ fn fused_kernels_give_the_gradients_of_candles_ops() {
         .iter()
         .map(|(k, v)| (k.clone(), Var::from_tensor(v).unwrap().as_tensor().clone()))
         .collect();
-    let all = AdapterTargets {
-        query: true,
-        key: true,
-        value: true,
-        attention_output: true,
-        intermediate: true,
-        output: true,
-    };
     // One set of adapters, shared by both models through the VarMap.
     let varmap = VarMap::new();
     let model = |w: &HashMap<String, Tensor>| {
@@ -224,7 +218,7 @@ fn fused_kernels_give_the_gradients_of_candles_ops() {
             adapters.clone(),
             &config,
             Some(&AdapterSpec::Lora(LoraConfig::new(2))),
-            all,
+            ALL_TARGETS,
         )
         .unwrap();
         BertClassifier::new(encoder, 3, adapters).unwrap()

@@ -159,17 +159,13 @@ impl CustomOp2 for LayerNormGrad {
 mod tests {
     use candle_core::{Device, Var};
 
+    use super::super::test_util::{max_diff, weighted_grad};
     use super::*;
 
     fn params(h: usize) -> (Tensor, Tensor) {
         let dev = Device::Cpu;
         let w = (Tensor::randn(0f32, 0.3, h, &dev).unwrap() + 1.).unwrap();
         (w, Tensor::randn(0f32, 0.3, h, &dev).unwrap())
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-        d.to_scalar::<f32>().unwrap()
     }
 
     /// Output and input gradient against candle-nn's composed `layer_norm_slow`, on rows
@@ -190,15 +186,7 @@ mod tests {
         let theirs = candle_nn::ops::layer_norm_slow(&x, &w, &b, 1e-5).unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-5);
         let weights = Tensor::randn(0f32, 1., (3, 5, 19), &Device::Cpu).unwrap();
-        let g = |y: &Tensor| {
-            let grads = (y * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            grads.get(x.as_tensor()).unwrap().clone()
-        };
+        let g = |y: &Tensor| weighted_grad(y, &weights, &x);
         assert!(max_diff(&g(&ours), &g(&theirs)) < 1e-5);
     }
 

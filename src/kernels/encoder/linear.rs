@@ -114,6 +114,7 @@ impl CustomOp1 for FrozenLinear {
 mod tests {
     use candle_core::{Device, Var};
 
+    use super::super::test_util::{max_diff, weighted_grad};
     use super::*;
 
     fn linear(bias: bool) -> candle_nn::Linear {
@@ -134,21 +135,10 @@ mod tests {
             let ours = fused.forward(&x).unwrap();
             let theirs = reference.forward(&x).unwrap();
             assert_eq!(ours.dims(), &[3, 4, 5]);
-            let diff = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
-            // A loss weighting every output differently.
+            assert!(max_diff(&ours, &theirs) < 1e-5);
             let weights = Tensor::randn(0f32, 1., (3, 4, 5), &Device::Cpu).unwrap();
-            let g = |y: &Tensor| {
-                let grads = (y * &weights)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                grads.get(x.as_tensor()).unwrap().clone()
-            };
-            let diff = (g(&ours) - g(&theirs)).unwrap().abs().unwrap();
-            assert!(diff.max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-5);
+            let g = |y: &Tensor| weighted_grad(y, &weights, &x);
+            assert!(max_diff(&g(&ours), &g(&theirs)) < 1e-5);
         }
     }
 

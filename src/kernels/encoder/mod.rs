@@ -53,3 +53,27 @@ fn with_slice<R>(
         _ => candle_core::bail!("the fused encoder kernels need CPU tensors"),
     }
 }
+
+/// What the kernels' tests share: the comparison with candle's ops.
+#[cfg(test)]
+mod test_util {
+    use candle_core::{Tensor, Var};
+
+    /// The largest absolute difference between two tensors.
+    pub(super) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        d.to_scalar::<f32>().unwrap()
+    }
+
+    /// The gradient with respect to `x` of `sum(y * weights)`: a loss that weighs every
+    /// output differently, so that any error in a backward pass shows.
+    pub(super) fn weighted_grad(y: &Tensor, weights: &Tensor, x: &Var) -> Tensor {
+        let grads = (y * weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        grads.get(x.as_tensor()).unwrap().clone()
+    }
+}

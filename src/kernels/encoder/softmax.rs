@@ -139,6 +139,7 @@ impl CustomOp2 for SoftmaxGrad {
 mod tests {
     use candle_core::{Device, Var};
 
+    use super::super::test_util::{max_diff, weighted_grad};
     use super::*;
 
     /// Probabilities and the scores' gradient against the composed ops, with padded keys,
@@ -163,10 +164,6 @@ mod tests {
             .broadcast_add(&bias.unsqueeze(1).unwrap().unsqueeze(1).unwrap())
             .unwrap();
         let theirs = candle_nn::ops::softmax(&composed, D::Minus1).unwrap();
-        let max_diff = |a: &Tensor, b: &Tensor| {
-            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-            d.to_scalar::<f32>().unwrap()
-        };
         assert!(max_diff(&ours, &theirs) < 1e-6);
         // Padded keys get nothing.
         let last = ours.get(2).unwrap().get(0).unwrap().get(0).unwrap();
@@ -180,15 +177,7 @@ mod tests {
             0.
         );
         let weights = Tensor::randn(0f32, 1., (b, heads, t, t), &dev).unwrap();
-        let g = |y: &Tensor| {
-            let grads = (y * &weights)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            grads.get(scores.as_tensor()).unwrap().clone()
-        };
+        let g = |y: &Tensor| weighted_grad(y, &weights, &scores);
         assert!(max_diff(&g(&ours), &g(&theirs)) < 1e-6);
     }
 }
