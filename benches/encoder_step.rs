@@ -5,56 +5,29 @@
 //!
 //! `cargo bench --bench encoder_step`
 
-use std::collections::HashMap;
+#[path = "../examples/minilm_shape/mod.rs"]
+mod minilm_shape;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{loss, VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion};
 use varlora::lora::LoraConfig;
-use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
+use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertEncoder};
 
 const BATCH: usize = 32;
 const TOKENS: usize = 48;
 
-fn minilm_shape() -> BertConfig {
-    BertConfig {
-        vocab_size: 1000,
-        hidden_size: 384,
-        num_hidden_layers: 6,
-        num_attention_heads: 12,
-        intermediate_size: 1536,
-        hidden_act: "gelu".into(),
-        max_position_embeddings: 512,
-        type_vocab_size: 2,
-        layer_norm_eps: 1e-12,
-    }
-}
-
-/// Random frozen weights under the Hugging Face names: created as vars by loading once,
-/// then detached, as weights read from a file are.
-fn frozen_weights(config: &BertConfig, dev: &Device) -> HashMap<String, Tensor> {
-    let varmap = VarMap::new();
-    BertEncoder::load(
-        VarBuilder::from_varmap(&varmap, DType::F32, dev),
-        VarBuilder::from_varmap(&VarMap::new(), DType::F32, dev),
-        config,
-        None,
-        AdapterTargets::default(),
-    )
-    .unwrap();
-    let data = varmap.data().lock().unwrap();
-    data.iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
-        .collect()
-}
-
 fn encoder_step(c: &mut Criterion) {
     varlora::alloc::keep_freed_memory();
     let dev = Device::Cpu;
-    let config = minilm_shape();
+    let config = minilm_shape::config();
     let adapters = VarMap::new();
     let encoder = BertEncoder::load(
-        VarBuilder::from_tensors(frozen_weights(&config, &dev), DType::F32, &dev),
+        VarBuilder::from_tensors(
+            minilm_shape::frozen_weights(&config, &dev).unwrap(),
+            DType::F32,
+            &dev,
+        ),
         VarBuilder::from_varmap(&adapters, DType::F32, &dev),
         &config,
         Some(&AdapterSpec::Lora(

