@@ -8,7 +8,8 @@
 # The CUDA runtime, cuBLAS, cuRAND and NVRTC are looked up, in order, in $VARLORA_CUDA_LIBS (folders
 # separated by ':'), lib/ beside this file, the nvidia wheels of $PYTHON's (default
 # python3's) site-packages, and the system's library cache; libcuda.so.1 comes from the
-# driver. Each step has its own time limit, so the whole run stays under about 6 minutes.
+# driver. VARLORA_BENCH_FILTER narrows the bench (a criterion regex, default
+# optimizer_step_cuda). Each step has its own time limit, so the whole run stays under about 6 minutes.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${OUT:-$here/out}
@@ -103,7 +104,7 @@ step 60 quickstart.txt "$bin/quickstart"
 # Fused IVON, tensor-op IVON and AdamW against a device-to-device copy, 1e5 to 1e8.
 CRITERION_HOME=${CRITERION_HOME:-/tmp/varlora-criterion}
 export CRITERION_HOME
-step 240 bench.txt "$bin/optimizer_step" --bench optimizer_step_cuda --noplot \
+step 240 bench.txt "$bin/optimizer_step" --bench "${VARLORA_BENCH_FILTER:-optimizer_step_cuda}" --noplot \
     --sample-size 10 --warm-up-time 1 --measurement-time 3
 
 # The same sizes through torch on the same GPU: its copy, fused AdamW and ivon-opt.

@@ -76,3 +76,40 @@ fn tensor_ops_on_the_gpu_agree_within_ulps() {
         }
     }
 }
+
+/// The GPU's NaN/Inf check (its own kernel) finds one bad value anywhere in a large
+/// gradient, at either end and in the middle, refuses the step and changes nothing.
+#[test]
+fn nonfinite_gradient_on_the_gpu_is_an_error_that_changes_nothing() {
+    use candle_core::backprop::GradStore;
+    use candle_core::{Tensor, Var};
+    use varlora::optim::Ivon;
+    use varlora::Error;
+
+    let dev = gpu();
+    let n = 3_000_001;
+    let var = Var::from_tensor(&Tensor::zeros(n, candle_core::DType::F32, &dev).unwrap()).unwrap();
+    let mut opt = Ivon::new(vec![var.clone()], IvonConfig::new(0.1, 1e4)).unwrap();
+    let before = var.as_tensor().to_vec1::<f32>().unwrap();
+    let steps = opt.step_count();
+    for (at, bad) in [
+        (0, f32::NAN),
+        (n / 2, f32::INFINITY),
+        (n - 1, f32::NEG_INFINITY),
+    ] {
+        let mut g = vec![1e-3f32; n];
+        g[at] = bad;
+        let mut grads = GradStore::default();
+        grads.insert(var.as_tensor(), Tensor::from_vec(g, n, &dev).unwrap());
+        match opt.try_step(&grads) {
+            Err(Error::NonFiniteGradient { .. }) => {}
+            other => panic!("a {bad} at {at}: expected NonFiniteGradient, got {other:?}"),
+        }
+        assert_eq!(var.as_tensor().to_vec1::<f32>().unwrap(), before);
+        assert_eq!(opt.step_count(), steps);
+    }
+    let mut grads = GradStore::default();
+    grads.insert(var.as_tensor(), Tensor::full(1e30f32, n, &dev).unwrap());
+    opt.try_step(&grads)
+        .expect("large finite gradients pass the check");
+}

@@ -9,7 +9,7 @@
 
 use std::cell::Cell;
 
-use candle_core::{CpuStorage, CustomOp1, InplaceOp1, InplaceOp2, Layout, Shape, Tensor, Var};
+use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Tensor, Var};
 use rayon::prelude::*;
 
 use super::{Draws, IvonCoeffs};
@@ -19,7 +19,7 @@ use crate::noise::{normal_batch, BATCH_BLOCKS};
 const CHUNK: usize = 1 << 15;
 const BATCH: usize = 4 * BATCH_BLOCKS;
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+pub(super) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
         _ => candle_core::bail!("the fused IVON kernel needs contiguous f32 tensors"),
@@ -33,33 +33,18 @@ fn f32_slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&
     }
 }
 
-/// Whether a contiguous f32 CPU tensor holds only finite values, in one parallel read.
-pub(crate) fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
-    let flag = t.apply_op1_no_bwd(&FiniteCheck)?;
-    Ok(flag.to_vec1::<u8>()?[0] == 1)
-}
-
-struct FiniteCheck;
-
-impl CustomOp1 for FiniteCheck {
-    fn name(&self) -> &'static str {
-        "ivon-finite-check"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let v = f32_slice(s, l)?;
-        // Exponent bits all set: Inf or NaN. Folded without early exit, so it vectorises.
-        let finite = |c: &[f32]| {
-            c.iter().fold(true, |ok, x| {
-                ok & (x.to_bits() & 0x7f80_0000 != 0x7f80_0000)
-            })
-        };
-        let ok = if v.len() > CHUNK {
-            v.par_chunks(CHUNK).all(finite)
-        } else {
-            finite(v)
-        };
-        Ok((CpuStorage::U8(vec![u8::from(ok)]), Shape::from(1)))
+/// Whether a contiguous f32 slice holds only finite values, in one parallel read.
+pub(super) fn all_finite(v: &[f32]) -> bool {
+    // Exponent bits all set: Inf or NaN. Folded without early exit, so it vectorises.
+    let finite = |c: &[f32]| {
+        c.iter().fold(true, |ok, x| {
+            ok & (x.to_bits() & 0x7f80_0000 != 0x7f80_0000)
+        })
+    };
+    if v.len() > CHUNK {
+        v.par_chunks(CHUNK).all(finite)
+    } else {
+        finite(v)
     }
 }
 

@@ -190,9 +190,11 @@ impl InplaceOp1 for StatePass<'_> {
             self.draws.block,
             self.draws.offset as u64,
         );
-        // Enough blocks to fill the GPU several times over; the kernel strides the rest.
+        // A thread per Philox block of draws; enough blocks to fill the GPU several times
+        // over, the kernel strides the rest.
+        let philox_blocks = (offset + n64 - 1) / 4 - offset / 4 + 1;
         let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(256).min(65_535) as u32, 1, 1),
+            grid_dim: (philox_blocks.div_ceil(256).min(65_535) as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -211,4 +213,29 @@ impl InplaceOp1 for StatePass<'_> {
         unsafe { launch.launch(cfg) }.w()?;
         Ok(())
     }
+}
+
+/// A one-element u32 flag on the tensor's device: 1 if the contiguous f32 input holds NaN
+/// or Inf, else 0.
+pub(crate) fn nonfinite_flag(s: &CudaStorage, l: &Layout) -> candle_core::Result<CudaStorage> {
+    let (a, b) = contiguous(l)?;
+    let x = s.as_cuda_slice::<f32>()?.slice(a..b);
+    let dev = &s.device;
+    let mut flag = dev.alloc_zeros::<u32>(1)?;
+    let n = (b - a) as u64;
+    if n > 0 {
+        let func = dev.get_or_load_custom_func("ivon_nonfinite", MODULE, ptx()?)?;
+        // A few blocks per multiprocessor suffice for a read-only pass.
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(256).min(2048) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut launch = func.builder();
+        launch.arg(&x).arg(&n).arg(&mut flag);
+        // SAFETY: the arguments match `ivon_nonfinite` in ivon.cu: an f32 buffer of n
+        // elements, n, and one u32.
+        unsafe { launch.launch(cfg) }.w()?;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(flag, dev.clone()))
 }

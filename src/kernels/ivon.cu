@@ -99,15 +99,25 @@ VL_FN float vl_sincos_turns(float u, int want_sin) {
     return want_sin ? sa * sin_sign : cb * cos_sign;
 }
 
-// Draw `idx` of the request that starts at counter block `block`: block + idx / 4, lane
-// idx % 4; lanes 0, 1 are r cos, r sin of words 0, 1; lanes 2, 3 of words 2, 3.
+// The four standard-normal draws of one Philox block: lanes 0, 1 are r cos, r sin of
+// words 0, 1; lanes 2, 3 of words 2, 3.
+VL_FN void vl_normals(const vl_u32 w[4], float z[4]) {
+    for (int pair = 0; pair < 2; ++pair) {
+        float r = vl_sqrt(-2.0f * vl_ln(vl_uniform(w[2 * pair])));
+        float u = vl_uniform(w[2 * pair + 1]);
+        z[2 * pair] = r * vl_sincos_turns(u, 0);
+        z[2 * pair + 1] = r * vl_sincos_turns(u, 1);
+    }
+}
+
+// Draw `idx` of the request that starts at counter block `block`: lane idx % 4 of block
+// block + idx / 4.
 VL_FN float vl_normal(vl_u64 seed, vl_u64 block, vl_u64 idx) {
     vl_u32 w[4];
+    float z[4];
     vl_philox(block + idx / 4, seed, w);
-    int lane = (int)(idx % 4);
-    int pair = lane / 2;
-    float r = vl_sqrt(-2.0f * vl_ln(vl_uniform(w[2 * pair])));
-    return r * vl_sincos_turns(vl_uniform(w[2 * pair + 1]), lane & 1);
+    vl_normals(w, z);
+    return z[idx % 4];
 }
 
 // The step's scalars, rounded to f32 on the host as the tensor-op path rounds them.
@@ -146,15 +156,36 @@ VL_FN void vl_element(float* theta, float g, float* m, float* h, float* mom, flo
 }
 
 #ifdef __CUDACC__
-// One thread per element, grid-stride. `state` holds the rows mean, h, momentum and noise
-// of `n` elements each; element i takes draw `offset + i` of the request at `block`.
+// One thread per Philox block, grid-stride: the block's four draws go to the (up to) four
+// elements that take them, so one Philox and two logarithms serve four elements. `state`
+// holds the rows mean, h, momentum and noise of `n` elements each; element i takes draw
+// `offset + i` of the request at `block`.
 extern "C" __global__ void ivon_step(float* theta, const float* grad, float* state, vl_u64 n,
                                      vl_u64 seed, vl_u64 block, vl_u64 offset, VlCoeffs c) {
+    vl_u64 first = offset / 4, last = (offset + n - 1) / 4;
+    for (vl_u64 j = first + (vl_u64)blockIdx.x * blockDim.x + threadIdx.x; j <= last;
+         j += (vl_u64)blockDim.x * gridDim.x) {
+        vl_u32 w[4];
+        float z[4];
+        vl_philox(block + j, seed, w);
+        vl_normals(w, z);
+        for (int lane = 0; lane < 4; ++lane) {
+            vl_u64 draw = 4 * j + lane;
+            if (draw < offset || draw - offset >= n) continue;
+            vl_u64 i = draw - offset;
+            vl_element(&theta[i], grad[i], &state[i], &state[n + i], &state[2 * n + i],
+                       &state[3 * n + i], z[lane], &c);
+        }
+    }
+}
+
+// Sets *bad to 1 if any of the n values is NaN or Inf (exponent bits all set).
+extern "C" __global__ void ivon_nonfinite(const float* x, vl_u64 n, unsigned int* bad) {
+    int any = 0;
     for (vl_u64 i = (vl_u64)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (vl_u64)blockDim.x * gridDim.x) {
-        float z = vl_normal(seed, block, offset + i);
-        vl_element(&theta[i], grad[i], &state[i], &state[n + i], &state[2 * n + i],
-                   &state[3 * n + i], z, &c);
+        any |= (__float_as_uint(x[i]) & 0x7f800000u) == 0x7f800000u;
     }
+    if (__syncthreads_or(any) && threadIdx.x == 0) atomicOr(bad, 1u);
 }
 #endif

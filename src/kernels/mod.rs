@@ -11,6 +11,9 @@ pub(crate) mod cuda;
 #[cfg(test)]
 mod cuda_source;
 pub(crate) mod encoder;
+mod finite;
+
+pub(crate) use finite::all_finite;
 
 use candle_core::{Tensor, Var};
 

@@ -61,9 +61,11 @@ impl Ivon {
     fn check_finite(&mut self, grads: &[Vec<Tensor>]) -> Result<bool> {
         for (gi, gs) in grads.iter().enumerate() {
             for (vi, g) in gs.iter().enumerate() {
-                let finite = if self.device.is_cpu() && g.dtype() == DType::F32 && g.is_contiguous()
+                let finite = if kernels::fused_on(&self.device)
+                    && g.dtype() == DType::F32
+                    && g.is_contiguous()
                 {
-                    kernels::cpu::all_finite(g)?
+                    kernels::all_finite(g)?
                 } else {
                     math::all_finite(g)?
                 };
