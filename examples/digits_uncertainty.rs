@@ -9,13 +9,12 @@
 
 mod common;
 
-use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, Module, ModuleT, Tensor, Var};
-use candle_nn::{linear, loss, AdamW, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap, SGD};
-use varlora::lora::{kl_weight, BayesianLoraLinear, BlobConfig, BlobSampler, LoraConfig};
+use candle_core::{DType, Device, Module, ModuleT, Tensor};
+use candle_nn::{linear, loss, AdamW, Linear, Optimizer, VarBuilder, VarMap};
+use varlora::lora::{BayesianLoraLinear, BlobConfig, BlobSampler, LoraConfig};
 use varlora::metrics;
-use varlora::optim::{Ivon, IvonConfig};
-use varlora::predict::{predictive, PointMass, Posterior, Predictive};
+use varlora::optim::{Blob, BlobOptimConfig, Ivon, IvonConfig, Schedule, Scheduled};
+use varlora::predict::{predictive, predictive_at_point, PointMass, Posterior, Predictive};
 
 const EPOCHS: usize = 40;
 const BATCH: usize = 32;
@@ -63,12 +62,17 @@ fn evaluate<P: Posterior>(
     x: &Tensor,
     shifted: &[Tensor],
 ) -> varlora::Result<Report> {
+    // 0 samples: the point estimate (BLoB's mean, "N = 0").
+    let mut predict = |x: &Tensor| match samples {
+        0 => predictive_at_point(posterior, || model(x)),
+        s => predictive(posterior, s, false, || model(x)),
+    };
     Ok(Report {
         name: name.into(),
-        id: predictive(posterior, samples, false, || model(x))?,
+        id: predict(x)?,
         shifted: shifted
             .iter()
-            .map(|xs| predictive(posterior, samples, false, || model(xs)))
+            .map(&mut predict)
             .collect::<varlora::Result<_>>()?,
     })
 }
@@ -138,42 +142,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let b = &data["fc2.lora_b"];
         b.set(&b.zeros_like()?)?;
     }
-    let named: Vec<(String, Var)> = {
-        let data = blob_vars.data().lock().map_err(|_| "poisoned")?;
-        let mut v: Vec<_> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    };
-    let g_var = named
-        .iter()
-        .find(|(k, _)| k.ends_with("lora_a_g"))
-        .map(|(_, v)| v.clone())
-        .ok_or("no G")?;
-    let nll_vars: Vec<Var> = named
-        .iter()
-        .filter(|(k, _)| !k.ends_with("lora_a_g"))
-        .map(|(_, v)| v.clone())
-        .collect();
-    let mut nll_opt = AdamW::new(
-        nll_vars,
-        ParamsAdamW {
-            lr: 1e-2,
-            weight_decay: 0.0,
-            eps: 1e-6,
-            ..Default::default()
-        },
+    // BLoB's optimizer: AdamW on the NLL, SGD on the reweighted KL, both rates on the
+    // reference's linear schedule with 6% warm-up.
+    let steps = batches.len() as u64;
+    let config = BlobOptimConfig::new(n_train, BATCH).lr(1e-2).kl_lr(1e-2);
+    let blob = Blob::new(
+        blob_vars.all_vars(),
+        vec![blob_model.fc2.posterior_vars()?],
+        config,
     )?;
-    let mut kl_opt = SGD::new(named.iter().map(|(_, v)| v.clone()).collect(), 1e-2)?;
-    let period = (n_train / BATCH) as u64;
-    for (step, (xb, yb)) in batches.iter().enumerate() {
-        let nll_grads = loss::cross_entropy(&blob_model.forward(xb, true)?, yb)?.backward()?;
-        nll_opt.step(&nll_grads)?;
-        let pi = kl_weight(step as u64 + 1, period);
-        let mut grads = (blob_model.fc2.kl()? * pi)?
-            .to_dtype(DType::F32)?
-            .backward()?;
-        add_grad(&mut grads, &g_var, &nll_grads)?;
-        kl_opt.step(&grads)?;
+    let mut blob = Scheduled::new(blob, Schedule::linear_with_warmup_ratio(0.06, steps)?)?;
+    for (xb, yb) in &batches {
+        blob.backward_step(&loss::cross_entropy(&blob_model.forward(xb, true)?, yb)?)?;
     }
 
     let mut sampler_posterior = sampler.clone();
@@ -191,6 +171,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &mut ivon,
             32,
             &|x| ivon_model.forward(x),
+            &x_test,
+            &shifted,
+        )?,
+        evaluate(
+            "BLoB last layer (0)",
+            &mut sampler_posterior,
+            0,
+            &|x| blob_model.forward(x, false),
             &x_test,
             &shifted,
         )?,
@@ -220,7 +208,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             metrics::brier(p, &y_test)?,
         );
         let bins = metrics::reliability(p, &y_test, 15)?;
-        let file = r.name.split(' ').next().unwrap_or("model").to_lowercase();
+        let file = r
+            .name
+            .to_lowercase()
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join("-");
         let title = format!("{}: ECE {:.4}", r.name, metrics::ece(p, &y_test, 15)?);
         std::fs::write(
             format!("{out_dir}/{file}.svg"),
@@ -265,18 +259,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
-    println!("\nreliability diagrams: {out_dir}/{{adamw,ivon,blob}}.svg (and .csv)");
-    Ok(())
-}
-
-/// Adds `var`'s gradient in `extra` to `grads`.
-fn add_grad(grads: &mut GradStore, var: &Var, extra: &GradStore) -> candle_core::Result<()> {
-    if let Some(e) = extra.get(var.as_tensor()) {
-        let sum = match grads.get(var.as_tensor()) {
-            Some(g) => (g + e)?,
-            None => e.clone(),
-        };
-        grads.insert(var.as_tensor(), sum);
-    }
+    println!("\nreliability diagrams: {out_dir}/<model>.svg (and .csv), e.g. {out_dir}/blob-last-layer-10.svg");
     Ok(())
 }

@@ -10,21 +10,21 @@
 mod data;
 mod distill;
 mod report;
+mod train;
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{loss, AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap, SGD};
+use candle_nn::{loss, VarBuilder, VarMap};
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
-use varlora::lora::{kl_weight, BlobConfig, BlobSampler, LoraConfig};
+use varlora::lora::{BlobConfig, BlobSampler, LoraConfig};
 use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
-use varlora::optim::{Ivon, IvonConfig};
 use varlora::predict::{
     predictive, predictive_at_point, predictive_from_samples, sample_logits, PointMass, Posterior,
     Predictive,
@@ -32,6 +32,7 @@ use varlora::predict::{
 
 use data::{batches, Batch, Split};
 use report::{concat, peak_rss_mb, Cost, Report};
+use train::Trainer;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Method {
@@ -87,12 +88,16 @@ struct Args {
     /// a few hundred steps barely moves h from hess_init with it).
     #[arg(long, default_value_t = 0.99999)]
     beta2: f64,
-    /// LoRA dropout (not LoRA-Ensemble, whose reference has none). candle draws dropout
-    /// masks from an unseeded generator on the CPU, so only runs with 0 repeat exactly.
-    #[arg(long, default_value_t = 0.1)]
-    dropout: f32,
-    /// BLoB's KL learning rate (SGD; 0.01 in the reference's Llama scripts, 1e-3 chosen
-    /// on the validation split here).
+    /// LoRA dropout (default 0.1; 0 for BLoB, as its reference; LoRA-Ensemble has none).
+    /// candle draws dropout masks from an unseeded generator on the CPU, so only runs
+    /// with 0 repeat exactly.
+    #[arg(long)]
+    dropout: Option<f32>,
+    /// Fraction of the steps spent warming the learning rate up linearly before its
+    /// linear decay (default 0.06 for BLoB, as its reference; 0 otherwise).
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
+    /// BLoB's KL learning rate (SGD; 0.01 in the reference's Llama scripts).
     #[arg(long, default_value_t = 1e-3)]
     kl_lr: f64,
     /// LoRA-Ensemble members (each with rank 8 adapters on query, key, value and the
@@ -127,6 +132,18 @@ struct Args {
 }
 
 impl Args {
+    /// LoRA dropout: `--dropout`, else the method's reference value.
+    fn dropout(&self, method: Method) -> f32 {
+        self.dropout
+            .unwrap_or(if method == Method::Blob { 0.0 } else { 0.1 })
+    }
+
+    /// Warm-up fraction: `--warmup-ratio`, else the method's reference value.
+    fn warmup_ratio(&self, method: Method) -> f64 {
+        self.warmup_ratio
+            .unwrap_or(if method == Method::Blob { 0.06 } else { 0.0 })
+    }
+
     /// The method to train: `--optimizer`, else the teacher of `--distill-from`.
     fn method(&self) -> Result<Method, Box<dyn std::error::Error>> {
         match (self.optimizer, self.distill_from) {
@@ -314,7 +331,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // reference.
     let config: BertConfig =
         serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json"))?)?;
-    let lora = LoraConfig::new(8).alpha(16.0).dropout(args.dropout);
+    let lora = LoraConfig::new(8).alpha(16.0).dropout(args.dropout(method));
     let sampler = BlobSampler::new(args.seed);
     let (spec, targets) = match method {
         Method::Blob => (
@@ -365,40 +382,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     bar.set_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} [{elapsed}<{eta}] {per_sec} {msg}",
     )?);
-    let base_lr = args.lr.unwrap_or(match method {
-        Method::Ivon => 0.03,
-        _ => 5e-4,
-    });
-    let mut ivon = None;
-    let (mut adamw, mut kl_sgd) = (None, None);
-    match method {
-        Method::Ivon => {
-            let c = IvonConfig::new(base_lr, args.ess)
-                .hess_init(args.hess_init)
-                .weight_decay(0.0)
-                .rescale_lr(false)
-                .clip_radius(args.clip_radius)
-                .beta2(args.beta2)
-                .seed(args.seed);
-            ivon = Some(Ivon::from_varmap(&varmap, c)?);
-        }
-        _ => {
-            // BLoB: AdamW on everything but G; SGD on the reweighted KL for every var.
-            let p = ParamsAdamW {
-                lr: base_lr,
-                weight_decay: 0.0,
-                eps: 1e-6,
-                ..Default::default()
-            };
-            adamw = Some(AdamW::new(
-                sorted_vars(&varmap, |k| !k.ends_with("lora_a_g"))?,
-                p,
-            )?);
-            if method == Method::Blob {
-                kl_sgd = Some(SGD::new(sorted_vars(&varmap, |_| true)?, args.kl_lr)?);
-            }
-        }
-    }
+    let mut trainer = Trainer::new(train::Setup {
+        method,
+        args: &args,
+        varmap: &varmap,
+        blob_layers: model.encoder().blob_layers()?,
+        n_train: split.train.len(),
+        total_steps: total,
+    })?;
 
     let start = Instant::now();
     let mut step = 0usize;
@@ -411,16 +402,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             args.batch,
             &dev,
         )? {
-            let lr = if args.constant_lr {
-                base_lr
-            } else {
-                base_lr * (1.0 - step as f64 / total as f64)
-            };
-            if let Some(opt) = ivon.as_mut() {
-                opt.set_learning_rate(lr);
-            } else if let Some(opt) = adamw.as_mut() {
-                opt.set_learning_rate(lr);
-            }
             let logits = model.forward_t(&b.ids, &b.types, &b.mask, true)?;
             // A LoRA-Ensemble's (M, B, C) logits: the mean of the members' losses.
             let (logits, labels) = match logits.dims3() {
@@ -431,31 +412,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Err(_) => (logits, b.labels.clone()),
             };
             let nll = loss::cross_entropy(&logits, &labels)?;
-            let grads = nll.backward()?;
-            if let Some(opt) = ivon.as_mut() {
-                opt.step(&grads)?;
-            } else if let Some(opt) = adamw.as_mut() {
-                opt.step(&grads)?;
-            }
-            if let Some(sgd) = kl_sgd.as_mut() {
-                // KL of every BLoB layer, reweighted over one epoch; G keeps its NLL gradient.
-                let kl = model.encoder().blob_kl()?;
-                let mut kl_grads = (kl * kl_weight(step as u64 + 1, steps_per_epoch as u64))?
-                    .to_dtype(DType::F32)?
-                    .backward()?;
-                for (name, var) in varmap.data().lock().map_err(|_| "poisoned")?.iter() {
-                    if name.ends_with("lora_a_g") {
-                        if let Some(g) = grads.get(var.as_tensor()) {
-                            let sum = match kl_grads.get(var.as_tensor()) {
-                                Some(k) => (k + g)?,
-                                None => g.clone(),
-                            };
-                            kl_grads.insert(var.as_tensor(), sum);
-                        }
-                    }
-                }
-                sgd.step(&kl_grads)?;
-            }
+            trainer.step(&nll)?;
             step += 1;
             let loss = nll.to_scalar::<f32>()?;
             bar.set_message(format!("epoch {} loss {loss:.4}", epoch + 1));
@@ -492,7 +449,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             )?;
         }
         Method::Ivon => {
-            let opt = ivon.as_mut().ok_or("no IVON")?;
+            let opt = trainer.ivon_mut().ok_or("no IVON")?;
             let id = timed(|| evaluate(opt, &model, &eval_batches, 0));
             add(
                 "IVON @ mean".into(),
@@ -543,7 +500,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         .forward_t(&b.ids, &b.types, &b.mask, false)
                         .map_err(candle_core::Error::wrap)
                 };
-                parts.push(match (method, ivon.as_mut()) {
+                parts.push(match (method, trainer.ivon_mut()) {
                     (Method::Ivon, Some(opt)) => sample_logits(opt, s, logits)?,
                     (Method::Blob, _) => sample_logits(&mut sampler.clone(), s, logits)?,
                     _ => logits()?,

@@ -92,6 +92,76 @@ pub fn kl_period(n_train: usize, batch_size: usize, gamma: f64) -> u64 {
     (m as u64).max(1)
 }
 
+/// The vars of one BLoB layer and what its KL needs: see
+/// [`BayesianLoraLinear::posterior_vars`].
+#[derive(Clone, Debug)]
+pub struct BlobLayerVars {
+    /// The mean `M` of `A` ("lora_a").
+    pub a_mean: candle_core::Var,
+    /// `G`, whose square (or softplus) is the standard deviation of `A` ("lora_a_g").
+    pub a_g: candle_core::Var,
+    /// `B` ("lora_b"), deterministic.
+    pub b: candle_core::Var,
+    /// The prior's standard deviation `beta`.
+    pub prior_std: f64,
+    /// `S = softplus(G)` (`bayes_eps < 0`) rather than `G^2`.
+    pub softplus: bool,
+}
+
+impl BlobLayerVars {
+    /// The gradients of `KL(q(A) || N(0, beta^2))` with respect to `M` and `G`, in f64
+    /// and returned in the vars' dtype. With the reference's guards,
+    /// `KL = ln(beta + eps) - ln(S + eps) + (S^2 + M^2) / (2 beta^2 + eps) - 1/2`, so
+    /// `dKL/dM = 2 M / (2 beta^2 + eps)` and
+    /// `dKL/dS = 2 S / (2 beta^2 + eps) - 1 / (S + eps)`, with `dS/dG = 2 G` (or
+    /// `sigmoid(G)` for softplus).
+    pub fn kl_grads(&self) -> Result<(Tensor, Tensor)> {
+        let denom = 2.0 * self.prior_std * self.prior_std + KL_EPS;
+        let dtype = self.a_mean.dtype();
+        let m = self.a_mean.as_tensor().to_dtype(DType::F64)?;
+        let g = self.a_g.as_tensor().to_dtype(DType::F64)?;
+        let s = std_of(&g, self.softplus)?;
+        let ds_dg = if self.softplus {
+            (g.neg()?.exp()? + 1.0)?.recip()?
+        } else {
+            (&g * 2.0)?
+        };
+        let d_m = (m * (2.0 / denom))?;
+        let d_s = ((&s * (2.0 / denom))? - (s + KL_EPS)?.recip()?)?;
+        let d_g = (d_s * ds_dg)?;
+        Ok((d_m.to_dtype(dtype)?, d_g.to_dtype(dtype)?))
+    }
+
+    /// The layer's KL against its prior, as a number (f64).
+    pub fn kl(&self) -> Result<f64> {
+        let m = self.a_mean.as_tensor().to_dtype(DType::F64)?;
+        let s = std_of(&self.a_g.as_tensor().to_dtype(DType::F64)?, self.softplus)?;
+        Ok(gaussian_kl(&m, &s, self.prior_std)?.to_scalar::<f64>()?)
+    }
+}
+
+/// The reference's guard against `ln 0` and a zero prior variance.
+const KL_EPS: f64 = 1e-6;
+
+/// `S` from `G`: `G^2`, or `softplus(G) = ln(1 + e^G)` (the reference's
+/// `log1p(exp(g))`).
+fn std_of(g: &Tensor, softplus: bool) -> Result<Tensor> {
+    if softplus {
+        Ok((g.exp()? + 1.0)?.log()?)
+    } else {
+        Ok(g.sqr()?)
+    }
+}
+
+/// `sum ln(beta + eps) - ln(S + eps) + (S^2 + M^2) / (2 beta^2 + eps) - 1/2` over the
+/// elements, as the reference's `kl_div_stable` computes it.
+fn gaussian_kl(m: &Tensor, s: &Tensor, beta: f64) -> Result<Tensor> {
+    let log_s = (s + KL_EPS)?.log()?;
+    let quad = ((s.sqr()? + m.sqr()?)? / (2.0 * beta * beta + KL_EPS))?;
+    let kl = ((quad - log_s)? + ((beta + KL_EPS).ln() - 0.5))?;
+    Ok(kl.sum_all()?)
+}
+
 /// Salt that separates prediction samples from training draws.
 const PREDICTION_STREAM: u64 = 0x626c_6f62_7072_6564;
 
@@ -105,8 +175,12 @@ struct SamplerState {
 /// sample, and the seeded draws they use. Clones share the same state.
 ///
 /// It is the model's [`Posterior`]: sample `k` runs the closure with the layers sampling
-/// from a stream positioned by `k` (so sample `k` repeats exactly), and the point estimate
-/// runs it with sampling off (the mean of `A`, "BLoB N = 0").
+/// from a stream positioned by `k`, and the point estimate runs it with sampling off (the
+/// mean of `A`, "BLoB N = 0"). Sample `k` repeats exactly for the same inputs. Unlike
+/// IVON's, it is not one set of weights for every batch: Flipout draws random signs per
+/// example (and per token), from the same stream as the next layer's noise, so the draws
+/// of sample `k` depend on the batch's shape, and each example sees its own sign-flipped
+/// perturbation of `E`.
 #[derive(Clone, Debug)]
 pub struct BlobSampler {
     seed: u64,
@@ -142,7 +216,8 @@ impl BlobSampler {
         Ok(self.lock()?.sampling)
     }
 
-    /// Runs `f` in the given mode and stream, then restores the previous ones.
+    /// Runs `f` in the given mode and stream, then restores the previous ones, also when
+    /// `f` errs or panics.
     fn run_with<R>(
         &mut self,
         sampling: bool,
@@ -155,10 +230,30 @@ impl BlobSampler {
             (st.sampling, st.stream) = (sampling, stream);
             saved
         };
-        let out = f();
-        let mut st = self.lock()?;
-        (st.sampling, st.stream) = saved;
-        Ok(out?)
+        let _restore = Restore {
+            state: &self.state,
+            saved: Some(saved),
+        };
+        Ok(f()?)
+    }
+}
+
+/// Puts the sampler's mode and stream back when dropped, on unwinding too.
+struct Restore<'a> {
+    state: &'a Mutex<SamplerState>,
+    saved: Option<(bool, PhiloxNormal)>,
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        if let Some((sampling, stream)) = self.saved.take() {
+            // A panic while a layer held the lock poisoned it; the state restored here is
+            // whole again, so the poison is cleared.
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            (st.sampling, st.stream) = (sampling, stream);
+            drop(st);
+            self.state.clear_poison();
+        }
     }
 }
 
@@ -277,26 +372,40 @@ impl BayesianLoraLinear {
 
     /// The standard deviation `S` of `A`: `G^2`, or `softplus(G)` when `bayes_eps < 0`.
     pub fn a_std(&self) -> Result<Tensor> {
-        if self.config.bayes_eps < 0.0 {
-            // softplus(g) = ln(1 + e^g), the reference's log1p(exp(g)).
-            Ok((self.a_g.exp()? + 1.0)?.log()?)
-        } else {
-            Ok(self.a_g.sqr()?)
-        }
+        std_of(&self.a_g, self.config.bayes_eps < 0.0)
     }
 
     /// `KL(q(A) || N(0, beta^2))` summed over `A`'s elements, in f64:
     /// `log beta - log S + (S^2 + M^2) / (2 beta^2) - 1/2`, with the reference's 1e-6
     /// guards. Differentiable in `M` and `G`.
     pub fn kl(&self) -> Result<Tensor> {
-        const EPS: f64 = 1e-6;
-        let beta = self.config.prior_std;
-        let s = self.a_std()?.to_dtype(DType::F64)?;
-        let m = self.a_mean.to_dtype(DType::F64)?;
-        let log_s = (s.clone() + EPS)?.log()?;
-        let quad = ((s.sqr()? + m.sqr()?)? / (2.0 * beta * beta + EPS))?;
-        let kl = ((quad - log_s)? + ((beta + EPS).ln() - 0.5))?;
-        Ok(kl.sum_all()?)
+        gaussian_kl(
+            &self.a_mean.to_dtype(DType::F64)?,
+            &self.a_std()?.to_dtype(DType::F64)?,
+            self.config.prior_std,
+        )
+    }
+
+    /// The trainable vars of this layer, for [`crate::optim::Blob`]: `M`, `G` and `B`
+    /// with the prior and the parameterisation of `S`. Errors on a [`Self::detach`]ed
+    /// copy, whose tensors are no longer vars.
+    pub fn posterior_vars(&self) -> Result<BlobLayerVars> {
+        let var = |t: &Tensor, name: &'static str| {
+            if t.is_variable() {
+                Ok(candle_core::Var::from_tensor(t)?)
+            } else {
+                Err(Error::InvalidState(name))
+            }
+        };
+        const DETACHED: &str =
+            "a detached BLoB layer has no vars: take them from the trained layer";
+        Ok(BlobLayerVars {
+            a_mean: var(&self.a_mean, DETACHED)?,
+            a_g: var(&self.a_g, DETACHED)?,
+            b: var(&self.b, DETACHED)?,
+            prior_std: self.config.prior_std,
+            softplus: self.config.bayes_eps < 0.0,
+        })
     }
 
     /// The Flipout noise term for `x`.

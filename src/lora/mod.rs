@@ -4,5 +4,5 @@
 mod blob;
 mod linear;
 
-pub use blob::{kl_period, kl_weight, BayesianLoraLinear, BlobConfig, BlobSampler};
+pub use blob::{kl_period, kl_weight, BayesianLoraLinear, BlobConfig, BlobLayerVars, BlobSampler};
 pub use linear::{LoraConfig, LoraLinear};

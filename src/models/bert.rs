@@ -357,22 +357,36 @@ impl BertEncoder {
     /// the term BLoB's training adds, f64 and differentiable.
     pub fn blob_kl(&self) -> Result<Tensor> {
         let mut total = Tensor::new(0f64, self.word_embeddings.embeddings().device())?;
-        for l in &self.layers {
-            let projs = [
-                &l.query,
-                &l.key,
-                &l.value,
-                &l.attention_output,
-                &l.intermediate,
-                &l.output,
-            ];
-            for p in projs {
-                if let Proj::Blob(b) = p {
-                    total = (total + b.kl()?)?;
-                }
-            }
+        for b in self.blob_projs() {
+            total = (total + b.kl()?)?;
         }
         Ok(total)
+    }
+
+    /// The vars of every BLoB layer, in layer order (query, key, value, attention output,
+    /// intermediate, output within each transformer layer): what
+    /// [`crate::optim::Blob`] trains. Empty without BLoB adapters.
+    pub fn blob_layers(&self) -> Result<Vec<crate::lora::BlobLayerVars>> {
+        self.blob_projs().map(|b| b.posterior_vars()).collect()
+    }
+
+    fn blob_projs(&self) -> impl Iterator<Item = &BayesianLoraLinear> {
+        self.layers
+            .iter()
+            .flat_map(|l| {
+                [
+                    &l.query,
+                    &l.key,
+                    &l.value,
+                    &l.attention_output,
+                    &l.intermediate,
+                    &l.output,
+                ]
+            })
+            .filter_map(|p| match p {
+                Proj::Blob(b) => Some(b),
+                _ => None,
+            })
     }
 
     /// The number of ensemble members carried in the batch dimension (1 unless

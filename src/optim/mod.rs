@@ -1,6 +1,11 @@
 //! Optimizers that learn a posterior over the weights.
 
+mod blob;
 mod ivon;
+mod schedule;
+
+pub use blob::{Blob, BlobOptimConfig, BlobSetup};
+pub use schedule::{Schedule, Scheduled};
 
 pub use ivon::{
     GroupSettings, HessApprox, Ivon, IvonConfig, NonFinite, ParamGroup, ParamState, Position,

@@ -10,7 +10,8 @@ use crate::Result;
 pub trait Posterior {
     /// Runs `f` with the weights at posterior sample `k`. The same `k` gives the same
     /// weights while the posterior does not change, so a test set evaluated batch by batch
-    /// sees one set of samples.
+    /// sees one set of samples. (BLoB's Flipout samples per example instead: see
+    /// [`crate::lora::BlobSampler`].)
     fn with_posterior_sample<R>(
         &mut self,
         k: usize,

@@ -1,0 +1,213 @@
+//! Learning-rate schedules, kept apart from the update rules: a [`Schedule`] says how the
+//! rate moves with the step, and [`Scheduled`] drives any optimizer's
+//! `set_learning_rate` with it (IVON, candle-nn's AdamW, both of BLoB's rates).
+
+use candle_core::backprop::GradStore;
+use candle_core::Var;
+use candle_nn::Optimizer;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// How the learning rate moves over `total_steps` steps, as a factor of the base rate.
+///
+/// ```
+/// use varlora::optim::Schedule;
+///
+/// // Hugging Face's linear schedule with warm-up: 0 at step 0, 1 after 10 steps, 0 at 100.
+/// let s = Schedule::LinearWarmupDecay { warmup_steps: 10, total_steps: 100 };
+/// assert_eq!(s.factor(0), 0.0);
+/// assert_eq!(s.factor(5), 0.5);
+/// assert_eq!(s.factor(10), 1.0);
+/// assert_eq!(s.factor(55), 0.5);
+/// assert_eq!(s.factor(100), 0.0);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Schedule {
+    /// The base rate throughout.
+    Constant,
+    /// Linear warm-up from 0 over `warmup_steps`, then linear decay to 0 at
+    /// `total_steps` (transformers' `get_linear_schedule_with_warmup`, which BLoB's
+    /// reference uses with 6% warm-up).
+    LinearWarmupDecay {
+        /// Steps of the warm-up.
+        warmup_steps: u64,
+        /// Steps in all, warm-up included.
+        total_steps: u64,
+    },
+    /// Linear warm-up, then half a cosine from the base rate to 0 at `total_steps`
+    /// (transformers' `get_cosine_schedule_with_warmup`).
+    Cosine {
+        /// Steps of the warm-up.
+        warmup_steps: u64,
+        /// Steps in all, warm-up included.
+        total_steps: u64,
+    },
+}
+
+impl Schedule {
+    /// Linear warm-up over `warmup_ratio` of `total_steps` (rounded down), then linear
+    /// decay: the reference's `warmup_ratio` setting.
+    pub fn linear_with_warmup_ratio(warmup_ratio: f64, total_steps: u64) -> Result<Self> {
+        if !(0.0..=1.0).contains(&warmup_ratio) {
+            return Err(Error::InvalidConfig {
+                field: "warmup_ratio",
+                value: warmup_ratio.to_string(),
+                expected: "a value in [0, 1]",
+            });
+        }
+        let s = Schedule::LinearWarmupDecay {
+            warmup_steps: (warmup_ratio * total_steps as f64) as u64,
+            total_steps,
+        };
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks the step counts: `warmup_steps <= total_steps`, `total_steps > 0`.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            Schedule::Constant => Ok(()),
+            Schedule::LinearWarmupDecay {
+                warmup_steps,
+                total_steps,
+            }
+            | Schedule::Cosine {
+                warmup_steps,
+                total_steps,
+            } => {
+                if total_steps == 0 || warmup_steps > total_steps {
+                    return Err(Error::InvalidConfig {
+                        field: "warmup_steps",
+                        value: format!("{warmup_steps} of {total_steps} steps"),
+                        expected: "total_steps > 0 and warmup_steps <= total_steps",
+                    });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The factor of the base rate at `step` (counted from 0, the first step).
+    pub fn factor(&self, step: u64) -> f64 {
+        match *self {
+            Schedule::Constant => 1.0,
+            Schedule::LinearWarmupDecay {
+                warmup_steps,
+                total_steps,
+            } => {
+                if step < warmup_steps {
+                    step as f64 / warmup_steps.max(1) as f64
+                } else {
+                    let left = total_steps.saturating_sub(step) as f64;
+                    left / total_steps.saturating_sub(warmup_steps).max(1) as f64
+                }
+            }
+            Schedule::Cosine {
+                warmup_steps,
+                total_steps,
+            } => {
+                if step < warmup_steps {
+                    step as f64 / warmup_steps.max(1) as f64
+                } else {
+                    let done = (step - warmup_steps) as f64
+                        / total_steps.saturating_sub(warmup_steps).max(1) as f64;
+                    0.5 * (1.0 + (std::f64::consts::PI * done.min(1.0)).cos())
+                }
+            }
+        }
+    }
+}
+
+/// An optimizer whose learning rate follows a [`Schedule`]: before step `t` (from 0) it
+/// sets the rate to `base_lr * schedule.factor(t)`.
+///
+/// ```
+/// use candle_core::{DType, Device};
+/// use candle_nn::{AdamW, Optimizer, VarBuilder, VarMap};
+/// use varlora::optim::{Schedule, Scheduled};
+///
+/// let varmap = VarMap::new();
+/// let _ = candle_nn::linear(3, 2, VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu))?;
+/// let adamw = AdamW::new_lr(varmap.all_vars(), 1e-3)?;
+/// let schedule = Schedule::linear_with_warmup_ratio(0.06, 1000)?;
+/// let mut opt = Scheduled::new(adamw, schedule)?;
+/// assert_eq!(opt.learning_rate(), 0.0); // the first step of a warm-up
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Scheduled<O: Optimizer> {
+    inner: O,
+    schedule: Schedule,
+    base_lr: f64,
+    step: u64,
+}
+
+impl<O: Optimizer> Scheduled<O> {
+    /// Wraps `inner`, whose current learning rate becomes the base rate.
+    pub fn new(mut inner: O, schedule: Schedule) -> Result<Self> {
+        schedule.validate()?;
+        let base_lr = inner.learning_rate();
+        inner.set_learning_rate(base_lr * schedule.factor(0));
+        Ok(Self {
+            inner,
+            schedule,
+            base_lr,
+            step: 0,
+        })
+    }
+
+    /// The wrapped optimizer.
+    pub fn inner(&self) -> &O {
+        &self.inner
+    }
+
+    /// The wrapped optimizer, mutably (e.g. for IVON's `with_mean`).
+    pub fn inner_mut(&mut self) -> &mut O {
+        &mut self.inner
+    }
+
+    /// Steps taken so far.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// The base rate that the schedule scales.
+    pub fn base_lr(&self) -> f64 {
+        self.base_lr
+    }
+}
+
+impl<O: Optimizer> Optimizer for Scheduled<O> {
+    /// The inner optimizer's config and the schedule.
+    type Config = (O::Config, Schedule);
+
+    fn new(vars: Vec<Var>, (config, schedule): Self::Config) -> candle_core::Result<Self> {
+        Ok(Scheduled::new(O::new(vars, config)?, schedule)?)
+    }
+
+    /// Steps the inner optimizer at the scheduled rate; the step counts only if it
+    /// succeeds.
+    fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
+        self.inner
+            .set_learning_rate(self.base_lr * self.schedule.factor(self.step));
+        self.inner.step(grads)?;
+        self.step += 1;
+        self.inner
+            .set_learning_rate(self.base_lr * self.schedule.factor(self.step));
+        Ok(())
+    }
+
+    /// The rate of the next step.
+    fn learning_rate(&self) -> f64 {
+        self.inner.learning_rate()
+    }
+
+    /// Sets the base rate; the schedule keeps scaling it.
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.base_lr = lr;
+        self.inner
+            .set_learning_rate(self.base_lr * self.schedule.factor(self.step));
+    }
+}
