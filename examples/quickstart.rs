@@ -70,7 +70,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Learning rates and hess_init chosen by validation NLL on 200 training examples held
-    // out, averaged over 3 seeds (see README).
+    // out, averaged over 3 seeds (see docs/benchmarks.md).
     let mut adamw = candle_nn::AdamW::new_lr(adamw_vars.all_vars(), 3e-2)?;
     let config = IvonConfig::new(1.0, n_train as f64)
         .hess_init(1.0)
