@@ -91,31 +91,27 @@ impl Schedule {
 
     /// The factor of the base rate at `step` (counted from 0, the first step).
     pub fn factor(&self, step: u64) -> f64 {
-        match *self {
-            Schedule::Constant => 1.0,
+        let (warmup_steps, total_steps) = match *self {
+            Schedule::Constant => return 1.0,
             Schedule::LinearWarmupDecay {
                 warmup_steps,
                 total_steps,
-            } => {
-                if step < warmup_steps {
-                    step as f64 / warmup_steps.max(1) as f64
-                } else {
-                    let left = total_steps.saturating_sub(step) as f64;
-                    left / total_steps.saturating_sub(warmup_steps).max(1) as f64
-                }
             }
-            Schedule::Cosine {
+            | Schedule::Cosine {
                 warmup_steps,
                 total_steps,
-            } => {
-                if step < warmup_steps {
-                    step as f64 / warmup_steps.max(1) as f64
-                } else {
-                    let done = (step - warmup_steps) as f64
-                        / total_steps.saturating_sub(warmup_steps).max(1) as f64;
-                    0.5 * (1.0 + (std::f64::consts::PI * done.min(1.0)).cos())
-                }
+            } => (warmup_steps, total_steps),
+        };
+        if step < warmup_steps {
+            return step as f64 / warmup_steps as f64;
+        }
+        let progress =
+            (step - warmup_steps) as f64 / total_steps.saturating_sub(warmup_steps).max(1) as f64;
+        match self {
+            Schedule::Cosine { .. } => {
+                0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
             }
+            _ => (1.0 - progress).max(0.0),
         }
     }
 }
