@@ -7,6 +7,7 @@
 //! - [`optim::Ivon`]: IVON (Shen et al., "Variational Learning is Effective for Large Deep
 //!   Networks", ICML 2024), a drop-in replacement for candle-nn's `AdamW` that agrees with
 //!   the official PyTorch implementation (`ivon-opt` 0.1.3) step for step.
+//! - [`calibrate`]: temperature scaling, the post-hoc baseline a posterior has to beat.
 //! - [`alloc`]: allocator settings that halve a CPU training step's time on glibc.
 //! - [`ensemble`]: LoRA-Ensemble and ensemble distribution distillation.
 //! - [`lora`]: LoRA adapters on frozen linear layers, with merge and unmerge.
@@ -41,6 +42,7 @@
 #![warn(missing_docs)]
 
 pub mod alloc;
+pub mod calibrate;
 pub mod ensemble;
 mod error;
 mod kernels;

@@ -23,7 +23,10 @@ use candle_core::{DType, Tensor};
 use crate::{Error, Result};
 
 /// Rows of `probs` (n, c) as f64 and the labels as usize, validated.
-fn rows_and_labels(values: &Tensor, labels: &Tensor) -> Result<(Vec<Vec<f64>>, Vec<usize>)> {
+pub(crate) fn rows_and_labels(
+    values: &Tensor,
+    labels: &Tensor,
+) -> Result<(Vec<Vec<f64>>, Vec<usize>)> {
     let (n, c) = values.dims2().map_err(|_| {
         Error::InvalidInput(format!("expected (n, classes), got {:?}", values.dims()))
     })?;
