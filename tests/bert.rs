@@ -1,6 +1,8 @@
 //! The adapter-carrying BERT encoder against candle-transformers' BertModel, and the
 //! gradient reaching every adapter through the layer norms.
 
+mod common;
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
@@ -36,14 +38,26 @@ fn frozen_weights(config: &Config) -> HashMap<String, Tensor> {
     )
     .unwrap();
     let data = varmap.data().lock().unwrap();
-    data.iter()
-        .map(|(k, v)| {
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    // Seeded draws in place of candle's unseeded initialisers, at their scales:
+    // embeddings N(0, 1), weights N(0, 1 / fan_in), biases N(0, 0.02^2).
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, k)| {
+            let dims = data[k].dims().to_vec();
+            let seed = 100 + i as u64;
             let t = if k.contains("LayerNorm") {
-                (Tensor::randn(0f32, 0.2, v.shape(), &Device::Cpu).unwrap()
+                (common::randn(seed, 0.2, &dims, DType::F32)
                     + if k.ends_with("weight") { 1.0 } else { 0.0 })
                 .unwrap()
+            } else if k.contains("embeddings") {
+                common::randn(seed, 1.0, &dims, DType::F32)
+            } else if dims.len() == 2 {
+                common::randn(seed, 1.0 / (dims[1] as f64).sqrt(), &dims, DType::F32)
             } else {
-                v.as_tensor().detach()
+                common::randn(seed, 0.02, &dims, DType::F32)
             };
             (k.clone(), t)
         })
@@ -64,12 +78,14 @@ fn tiny_encoder(spec: Option<&AdapterSpec>, targets: AdapterTargets) -> (BertEnc
 }
 
 /// Sets every LoRA `B` in `varmap` (zero at init) to N(0, std^2) draws.
-fn randomize_lora_b(varmap: &VarMap, std: f32) {
-    for (name, var) in varmap.data().lock().unwrap().iter() {
-        if name.ends_with("lora_b") {
-            var.set(&Tensor::randn(0f32, std, var.shape(), &Device::Cpu).unwrap())
-                .unwrap();
-        }
+fn randomize_lora_b(varmap: &VarMap, std: f64) {
+    let data = varmap.data().lock().unwrap();
+    let mut names: Vec<&String> = data.keys().filter(|k| k.ends_with("lora_b")).collect();
+    names.sort();
+    for (i, name) in names.into_iter().enumerate() {
+        let var = &data[name];
+        var.set(&common::randn(200 + i as u64, std, var.dims(), DType::F32))
+            .unwrap();
     }
 }
 
@@ -390,12 +406,7 @@ fn detached_copy_shares_weights_without_tracking() {
     let (ids, types, mask) = inputs();
     let run = |m: &BertClassifier| m.forward_t(&ids, &types, &mask, false).unwrap();
     assert_eq!(rel_error(&run(&frozen), &run(&model)), 0.0);
-    for (name, var) in varmap.data().lock().unwrap().iter() {
-        if name.ends_with("lora_b") {
-            var.set(&Tensor::randn(0f32, 0.1, var.shape(), &dev).unwrap())
-                .unwrap();
-        }
-    }
+    randomize_lora_b(&varmap, 0.1);
     let (after, tracked) = (run(&frozen), run(&model));
     assert_eq!(rel_error(&after, &tracked), 0.0, "the update shows through");
     let grads = after.sum_all().unwrap().backward().unwrap();

@@ -258,3 +258,37 @@ fn invalid_configs_are_errors() {
     config.bayes_eps = f64::NAN;
     assert!(BayesianLoraLinear::new(base, config, vb.pp("b"), &BlobSampler::new(0)).is_err());
 }
+
+/// At the mean (sampling off, "BLoB N = 0") a layer computes `W0 x + (alpha / r) B M x`,
+/// here summed out by hand.
+#[test]
+fn mean_output_is_the_lora_update_of_the_means() {
+    let dev = Device::Cpu;
+    let mut sampler = BlobSampler::new(5);
+    let (layer, _) = layer(&sampler, &M, &G, &B);
+    let x = [0.5f64, -1.0, 2.0, 0.25, 1.5, 0.0, -0.5, 1.0];
+    let xt = Tensor::from_vec(x.to_vec(), (2, IN), &dev).unwrap();
+    let got = sampler
+        .with_point_estimate(|| layer.forward_t(&xt, true))
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
+    let scale = 4.0 / RANK as f64;
+    for (row, xr) in x.chunks(IN).enumerate() {
+        for o in 0..OUT {
+            let base: f64 = (0..IN)
+                .map(|i| ((o * IN + i) as f64 * 0.1 - 0.5) * xr[i])
+                .sum();
+            let mx: Vec<f64> = (0..RANK)
+                .map(|r| (0..IN).map(|i| M[r * IN + i] * xr[i]).sum())
+                .collect();
+            let update: f64 = (0..RANK).map(|r| B[o * RANK + r] * mx[r]).sum();
+            let want = base + scale * update;
+            assert!(
+                (got[row][o] - want).abs() < 1e-12,
+                "row {row}, output {o}: {} vs {want}",
+                got[row][o]
+            );
+        }
+    }
+}

@@ -2,26 +2,15 @@
 
 mod common;
 
-use common::max_abs_diff;
+use common::{max_abs_diff, randn};
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{loss, AdamW, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use varlora::ensemble::{distillation_loss, laplace_nll, laplace_predictive, LoraEnsembleLinear};
 use varlora::metrics::auroc;
-use varlora::noise::PhiloxNormal;
 use varlora::predict::predictive_from_samples;
 
 const M: usize = 4;
-
-/// Seeded standard-normal draws of `shape`, times `std`.
-fn randn(seed: u64, std: f64, shape: &[usize], dtype: DType) -> Tensor {
-    use varlora::noise::NoiseSource;
-    let n = shape.iter().product();
-    let z = PhiloxNormal::new(seed)
-        .standard_normal(n, dtype, &Device::Cpu)
-        .unwrap();
-    (z.reshape(shape).unwrap() * std).unwrap()
-}
 
 /// Free Laplace parameters `(mu, log b)`, `(n, v)` zeros, and an AdamW over them.
 fn laplace_params(n: usize, v: usize, dtype: DType) -> (Var, Var, AdamW) {
@@ -184,8 +173,7 @@ fn student_mutual_information_ranks_ood_above_in_distribution() {
     let spread = Tensor::from_vec(spread, (1, n, 1), &dev).unwrap();
     let teacher = center
         .broadcast_add(
-            &Tensor::randn(0f32, 1.0, (members, n, v), &dev)
-                .unwrap()
+            &randn(8, 1.0, &[members, n, v], DType::F32)
                 .broadcast_mul(&spread)
                 .unwrap(),
         )

@@ -2,15 +2,15 @@
 
 mod common;
 
-use common::max_abs_diff;
+use common::{max_abs_diff, randn};
 
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::{Linear, VarBuilder, VarMap};
 use varlora::lora::{LoraConfig, LoraLinear};
 
 fn base(dev: &Device) -> Linear {
-    let w = Tensor::randn(0f32, 0.5, (5, 7), dev).unwrap();
-    let b = Tensor::randn(0f32, 0.5, 5, dev).unwrap();
+    let w = randn(1, 0.5, &[5, 7], DType::F32).to_device(dev).unwrap();
+    let b = randn(2, 0.5, &[5], DType::F32).to_device(dev).unwrap();
     Linear::new(w, Some(b))
 }
 
@@ -21,7 +21,7 @@ fn trained(varmap: &VarMap, config: LoraConfig) -> LoraLinear {
     let layer = LoraLinear::new(base(&dev), config, vb.pp("q")).unwrap();
     let data = varmap.data().lock().unwrap();
     data["q.lora_b"]
-        .set(&Tensor::randn(0f32, 0.3, (5, 2), &dev).unwrap())
+        .set(&randn(3, 0.3, &[5, 2], DType::F32))
         .unwrap();
     drop(data);
     layer
@@ -37,7 +37,7 @@ fn starts_as_the_frozen_layer_and_trains_only_the_adapters() {
     let mut names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
     names.sort();
     assert_eq!(names, ["q.lora_a", "q.lora_b"]);
-    let x = Tensor::randn(0f32, 1., (3, 7), &dev).unwrap();
+    let x = randn(4, 1.0, &[3, 7], DType::F32);
     let y = layer.forward_t(&x, false).unwrap();
     assert_eq!(
         max_abs_diff(&y, &candle_core::Module::forward(&frozen, &x).unwrap()),
@@ -57,10 +57,9 @@ fn starts_as_the_frozen_layer_and_trains_only_the_adapters() {
 
 #[test]
 fn forward_is_base_plus_scaled_low_rank_update() {
-    let dev = Device::Cpu;
     let varmap = VarMap::new();
     let layer = trained(&varmap, LoraConfig::new(2).alpha(6.0));
-    let x = Tensor::randn(0f32, 1., (2, 3, 7), &dev).unwrap();
+    let x = randn(5, 1.0, &[2, 3, 7], DType::F32);
     let y = layer.forward_t(&x, false).unwrap();
     // By hand: x W^T + b + 3 * x A^T B^T, for a 3-D input.
     let w = layer.base().weight();
@@ -81,11 +80,10 @@ fn forward_is_base_plus_scaled_low_rank_update() {
 
 #[test]
 fn merge_and_unmerge_keep_the_function() {
-    let dev = Device::Cpu;
     let varmap = VarMap::new();
     let mut layer = trained(&varmap, LoraConfig::new(2).alpha(4.0));
     let w0 = layer.base().weight().copy().unwrap();
-    let x = Tensor::randn(0f32, 1., (4, 7), &dev).unwrap();
+    let x = randn(6, 1.0, &[4, 7], DType::F32);
     let before = layer.forward_t(&x, false).unwrap();
     layer.merge().unwrap();
     assert!(layer.merge().is_err());
@@ -102,10 +100,9 @@ fn merge_and_unmerge_keep_the_function() {
 
 #[test]
 fn gradients_reach_both_adapters_and_not_the_frozen_weight() {
-    let dev = Device::Cpu;
     let varmap = VarMap::new();
     let layer = trained(&varmap, LoraConfig::new(2));
-    let x = Var::from_tensor(&Tensor::randn(0f32, 1., (4, 7), &dev).unwrap()).unwrap();
+    let x = Var::from_tensor(&randn(7, 1.0, &[4, 7], DType::F32)).unwrap();
     let loss = layer
         .forward_t(&x, true)
         .unwrap()

@@ -6,6 +6,16 @@ use std::collections::{HashMap, VecDeque};
 use candle_core::{DType, Device, Tensor};
 use varlora::noise::NoiseSource;
 
+/// Seeded standard-normal draws of `shape`, times `std` (candle's `Tensor::randn` is
+/// unseeded on the CPU).
+pub fn randn(seed: u64, std: f64, shape: &[usize], dtype: DType) -> Tensor {
+    let n = shape.iter().product();
+    let z = varlora::noise::PhiloxNormal::new(seed)
+        .standard_normal(n, dtype, &Device::Cpu)
+        .unwrap();
+    (z.reshape(shape).unwrap() * std).unwrap()
+}
+
 /// Replays recorded standard-normal draws in order; zeros once they run out.
 pub struct ReplayNoise {
     pub draws: VecDeque<Tensor>,
