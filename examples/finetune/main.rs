@@ -97,7 +97,9 @@ struct Args {
     /// linear decay (default 0.06 for BLoB, as its reference; 0 otherwise).
     #[arg(long)]
     warmup_ratio: Option<f64>,
-    /// BLoB's KL learning rate (SGD; 0.01 in the reference's Llama scripts).
+    /// BLoB's KL learning rate (SGD; 0.01 in the reference's Llama scripts; 1e-3 chosen
+    /// on the validation split with the reference's recipe: N = 10 NLL 0.454 against
+    /// 0.457 for 1e-2).
     #[arg(long, default_value_t = 1e-3)]
     kl_lr: f64,
     /// LoRA-Ensemble members (each with rank 8 adapters on query, key, value and the
