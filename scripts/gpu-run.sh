@@ -46,7 +46,7 @@ for d in dirs:
     for lib in sorted(glob.glob(os.path.join(d, "nvidia", "*", "lib"))):
         print(lib)
 EOF
-    ldconfig -p 2>/dev/null | awk -F'=> ' '/=>/ {print $2}' | xargs -r -n1 dirname | sort -u
+    ldconfig -p 2>/dev/null | awk -F'=> ' '/=>/ {print $2}' | xargs -r -n1 dirname 2>/dev/null | sort -u
 }
 
 {
@@ -56,7 +56,7 @@ EOF
     for lib in libcuda.so.1 libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libcurand.so.10 libnvrtc.so.13; do
         if [ "$lib" = libcuda.so.1 ]; then
             dir=$( (tr ':' '\n' <<<"${LD_LIBRARY_PATH:-}"; echo /usr/local/nvidia/lib64
-                ldconfig -p 2>/dev/null | awk -F'=> ' '/libcuda.so.1/ {print $2}' | xargs -r -n1 dirname) |
+                ldconfig -p 2>/dev/null | awk -F'=> ' '/libcuda.so.1/ {print $2}' | xargs -r -n1 dirname 2>/dev/null) |
                 find_lib "$lib")
         else
             dir=$(candidates | find_lib "$lib")
