@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, TensorId, Var};
+use candle_core::{TensorId, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 
@@ -354,16 +354,7 @@ impl Blob {
     fn check_finite(&self, grads: &GradStore) -> Result<()> {
         for (i, v) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(v) else { continue };
-            let finite = if g.dtype() == DType::F32
-                && g.is_contiguous()
-                && crate::kernels::fused_on(g.device())
-            {
-                crate::kernels::all_finite(g)?
-            } else {
-                let s = (g * 0.0)?.sum_all()?.to_dtype(DType::F64)?;
-                s.to_scalar::<f64>()? == 0.0
-            };
-            if !finite {
+            if !crate::kernels::all_finite(g)? {
                 return Err(Error::NonFiniteGradient {
                     group: 0,
                     var: i,

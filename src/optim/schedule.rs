@@ -67,8 +67,22 @@ impl Schedule {
 
     /// Checks the step counts: `warmup_steps <= total_steps`, `total_steps > 0`.
     pub fn validate(&self) -> Result<()> {
+        match self.steps() {
+            Some((warmup_steps, total_steps)) if total_steps == 0 || warmup_steps > total_steps => {
+                Err(Error::InvalidConfig {
+                    field: "warmup_steps",
+                    value: format!("{warmup_steps} of {total_steps} steps"),
+                    expected: "total_steps > 0 and warmup_steps <= total_steps",
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `(warmup_steps, total_steps)`; none for a constant rate.
+    fn steps(&self) -> Option<(u64, u64)> {
         match *self {
-            Schedule::Constant => Ok(()),
+            Schedule::Constant => None,
             Schedule::LinearWarmupDecay {
                 warmup_steps,
                 total_steps,
@@ -76,31 +90,14 @@ impl Schedule {
             | Schedule::Cosine {
                 warmup_steps,
                 total_steps,
-            } => {
-                if total_steps == 0 || warmup_steps > total_steps {
-                    return Err(Error::InvalidConfig {
-                        field: "warmup_steps",
-                        value: format!("{warmup_steps} of {total_steps} steps"),
-                        expected: "total_steps > 0 and warmup_steps <= total_steps",
-                    });
-                }
-                Ok(())
-            }
+            } => Some((warmup_steps, total_steps)),
         }
     }
 
     /// The factor of the base rate at `step` (counted from 0, the first step).
     pub fn factor(&self, step: u64) -> f64 {
-        let (warmup_steps, total_steps) = match *self {
-            Schedule::Constant => return 1.0,
-            Schedule::LinearWarmupDecay {
-                warmup_steps,
-                total_steps,
-            }
-            | Schedule::Cosine {
-                warmup_steps,
-                total_steps,
-            } => (warmup_steps, total_steps),
+        let Some((warmup_steps, total_steps)) = self.steps() else {
+            return 1.0;
         };
         if step < warmup_steps {
             return step as f64 / warmup_steps as f64;

@@ -189,7 +189,7 @@ impl Ivon {
                 };
                 let (mean, hess, momentum) =
                     (required("mean")?, required("hess")?, required("momentum")?);
-                if !super::math::all_finite(&mean)? || !super::math::all_finite(&hess)? {
+                if !crate::kernels::all_finite(&mean)? || !crate::kernels::all_finite(&hess)? {
                     return Err(bad(format!(
                         "group {gi}, var {vi}: the mean or Hessian holds NaN or Inf"
                     )));

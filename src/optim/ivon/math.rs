@@ -119,9 +119,3 @@ pub(super) fn mean(
 pub(super) fn posterior_std(h: &Tensor, s: &GroupSettings) -> Result<Tensor> {
     Ok(((h + s.weight_decay)? * s.ess)?.sqrt()?.recip()?)
 }
-
-/// Whether every element is finite: `0 * x` is 0 for finite x and NaN otherwise.
-pub(super) fn all_finite(t: &Tensor) -> Result<bool> {
-    let s = (t * 0.0)?.sum_all()?.to_dtype(candle_core::DType::F64)?;
-    Ok(s.to_scalar::<f64>()? == 0.0)
-}

@@ -61,14 +61,7 @@ impl Ivon {
     fn check_finite(&mut self, grads: &[Vec<Tensor>]) -> Result<bool> {
         for (gi, gs) in grads.iter().enumerate() {
             for (vi, g) in gs.iter().enumerate() {
-                let finite = if kernels::fused_on(&self.device)
-                    && g.dtype() == DType::F32
-                    && g.is_contiguous()
-                {
-                    kernels::all_finite(g)?
-                } else {
-                    math::all_finite(g)?
-                };
+                let finite = kernels::all_finite(g)?;
                 if finite {
                     continue;
                 }
