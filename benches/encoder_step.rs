@@ -1,7 +1,9 @@
 //! One LoRA training step's forward and backward pass through an encoder of
 //! all-MiniLM-L6-v2's shape (6 layers, hidden 384, 12 heads, random frozen weights, rank 8
 //! adapters on query and value), at the fine-tuning example's batch of 32 sentences padded
-//! to 48 tokens, and the detached forward pass that prediction runs.
+//! to 48 tokens, and the detached forward pass that prediction runs. Then whole training
+//! steps (forward, backward, optimizer) as the fine-tuning example takes them, measured
+//! in the same run: LoRA with AdamW, LoRA with IVON, and BLoB adapters with `optim::Blob`.
 //!
 //! `cargo bench --bench encoder_step`
 
@@ -9,39 +11,47 @@
 mod minilm_shape;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{loss, VarBuilder, VarMap};
+use candle_nn::{loss, AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion};
-use varlora::lora::LoraConfig;
+use varlora::lora::{BlobConfig, BlobSampler, LoraConfig};
 use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertEncoder};
+use varlora::optim::{Blob, BlobOptimConfig, Ivon, IvonConfig};
 
 const BATCH: usize = 32;
 const TOKENS: usize = 48;
 
-fn encoder_step(c: &mut Criterion) {
-    varlora::alloc::keep_freed_memory();
-    let dev = Device::Cpu;
+/// A classifier of MiniLM's shape with `spec` on query and value, its adapters in
+/// `adapters`.
+fn model_of(spec: &AdapterSpec, adapters: &VarMap, dev: &Device) -> BertClassifier {
     let config = minilm_shape::config();
-    let adapters = VarMap::new();
     let encoder = BertEncoder::load(
         VarBuilder::from_tensors(
-            minilm_shape::frozen_weights(&config, &dev).unwrap(),
+            minilm_shape::frozen_weights(&config, dev).unwrap(),
             DType::F32,
-            &dev,
+            dev,
         ),
-        VarBuilder::from_varmap(&adapters, DType::F32, &dev),
+        VarBuilder::from_varmap(adapters, DType::F32, dev),
         &config,
-        Some(&AdapterSpec::Lora(
-            LoraConfig::new(8).alpha(16.0).dropout(0.1),
-        )),
+        Some(spec),
         AdapterTargets::default(),
     )
     .unwrap();
     let model = BertClassifier::new(
         encoder,
         2,
-        VarBuilder::from_varmap(&adapters, DType::F32, &dev),
+        VarBuilder::from_varmap(adapters, DType::F32, dev),
     )
     .unwrap();
+    model.init(0).unwrap();
+    model
+}
+
+fn encoder_step(c: &mut Criterion) {
+    varlora::alloc::keep_freed_memory();
+    let dev = Device::Cpu;
+    let lora = LoraConfig::new(8).alpha(16.0).dropout(0.1);
+    let adapters = VarMap::new();
+    let model = model_of(&AdapterSpec::Lora(lora.clone()), &adapters, &dev);
     let ids: Vec<u32> = (0..BATCH * TOKENS).map(|i| (i * 7 % 1000) as u32).collect();
     let ids = Tensor::from_vec(ids, (BATCH, TOKENS), &dev).unwrap();
     let types = ids.zeros_like().unwrap();
@@ -68,6 +78,36 @@ fn encoder_step(c: &mut Criterion) {
     let detached = model.detach();
     group.bench_function("eval_forward", |b| {
         b.iter(|| detached.forward_t(&ids, &types, &mask, false).unwrap());
+    });
+
+    let nll = |m: &BertClassifier| {
+        loss::cross_entropy(&m.forward_t(&ids, &types, &mask, true).unwrap(), &labels).unwrap()
+    };
+    let params = ParamsAdamW {
+        lr: 1e-4,
+        weight_decay: 0.0,
+        ..Default::default()
+    };
+    let mut adamw = AdamW::new(adapters.all_vars(), params).unwrap();
+    group.bench_function("adamw_lora_step", |b| {
+        b.iter(|| adamw.backward_step(&nll(&model)).unwrap());
+    });
+
+    let ivon_vars = VarMap::new();
+    let ivon_model = model_of(&AdapterSpec::Lora(lora.clone()), &ivon_vars, &dev);
+    let mut ivon = Ivon::from_varmap(&ivon_vars, IvonConfig::new(0.03, 3200.0)).unwrap();
+    group.bench_function("ivon_lora_step", |b| {
+        b.iter(|| ivon.backward_step(&nll(&ivon_model)).unwrap());
+    });
+
+    let blob_vars = VarMap::new();
+    let blob_spec = AdapterSpec::Blob(BlobConfig::new(lora.dropout(0.0)), BlobSampler::new(0));
+    let blob_model = model_of(&blob_spec, &blob_vars, &dev);
+    let layers = blob_model.encoder().blob_layers().unwrap();
+    let config = BlobOptimConfig::new(3200, BATCH).lr(1e-4).kl_lr(1e-3);
+    let mut blob = Blob::new(blob_vars.all_vars(), layers, config).unwrap();
+    group.bench_function("blob_step", |b| {
+        b.iter(|| blob.backward_step(&nll(&blob_model)).unwrap());
     });
     group.finish();
 }

@@ -11,7 +11,7 @@ mod common;
 
 use candle_core::{DType, Device, Module, ModuleT, Tensor};
 use candle_nn::{linear, loss, AdamW, Linear, Optimizer, VarBuilder, VarMap};
-use varlora::lora::{BayesianLoraLinear, BlobConfig, BlobSampler, LoraConfig};
+use varlora::lora::{Adapter, BayesianLoraLinear, BlobConfig, BlobSampler, LoraConfig};
 use varlora::metrics;
 use varlora::optim::{Blob, BlobOptimConfig, Ivon, IvonConfig, Schedule, Scheduled};
 use varlora::predict::{predictive, predictive_at_point, PointMass, Posterior, Predictive};
@@ -125,23 +125,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let frozen = Linear::new(w0.copy()?, None);
     let lora = LoraConfig::new(8).alpha(16.0);
     let fc2 = BayesianLoraLinear::new(frozen, BlobConfig::new(lora), vb.pp("fc2"), &sampler)?;
-    let blob_model = BlobMlp { fc1, fc2 };
-    // Seeded: fc1 and M as U(-1/8, 1/8) (both have 64 inputs), then G and B set back to
-    // BLoB's init, U(eps / sqrt 2, eps) with eps = 0.05, and zero.
+    // Seeded: fc1 U(-1/8, 1/8) as the MLP's layers, then the adapter as the reference
+    // initialises it (M Kaiming-uniform, G U(eps / sqrt 2, eps), B zero).
     common::seeded_init(&blob_vars, 0.125, SEED, &dev)?;
-    {
-        let data = blob_vars.data().lock().map_err(|_| "poisoned")?;
-        let g = &data["fc2.lora_a_g"];
-        let gvars = VarMap::new();
-        let gt = VarBuilder::from_varmap(&gvars, DType::F32, &dev).get(g.shape(), "g")?;
-        common::seeded_init(&gvars, 1.0, SEED + 2, &dev)?;
-        let eps = 0.05f64;
-        let lo = eps / 2f64.sqrt();
-        // U(-1, 1) -> U(lo, eps).
-        g.set(&(((gt.copy()? + 1.0)? * ((eps - lo) / 2.0))? + lo)?)?;
-        let b = &data["fc2.lora_b"];
-        b.set(&b.zeros_like()?)?;
-    }
+    fc2.init(SEED)?;
+    let blob_model = BlobMlp { fc1, fc2 };
     // BLoB's optimizer: AdamW on the NLL, SGD on the reweighted KL, both rates on the
     // reference's linear schedule with 6% warm-up.
     let steps = batches.len() as u64;

@@ -8,8 +8,9 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::bert::{BertModel, Config};
-use varlora::lora::{BlobConfig, BlobSampler, LoraConfig};
+use varlora::lora::{AdapterBuilder, BlobConfig, BlobSampler, LoraConfig};
 use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
+use varlora::predict::Posterior;
 
 const TINY: &str = r#"{
     "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -73,6 +74,7 @@ fn tiny_encoder(spec: Option<&AdapterSpec>, targets: AdapterTargets) -> (BertEnc
     let varmap = VarMap::new();
     let base = VarBuilder::from_tensors(weights, DType::F32, &dev);
     let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let spec = spec.map(|s| s as &dyn AdapterBuilder);
     let encoder = BertEncoder::load(base, adapters, &config, spec, targets).unwrap();
     (encoder, varmap)
 }
@@ -158,7 +160,7 @@ fn matches_candle_transformers_bert_with_inert_adapters() {
             base,
             adapters,
             &ours_config,
-            spec.as_ref(),
+            spec.as_ref().map(|s| s as &dyn AdapterBuilder),
             AdapterTargets::default(),
         )
         .unwrap();
@@ -412,5 +414,81 @@ fn detached_copy_shares_weights_without_tracking() {
     let grads = after.sum_all().unwrap().backward().unwrap();
     for var in varmap.all_vars() {
         assert!(grads.get(var.as_tensor()).is_none());
+    }
+}
+
+/// BLoB on every target of the encoder, with `B` != 0: at the mean it computes what the
+/// LoRA encoder with `A = M` and the same `B` computes (seeded init gives LoRA's `A` and
+/// BLoB's `M` the same draws, as both are PEFT's `lora_a`); sampling, sample `k` repeats
+/// and differs from the mean and from sample `k + 1`; and the training loss's gradient
+/// reaches `M`, `G` and `B` of every layer.
+#[test]
+fn blob_in_the_encoder_samples_around_the_lora_mean() {
+    let dev = Device::Cpu;
+    let build = |spec: &AdapterSpec, varmap: &VarMap| {
+        let encoder = BertEncoder::load(
+            VarBuilder::from_tensors(
+                frozen_weights(&serde_json::from_str(TINY).unwrap()),
+                DType::F32,
+                &dev,
+            ),
+            VarBuilder::from_varmap(varmap, DType::F32, &dev),
+            &serde_json::from_str(TINY).unwrap(),
+            Some(spec),
+            ALL_TARGETS,
+        )
+        .unwrap();
+        let model = BertClassifier::new(
+            encoder,
+            3,
+            VarBuilder::from_varmap(varmap, DType::F32, &dev),
+        )
+        .unwrap();
+        model.init(8).unwrap();
+        randomize_lora_b(varmap, 0.2);
+        model
+    };
+    let (lora_vars, blob_vars) = (VarMap::new(), VarMap::new());
+    let lora = build(&AdapterSpec::Lora(LoraConfig::new(2)), &lora_vars);
+    let mut sampler = BlobSampler::new(3);
+    let blob = build(
+        &AdapterSpec::Blob(BlobConfig::new(LoraConfig::new(2)), sampler.clone()),
+        &blob_vars,
+    );
+    let (ids, types, mask) = inputs();
+    let logits = |m: &BertClassifier| m.forward_t(&ids, &types, &mask, false).unwrap();
+    let want = logits(&lora);
+    let mean = sampler.with_point_estimate(|| Ok(logits(&blob))).unwrap();
+    assert!(
+        rel_error(&mean, &want) < 1e-6,
+        "{}",
+        rel_error(&mean, &want)
+    );
+
+    let sample = |k| {
+        sampler
+            .clone()
+            .with_posterior_sample(k, || Ok(logits(&blob)))
+            .unwrap()
+    };
+    let (s0, s1) = (sample(0), sample(1));
+    assert_eq!(rel_error(&sample(0), &s0), 0.0);
+    assert!(rel_error(&s0, &mean) > 1e-4 && rel_error(&s0, &s1) > 1e-4);
+
+    assert_eq!(blob.encoder().blob_layers().unwrap().len(), 2 * 6);
+    let y = Tensor::new(&[0u32, 2], &dev).unwrap();
+    let train_logits = blob.forward_t(&ids, &types, &mask, true).unwrap();
+    let grads = candle_nn::loss::cross_entropy(&train_logits, &y)
+        .unwrap()
+        .backward()
+        .unwrap();
+    let data = blob_vars.data().lock().unwrap();
+    assert_eq!(data.len(), 2 * 6 * 3 + 2);
+    for (name, var) in data.iter() {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert!(norm > 0.0, "zero gradient for {name}");
     }
 }

@@ -292,3 +292,98 @@ fn mean_output_is_the_lora_update_of_the_means() {
         }
     }
 }
+
+/// Flipout draws one `E` per forward, shared by every example and token, and signs per
+/// row. With `B` = the first `RANK` unit vectors, scale 2 and input row `n` = `e_j`, row
+/// `n`'s noise is `2 s_n[k] r_n[j] E[k, j]` in output `k < RANK` and 0 in the last: its
+/// magnitude `2 |E[k, j]|` is the same for every row with the same `j`, while the signs
+/// vary. A layer that drew `E` per example (or per token) would break the magnitudes.
+#[test]
+fn one_noise_draw_per_forward_shared_by_every_row() {
+    let dev = Device::Cpu;
+    let mut sampler = BlobSampler::new(12);
+    let b = [1.0, 0.0, 0.0, 1.0, 0.0, 0.0];
+    let (layer, _) = layer(&sampler, &M, &G, &b);
+    let (batch, tokens) = (4, 8);
+    let rows: Vec<f64> = (0..batch * tokens)
+        .flat_map(|n| (0..IN).map(move |i| if i == n % IN { 1.0 } else { 0.0 }))
+        .collect();
+    let x = Tensor::from_vec(rows, (batch, tokens, IN), &dev).unwrap();
+    let flat = |y: Tensor| {
+        y.reshape((batch * tokens, OUT))
+            .unwrap()
+            .to_vec2::<f64>()
+            .unwrap()
+    };
+    let mean = flat(
+        sampler
+            .with_point_estimate(|| layer.forward_t(&x, false))
+            .unwrap(),
+    );
+    let noise_of = |y: Vec<Vec<f64>>| -> Vec<Vec<f64>> {
+        y.iter()
+            .zip(&mean)
+            .map(|(s, m)| s.iter().zip(m).map(|(s, m)| s - m).collect())
+            .collect()
+    };
+    let first = noise_of(flat(layer.forward_t(&x, false).unwrap()));
+    let second = noise_of(flat(layer.forward_t(&x, false).unwrap()));
+    for noise in [&first, &second] {
+        let mut signs = std::collections::HashSet::new();
+        for (n, row) in noise.iter().enumerate() {
+            let j = n % IN;
+            assert_eq!(row[OUT - 1], 0.0, "B's last row is zero");
+            for k in 0..RANK {
+                let want = noise[j][k].abs();
+                assert!(
+                    (row[k].abs() - want).abs() < 1e-12,
+                    "row {n}, output {k}: |noise| {} but row {j} has {want}",
+                    row[k].abs()
+                );
+                assert!(want > 0.0);
+            }
+            signs.insert((j, row[0] > 0.0, row[1] > 0.0));
+        }
+        assert!(signs.len() > IN, "the Flipout signs vary between rows");
+    }
+    // A fresh E per forward.
+    assert_ne!(first[0][0].abs(), second[0][0].abs());
+}
+
+/// Clones share the mode and the stream, but each call keeps what it must restore: a
+/// point estimate taken through one clone inside a posterior sample of another leaves
+/// the sample, and afterwards the training mode and stream, as they were.
+#[test]
+fn nested_calls_through_clones_restore_their_own_state() {
+    let dev = Device::Cpu;
+    let x = Tensor::from_vec(vec![0.5f64, -1.0, 2.0, 0.25], (1, IN), &dev).unwrap();
+    let untouched = BlobSampler::new(21);
+    let (reference, _) = layer(&untouched, &M, &G, &B);
+    let mut outer = BlobSampler::new(21);
+    let mut inner = outer.clone();
+    let (layer, _) = layer(&outer, &M, &G, &B);
+    let f = || layer.forward_t(&x, false)?.flatten_all()?.to_vec1::<f64>();
+    let direct = outer.with_posterior_sample(2, f).unwrap();
+    let point = inner.with_point_estimate(f).unwrap();
+    let (nested_point, nested_sample) = outer
+        .with_posterior_sample(2, || {
+            let p = inner
+                .with_point_estimate(f)
+                .map_err(candle_core::Error::wrap)?;
+            Ok((p, f()?))
+        })
+        .unwrap();
+    assert_eq!(nested_point, point);
+    assert_eq!(nested_sample, direct, "the sample resumes where it was");
+    assert!(inner.is_sampling().unwrap() && outer.is_sampling().unwrap());
+    let want = reference
+        .forward_t(&x, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    assert_eq!(
+        f().unwrap(),
+        want.to_vec1::<f64>().unwrap(),
+        "the stream is back"
+    );
+}

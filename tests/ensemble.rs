@@ -6,7 +6,9 @@ use common::{max_abs_diff, randn};
 
 use candle_core::{DType, Device, Module, Tensor, Var};
 use candle_nn::{loss, AdamW, Linear, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use varlora::ensemble::{distillation_loss, laplace_nll, laplace_predictive, LoraEnsembleLinear};
+use varlora::ensemble::{
+    distillation_loss, laplace_nll, laplace_predictive, laplace_samples, LoraEnsembleLinear,
+};
 use varlora::metrics::auroc;
 use varlora::predict::predictive_from_samples;
 
@@ -201,4 +203,110 @@ fn student_mutual_information_ranks_ood_above_in_distribution() {
     )
     .unwrap();
     assert!(score > 0.9, "student MI AUROC {score}");
+}
+
+fn log_softmax(z: &[f64]) -> Vec<f64> {
+    let max = z.iter().cloned().fold(f64::MIN, f64::max);
+    let lse = max + z.iter().map(|x| (x - max).exp()).sum::<f64>().ln();
+    z.iter().map(|x| x - lse).collect()
+}
+
+/// The distillation loss summed out by hand from its definition: per example, the mean
+/// over members of `KL(softmax(z_m / T) || softmax(mu))`, plus the weighted Laplace NLL
+/// of the tempered log-probabilities; then the mean over examples.
+#[test]
+fn distillation_loss_matches_a_hand_computed_value() {
+    let dev = Device::Cpu;
+    let (n, v, t) = (2, 3, 2.0);
+    let mu = [0.3, -1.2, 0.5, -0.4, 0.0, 1.1];
+    let log_b = [-0.5, 0.2, 0.0, 0.3, -1.0, 0.4];
+    let z = [
+        [1.0, -0.5, 2.0, 0.2, 0.1, -1.5],
+        [-0.3, 0.8, 1.4, 2.2, -0.7, 0.0],
+    ];
+    let tensor = |x: &[f64], shape: &[usize]| Tensor::from_vec(x.to_vec(), shape, &dev).unwrap();
+    let members = tensor(&z.concat(), &[2, n, v]);
+    for weight in [0.0, 0.7] {
+        let got: f64 = distillation_loss(
+            &tensor(&mu, &[n, v]),
+            &tensor(&log_b, &[n, v]),
+            &members,
+            t,
+            weight,
+        )
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+        let mut want = 0.0;
+        for i in 0..n {
+            let row = i * v..(i + 1) * v;
+            let log_q = log_softmax(&mu[row.clone()]);
+            let targets: Vec<Vec<f64>> = z
+                .iter()
+                .map(|zm| log_softmax(&zm[row.clone()].iter().map(|x| x / t).collect::<Vec<_>>()))
+                .collect();
+            let kl: f64 = targets
+                .iter()
+                .map(|l| (0..v).map(|c| l[c].exp() * (l[c] - log_q[c])).sum::<f64>())
+                .sum::<f64>()
+                / 2.0;
+            let laplace: f64 = (0..v)
+                .map(|c| {
+                    let (m, lb) = (mu[i * v + c], log_b[i * v + c]);
+                    let dev = targets.iter().map(|l| (l[c] - m).abs()).sum::<f64>() / 2.0;
+                    dev / lb.exp() + lb + 2f64.ln()
+                })
+                .sum();
+            want += (kl + weight * laplace) / n as f64;
+        }
+        assert!(
+            (got - want).abs() < 1e-12,
+            "weight {weight}: {got} vs {want}"
+        );
+    }
+}
+
+/// The student's logit samples follow Laplace(mu, b): median and mean `mu`, mean absolute
+/// deviation `b`, and `P(|x - mu| > 2b) = e^-2`.
+#[test]
+fn laplace_samples_have_the_laplace_location_and_scale() {
+    let dev = Device::Cpu;
+    let (mu, b) = ([1.5f64, -2.0], [0.5f64, 2.0]);
+    let log_b: Vec<f64> = b.iter().map(|x| x.ln()).collect();
+    let n = 40_000;
+    let draws = laplace_samples(
+        &Tensor::new(&[mu], &dev).unwrap(),
+        &Tensor::from_vec(log_b, (1, 2), &dev).unwrap(),
+        n,
+        7,
+    )
+    .unwrap()
+    .reshape((n, 2))
+    .unwrap()
+    .to_vec2::<f64>()
+    .unwrap();
+    for c in 0..2 {
+        let mut x: Vec<f64> = draws.iter().map(|row| row[c]).collect();
+        let mean = x.iter().sum::<f64>() / n as f64;
+        // Laplace(mu, b) has variance 2 b^2, and |x - mu| has mean b and variance b^2.
+        let se = b[c] * (2.0 / n as f64).sqrt();
+        assert!((mean - mu[c]).abs() < 5.0 * se, "mean {mean}");
+        let mad = x.iter().map(|x| (x - mu[c]).abs()).sum::<f64>() / n as f64;
+        assert!(
+            (mad - b[c]).abs() < 5.0 * b[c] / (n as f64).sqrt(),
+            "scale {mad}"
+        );
+        let tail = x.iter().filter(|x| (*x - mu[c]).abs() > 2.0 * b[c]).count() as f64 / n as f64;
+        let p = (-2f64).exp();
+        assert!(
+            (tail - p).abs() < 5.0 * (p * (1.0 - p) / n as f64).sqrt(),
+            "tail {tail}"
+        );
+        x.sort_by(f64::total_cmp);
+        assert!(
+            (x[n / 2] - mu[c]).abs() < 0.03 * b[c],
+            "median {}",
+            x[n / 2]
+        );
+    }
 }

@@ -45,6 +45,12 @@ impl Student {
         Ok(Self { encoder, head })
     }
 
+    /// Seeds the adapters and the heads (see `varlora::lora::Adapter::init`).
+    pub fn init(&self, seed: u64) -> varlora::Result<()> {
+        self.encoder.init(seed)?;
+        self.head.init(seed)
+    }
+
     /// `(mu, log b)` of the Laplace over the batch's logits.
     pub fn forward_t(&self, b: &Batch, train: bool) -> varlora::Result<(Tensor, Tensor)> {
         let h = self

@@ -189,51 +189,6 @@ fn sorted_vars(
     Ok(named.into_iter().map(|(_, v)| v.clone()).collect())
 }
 
-/// Re-initialises the trainable tensors from `seed` (candle's own initialisers are not
-/// seedable on the CPU), with the distributions the layers use: LoRA's `A`, heads and
-/// biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (fan_in of a bias: the hidden size), a
-/// LoRA-Ensemble's `A` Xavier-uniform with gain 10, BLoB's `G` U(eps / sqrt 2, eps) with
-/// eps = 0.05, `B` zero.
-fn seeded_init(
-    varmap: &VarMap,
-    seed: u64,
-    hidden: usize,
-    ensemble: bool,
-) -> Result<(), Box<dyn std::error::Error>> {
-    use rand_distr::{Distribution, Uniform};
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x1417);
-    let data = varmap.data().lock().map_err(|_| "poisoned")?;
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    for name in names {
-        let var = &data[name];
-        let dims = var.dims();
-        let fan_in = *dims.last().ok_or("scalar var")? as f32;
-        let (lo, hi) = if name.ends_with("lora_b") {
-            (0.0, 0.0)
-        } else if name.ends_with("lora_a_g") {
-            (0.05 / 2f32.sqrt(), 0.05)
-        } else if ensemble && name.ends_with("lora_a") {
-            let rank = dims[dims.len() - 2] as f32;
-            let bound = 10.0 * (6.0 / (fan_in + rank)).sqrt();
-            (-bound, bound)
-        } else if name.ends_with("bias") {
-            let h = hidden as f32;
-            (-1.0 / h.sqrt(), 1.0 / h.sqrt())
-        } else {
-            (-1.0 / fan_in.sqrt(), 1.0 / fan_in.sqrt())
-        };
-        let values: Vec<f32> = if lo == hi {
-            vec![lo; var.elem_count()]
-        } else {
-            let u = Uniform::new(lo, hi)?;
-            (0..var.elem_count()).map(|_| u.sample(&mut rng)).collect()
-        };
-        var.set(&Tensor::from_vec(values, var.shape(), var.device())?)?;
-    }
-    Ok(())
-}
-
 /// The predictive on every OOD set, with the set's name.
 fn on_ood_sets(
     sets: &[(&'static str, Vec<Batch>)],
@@ -371,12 +326,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         targets,
     )?;
     let model = BertClassifier::new(encoder, 2, adapters)?;
-    seeded_init(
-        &varmap,
-        args.seed,
-        config.hidden_size,
-        method == Method::LoraEnsemble,
-    )?;
+    model.init(args.seed)?;
 
     let steps_per_epoch = split.train.len() / args.batch;
     let total = steps_per_epoch * args.epochs;
@@ -518,7 +468,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         let student_vars = VarMap::new();
         let student = distill::Student::new(base, &student_vars, &config, lora, &dev)?;
-        seeded_init(&student_vars, args.seed ^ 0x5eed, config.hidden_size, false)?;
+        student.init(args.seed ^ 0x5eed)?;
         let schedule = distill::Schedule {
             epochs: args.student_epochs,
             batch: args.batch,

@@ -5,6 +5,7 @@
 use candle_core::{Module, Tensor, D};
 use candle_nn::{linear, Linear, VarBuilder};
 
+use crate::lora::{kaiming_uniform_bound, set_uniform, var_name};
 use crate::noise::PhiloxNormal;
 use crate::predict::{predictive_from_samples, Predictive};
 use crate::{Error, Result};
@@ -15,6 +16,7 @@ use crate::{Error, Result};
 pub struct LaplaceHead {
     mu: Linear,
     log_scale: Linear,
+    prefix: String,
 }
 
 impl LaplaceHead {
@@ -23,7 +25,28 @@ impl LaplaceHead {
         Ok(Self {
             mu: linear(hidden, classes, vb.pp("mu"))?,
             log_scale: linear(hidden, classes, vb.pp("log_scale"))?,
+            prefix: vb.prefix(),
         })
+    }
+
+    /// Sets both heads' weights and biases to U(-1/sqrt(hidden), 1/sqrt(hidden)) draws
+    /// (PyTorch's `nn.Linear` init) seeded by `seed` and the var names.
+    pub fn init(&self, seed: u64) -> Result<()> {
+        let bound = kaiming_uniform_bound(self.mu.weight().dim(1)?);
+        for (head, name) in [(&self.mu, "mu"), (&self.log_scale, "log_scale")] {
+            let head_name = var_name(&self.prefix, name);
+            set_uniform(
+                head.weight(),
+                &var_name(&head_name, "weight"),
+                seed,
+                -bound,
+                bound,
+            )?;
+            if let Some(bias) = head.bias() {
+                set_uniform(bias, &var_name(&head_name, "bias"), seed, -bound, bound)?;
+            }
+        }
+        Ok(())
     }
 
     /// A copy for inference without gradient tracking, sharing the weights (see
@@ -33,6 +56,7 @@ impl LaplaceHead {
         Self {
             mu: detach(&self.mu),
             log_scale: detach(&self.log_scale),
+            prefix: self.prefix.clone(),
         }
     }
 
@@ -91,18 +115,33 @@ pub fn laplace_nll(mu: &Tensor, log_scale: &Tensor, targets: &Tensor) -> Result<
         .sum(D::Minus1)?)
 }
 
-/// The predictive of one student forward: `samples` logit vectors drawn from
-/// `Laplace(mu, b)` (each coordinate as `b (z1 z2 - z3 z4) + mu` with standard-normal `z`,
-/// which is Laplace(0, 1)), averaged as any posterior's samples.
-pub fn laplace_predictive(
+/// `samples` logit vectors `(samples, n, V)` drawn from `Laplace(mu, b)`, `b =
+/// exp(log_scale)`: each coordinate as `b (z1 z2 - z3 z4) + mu` with standard-normal `z`
+/// (the difference of two products of normals is Laplace(0, 1)), seeded by `seed`.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let mu = Tensor::new(&[[1f32, -1.]], &Device::Cpu)?;
+/// let log_b = Tensor::new(&[[0f32, -2.]], &Device::Cpu)?;
+/// let z = varlora::ensemble::laplace_samples(&mu, &log_b, 16, 0)?;
+/// assert_eq!(z.dims(), &[16, 1, 2]);
+/// # Ok::<(), varlora::Error>(())
+/// ```
+pub fn laplace_samples(
     mu: &Tensor,
     log_scale: &Tensor,
     samples: usize,
     seed: u64,
-) -> Result<Predictive> {
+) -> Result<Tensor> {
     let (n, v) = mu.dims2()?;
     if samples == 0 {
         return Err(Error::InvalidInput("samples must be at least 1".into()));
+    }
+    if log_scale.dims() != [n, v] {
+        return Err(Error::InvalidInput(format!(
+            "log_scale {:?} must have mu's shape [{n}, {v}]",
+            log_scale.dims()
+        )));
     }
     let count = samples * n * v;
     let mut z = vec![0f32; 4 * count];
@@ -112,6 +151,16 @@ pub fn laplace_predictive(
         .map(|q| q[0] * q[1] - q[2] * q[3])
         .collect();
     let unit = Tensor::from_vec(unit, (samples, n, v), mu.device())?.to_dtype(mu.dtype())?;
-    let logits = unit.broadcast_mul(&log_scale.exp()?)?.broadcast_add(mu)?;
-    predictive_from_samples(&logits, false)
+    Ok(unit.broadcast_mul(&log_scale.exp()?)?.broadcast_add(mu)?)
+}
+
+/// The predictive of one student forward: [`laplace_samples`] averaged as any
+/// posterior's samples.
+pub fn laplace_predictive(
+    mu: &Tensor,
+    log_scale: &Tensor,
+    samples: usize,
+    seed: u64,
+) -> Result<Predictive> {
+    predictive_from_samples(&laplace_samples(mu, log_scale, samples, seed)?, false)
 }

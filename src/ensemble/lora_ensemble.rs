@@ -1,9 +1,12 @@
 //! LoRA-Ensemble (Halbheer, Muhlematter et al., 2024; reference prs-eth/LoRA-Ensemble).
 
+use std::sync::Arc;
+
 use candle_core::{Module, Tensor};
 use candle_nn::{init::Init, Linear, VarBuilder};
 
 use crate::kernels::encoder::FrozenLinear;
+use crate::lora::{set_uniform, var_name, Adapter};
 use crate::{Error, Result};
 
 /// `M` LoRA adapters on one frozen `Linear`, all applied in one forward pass:
@@ -36,6 +39,13 @@ pub struct LoraEnsembleLinear {
     a: Tensor,
     b: Tensor,
     members: usize,
+    prefix: String,
+}
+
+/// Xavier-uniform's bound for a member's `(r, in)` matrix with gain 10, the reference's
+/// init of `A`: `10 sqrt(6 / (in + r))`.
+fn xavier_bound(in_dim: usize, rank: usize) -> f64 {
+    10.0 * (6.0 / (in_dim + rank) as f64).sqrt()
 }
 
 impl LoraEnsembleLinear {
@@ -50,8 +60,7 @@ impl LoraEnsembleLinear {
             });
         }
         let (out_dim, in_dim) = base.weight().dims2()?;
-        // Xavier-uniform of each member's (r, in) matrix: gain * sqrt(6 / (in + r)).
-        let bound = 10.0 * (6.0 / (in_dim + rank) as f64).sqrt();
+        let bound = xavier_bound(in_dim, rank);
         let a = vb.get_with_hints(
             (members, rank, in_dim),
             "lora_a",
@@ -66,6 +75,7 @@ impl LoraEnsembleLinear {
             a,
             b,
             members,
+            prefix: vb.prefix(),
         })
     }
 
@@ -128,5 +138,47 @@ impl Module for LoraEnsembleLinear {
         let last = out_dims.len() - 1;
         out_dims[last] = self.base().weight().dim(0)?;
         (frozen + delta)?.reshape(out_dims)
+    }
+}
+
+impl Adapter for LoraEnsembleLinear {
+    /// Rows are member-major: `(M * batch, ..., in)` is read as `(M, batch * ..., in)`.
+    /// There is no dropout to switch: the reference trains the members without it.
+    fn forward_rows(&self, x: &Tensor, _train: bool) -> candle_core::Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        let (rows, in_dim) = match dims.split_last() {
+            Some((&in_dim, lead)) => (lead.iter().product::<usize>(), in_dim),
+            None => candle_core::bail!("LoRA-Ensemble input is a scalar"),
+        };
+        let m = self.members;
+        if rows % m != 0 {
+            candle_core::bail!("{rows} rows do not split into {m} members");
+        }
+        let y = self.forward(&x.reshape((m, rows / m, in_dim))?)?;
+        let last = dims.len() - 1;
+        dims[last] = y.dim(2)?;
+        y.reshape(dims)
+    }
+
+    fn detach(&self) -> Arc<dyn Adapter> {
+        Arc::new(LoraEnsembleLinear::detach(self))
+    }
+
+    /// As the reference: each member's `A` Xavier-uniform with gain 10, `B` zero.
+    fn init(&self, seed: u64) -> Result<()> {
+        let (_, rank, in_dim) = self.a.dims3()?;
+        let bound = xavier_bound(in_dim, rank);
+        set_uniform(
+            &self.a,
+            &var_name(&self.prefix, "lora_a"),
+            seed,
+            -bound,
+            bound,
+        )?;
+        set_uniform(&self.b, &var_name(&self.prefix, "lora_b"), seed, 0.0, 0.0)
+    }
+
+    fn members(&self) -> usize {
+        self.members
     }
 }

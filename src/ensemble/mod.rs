@@ -4,5 +4,7 @@
 mod distill;
 mod lora_ensemble;
 
-pub use distill::{distillation_loss, laplace_nll, laplace_predictive, LaplaceHead};
+pub use distill::{
+    distillation_loss, laplace_nll, laplace_predictive, laplace_samples, LaplaceHead,
+};
 pub use lora_ensemble::LoraEnsembleLinear;

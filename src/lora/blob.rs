@@ -14,7 +14,8 @@ use candle_core::{DType, ModuleT, Tensor};
 use candle_nn::{init::Init, Dropout, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::LoraConfig;
+use super::init::{kaiming_uniform_bound, set_uniform, var_name};
+use super::{Adapter, LoraConfig};
 use crate::kernels::encoder::FrozenLinear;
 use crate::noise::PhiloxNormal;
 use crate::predict::Posterior;
@@ -308,6 +309,17 @@ pub struct BayesianLoraLinear {
     config: BlobConfig,
     dropout: Dropout,
     sampler: BlobSampler,
+    prefix: String,
+}
+
+/// The range of `G`'s uniform init: U(eps / sqrt 2, eps), so that `S = G^2` starts in
+/// [eps^2 / 2, eps^2]; with the softplus parameterisation (`eps < 0`), U(eps - 1, eps).
+fn g_init_range(eps: f64) -> (f64, f64) {
+    if eps < 0.0 {
+        (eps - 1.0, eps)
+    } else {
+        (eps / 2f64.sqrt(), eps)
+    }
 }
 
 impl BayesianLoraLinear {
@@ -321,7 +333,7 @@ impl BayesianLoraLinear {
         config.validate()?;
         let (out_dim, in_dim) = base.weight().dims2()?;
         let r = config.lora.rank;
-        let bound = 1.0 / (in_dim as f64).sqrt();
+        let bound = kaiming_uniform_bound(in_dim);
         let a_mean = vb.get_with_hints(
             (r, in_dim),
             "lora_a",
@@ -330,12 +342,7 @@ impl BayesianLoraLinear {
                 up: bound,
             },
         )?;
-        let eps = config.bayes_eps;
-        let (lo, up) = if eps < 0.0 {
-            (eps - 1.0, eps)
-        } else {
-            (eps / 2f64.sqrt(), eps)
-        };
+        let (lo, up) = g_init_range(config.bayes_eps);
         let a_g = vb.get_with_hints((r, in_dim), "lora_a_g", Init::Uniform { lo, up })?;
         let b = vb.get_with_hints((out_dim, r), "lora_b", Init::Const(0.0))?;
         Ok(Self {
@@ -346,6 +353,7 @@ impl BayesianLoraLinear {
             b,
             config,
             sampler: sampler.clone(),
+            prefix: vb.prefix(),
         })
     }
 
@@ -408,7 +416,7 @@ impl BayesianLoraLinear {
         })
     }
 
-    /// The Flipout noise term for `x`.
+    /// The Flipout noise term for `x`, with a dropout mask of its own as the reference.
     fn noise(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let dims = x.dims();
         let (lead, in_dim) = dims.split_at(dims.len() - 1);
@@ -452,5 +460,34 @@ impl ModuleT for BayesianLoraLinear {
         } else {
             Ok(mean)
         }
+    }
+}
+
+impl Adapter for BayesianLoraLinear {
+    fn forward_rows(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.forward_t(x, train)
+    }
+
+    fn detach(&self) -> Arc<dyn Adapter> {
+        Arc::new(BayesianLoraLinear::detach(self))
+    }
+
+    /// As the reference: `M` Kaiming-uniform (PEFT's `A`), `G` U(eps / sqrt 2, eps)
+    /// (U(eps - 1, eps) for softplus), `B` zero.
+    fn init(&self, seed: u64) -> Result<()> {
+        let bound = kaiming_uniform_bound(self.a_mean.dim(1)?);
+        let name = |n| var_name(&self.prefix, n);
+        set_uniform(&self.a_mean, &name("lora_a"), seed, -bound, bound)?;
+        let (lo, up) = g_init_range(self.config.bayes_eps);
+        set_uniform(&self.a_g, &name("lora_a_g"), seed, lo, up)?;
+        set_uniform(&self.b, &name("lora_b"), seed, 0.0, 0.0)
+    }
+
+    fn kl(&self) -> Result<Option<Tensor>> {
+        BayesianLoraLinear::kl(self).map(Some)
+    }
+
+    fn posterior_vars(&self) -> Result<Option<BlobLayerVars>> {
+        BayesianLoraLinear::posterior_vars(self).map(Some)
     }
 }

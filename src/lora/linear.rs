@@ -1,9 +1,13 @@
 //! `LoraLinear`: a frozen linear layer plus a trainable low-rank update.
 
+use std::sync::Arc;
+
 use candle_core::{ModuleT, Tensor};
 use candle_nn::{init::Init, Dropout, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::init::{kaiming_uniform_bound, set_uniform, var_name};
+use super::Adapter;
 use crate::kernels::encoder::FrozenLinear;
 use crate::{Error, Result};
 
@@ -89,7 +93,8 @@ impl LoraConfig {
 ///
 /// Only `A` and `B` are created through the `VarBuilder` (name them with `vb.pp(...)`), so
 /// `varmap.all_vars()` hands exactly the adapters to an optimizer; the frozen weight is a
-/// plain tensor.
+/// plain tensor. candle draws `A` from unseeded entropy: call [`Adapter::init`] with a
+/// seed for a reproducible start.
 ///
 /// It implements [`ModuleT`] (`train` switches the dropout), not `Module`, so that generic
 /// code cannot drop the dropout by accident: call `forward_t(&x, false)` to evaluate.
@@ -117,6 +122,7 @@ pub struct LoraLinear {
     config: LoraConfig,
     dropout: Dropout,
     merged: bool,
+    prefix: String,
 }
 
 impl LoraLinear {
@@ -124,7 +130,7 @@ impl LoraLinear {
     pub fn new(base: Linear, config: LoraConfig, vb: VarBuilder) -> Result<Self> {
         config.validate()?;
         let (out_dim, in_dim) = base.weight().dims2()?;
-        let bound = 1.0 / (in_dim as f64).sqrt();
+        let bound = kaiming_uniform_bound(in_dim);
         let a = vb.get_with_hints(
             (config.rank, in_dim),
             "lora_a",
@@ -134,7 +140,9 @@ impl LoraLinear {
             },
         )?;
         let b = vb.get_with_hints((out_dim, config.rank), "lora_b", Init::Const(0.0))?;
-        Self::from_parts(base, a, b, config)
+        let mut layer = Self::from_parts(base, a, b, config)?;
+        layer.prefix = vb.prefix();
+        Ok(layer)
     }
 
     /// A layer from existing adapter tensors, e.g. loaded from a checkpoint.
@@ -158,6 +166,7 @@ impl LoraLinear {
             b,
             config,
             merged: false,
+            prefix: String::new(),
         })
     }
 
@@ -245,5 +254,33 @@ impl ModuleT for LoraLinear {
             return Ok(y);
         }
         y + self.update(x, train)?
+    }
+}
+
+impl Adapter for LoraLinear {
+    fn forward_rows(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.forward_t(x, train)
+    }
+
+    fn detach(&self) -> Arc<dyn Adapter> {
+        Arc::new(LoraLinear::detach(self))
+    }
+
+    /// `A` Kaiming-uniform as PEFT, U(-1/sqrt(in), 1/sqrt(in)); `B` zero.
+    fn init(&self, seed: u64) -> Result<()> {
+        if self.merged {
+            return Err(Error::InvalidState(
+                "the adapter is merged: unmerge it before init",
+            ));
+        }
+        let bound = kaiming_uniform_bound(self.a.dim(1)?);
+        set_uniform(
+            &self.a,
+            &var_name(&self.prefix, "lora_a"),
+            seed,
+            -bound,
+            bound,
+        )?;
+        set_uniform(&self.b, &var_name(&self.prefix, "lora_b"), seed, 0.0, 0.0)
     }
 }

@@ -1,8 +1,12 @@
 //! Low-rank adapters (LoRA, Hu et al. 2021) on frozen linear layers, and their Bayesian
 //! version BLoB.
 
+mod adapter;
 mod blob;
+mod init;
 mod linear;
 
+pub use adapter::{Adapter, AdapterBuilder};
 pub use blob::{kl_period, kl_weight, BayesianLoraLinear, BlobConfig, BlobLayerVars, BlobSampler};
+pub(crate) use init::{kaiming_uniform_bound, set_uniform, var_name};
 pub use linear::{LoraConfig, LoraLinear};

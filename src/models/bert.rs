@@ -6,13 +6,18 @@
 //! norm built from differentiable ops: candle-nn's `LayerNorm` is a fused op without a
 //! backward pass, which would silently stop the gradient at every layer.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Module, ModuleT, Tensor, D};
-use candle_nn::{embedding, linear, Embedding, VarBuilder};
+use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use crate::ensemble::LoraEnsembleLinear;
 use crate::kernels::encoder::{gelu_erf, layer_norm, masked_softmax, FrozenLinear};
-use crate::lora::{BayesianLoraLinear, BlobConfig, BlobSampler, LoraConfig, LoraLinear};
+use crate::lora::{
+    kaiming_uniform_bound, set_uniform, var_name, Adapter, AdapterBuilder, BayesianLoraLinear,
+    BlobConfig, BlobLayerVars, BlobSampler, LoraConfig, LoraLinear,
+};
 use crate::{Error, Result};
 
 /// The fields of a BERT `config.json` the encoder uses.
@@ -82,7 +87,8 @@ impl Default for AdapterTargets {
     }
 }
 
-/// The adapter to put on the targeted layers.
+/// The crate's adapters, to put on the targeted layers; it is an [`AdapterBuilder`], so
+/// an adapter of your own can take its place.
 #[derive(Clone, Debug)]
 pub enum AdapterSpec {
     /// Plain LoRA.
@@ -101,9 +107,18 @@ pub enum AdapterSpec {
     },
 }
 
-impl AdapterSpec {
-    /// The number of ensemble members the encoder carries (1 unless LoRA-Ensemble).
-    pub fn members(&self) -> usize {
+impl AdapterBuilder for AdapterSpec {
+    fn build(&self, base: Linear, vb: VarBuilder) -> Result<Arc<dyn Adapter>> {
+        Ok(match self {
+            AdapterSpec::Lora(c) => Arc::new(LoraLinear::new(base, c.clone(), vb)?),
+            AdapterSpec::Blob(c, s) => Arc::new(BayesianLoraLinear::new(base, c.clone(), vb, s)?),
+            AdapterSpec::Ensemble { members, rank } => {
+                Arc::new(LoraEnsembleLinear::new(base, *members, *rank, vb)?)
+            }
+        })
+    }
+
+    fn members(&self) -> usize {
         match self {
             AdapterSpec::Ensemble { members, .. } => *members,
             _ => 1,
@@ -115,9 +130,7 @@ impl AdapterSpec {
 #[derive(Clone, Debug)]
 enum Proj {
     Frozen(FrozenLinear),
-    Lora(LoraLinear),
-    Blob(BayesianLoraLinear),
-    Ensemble(LoraEnsembleLinear),
+    Adapted(Arc<dyn Adapter>),
 }
 
 impl Proj {
@@ -127,34 +140,26 @@ impl Proj {
         name: &str,
         base: &VarBuilder,
         adapters: &VarBuilder,
-        spec: Option<&AdapterSpec>,
+        builder: Option<&dyn AdapterBuilder>,
     ) -> Result<Self> {
         let frozen = linear(d_in, d_out, base.pp(name))?;
-        Ok(match spec {
+        Ok(match builder {
             None => Proj::Frozen(FrozenLinear::new(frozen)),
-            Some(AdapterSpec::Lora(c)) => {
-                Proj::Lora(LoraLinear::new(frozen, c.clone(), adapters.pp(name))?)
-            }
-            Some(AdapterSpec::Blob(c, s)) => Proj::Blob(BayesianLoraLinear::new(
-                frozen,
-                c.clone(),
-                adapters.pp(name),
-                s,
-            )?),
-            Some(AdapterSpec::Ensemble { members, rank }) => Proj::Ensemble(
-                LoraEnsembleLinear::new(frozen, *members, *rank, adapters.pp(name))?,
-            ),
+            Some(b) => Proj::Adapted(b.build(frozen, adapters.pp(name))?),
         })
     }
-}
 
-impl Proj {
     fn detach(&self) -> Self {
         match self {
             Proj::Frozen(l) => Proj::Frozen(l.clone()),
-            Proj::Lora(l) => Proj::Lora(l.detach()),
-            Proj::Blob(l) => Proj::Blob(l.detach()),
-            Proj::Ensemble(l) => Proj::Ensemble(l.detach()),
+            Proj::Adapted(a) => Proj::Adapted(a.detach()),
+        }
+    }
+
+    fn adapter(&self) -> Option<&dyn Adapter> {
+        match self {
+            Proj::Frozen(_) => None,
+            Proj::Adapted(a) => Some(a.as_ref()),
         }
     }
 }
@@ -163,19 +168,7 @@ impl ModuleT for Proj {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         match self {
             Proj::Frozen(l) => l.forward(x),
-            Proj::Lora(l) => l.forward_t(x, train),
-            Proj::Blob(l) => l.forward_t(x, train),
-            Proj::Ensemble(l) => {
-                // Rows are member-major: (M * batch, ..., in) -> (M, batch * ..., in).
-                let m = l.members();
-                let mut dims = x.dims().to_vec();
-                let rows = dims[..dims.len() - 1].iter().product::<usize>();
-                let in_dim = dims[dims.len() - 1];
-                let y = l.forward(&x.reshape((m, rows / m, in_dim))?)?;
-                let last = dims.len() - 1;
-                dims[last] = y.dim(2)?;
-                y.reshape(dims)
-            }
+            Proj::Adapted(a) => a.forward_rows(x, train),
         }
     }
 }
@@ -235,7 +228,7 @@ impl BertEncoder {
         base: VarBuilder,
         adapters: VarBuilder,
         config: &BertConfig,
-        adapter: Option<&AdapterSpec>,
+        adapter: Option<&dyn AdapterBuilder>,
         targets: AdapterTargets,
     ) -> Result<Self> {
         if config.num_attention_heads == 0
@@ -320,7 +313,7 @@ impl BertEncoder {
             embedding_norm: Norm::load(h, config.layer_norm_eps, emb.pp("LayerNorm"))?,
             layers,
             config: config.clone(),
-            members: adapter.map_or(1, AdapterSpec::members),
+            members: adapter.map_or(1, |a| a.members()),
         })
     }
 
@@ -353,12 +346,14 @@ impl BertEncoder {
         }
     }
 
-    /// The KL divergence of every BLoB adapter from its prior, summed (0 without BLoB):
-    /// the term BLoB's training adds, f64 and differentiable.
+    /// The KL divergence of every Bayesian adapter from its prior, summed (0 without
+    /// one): the term BLoB's training adds, f64 and differentiable.
     pub fn blob_kl(&self) -> Result<Tensor> {
         let mut total = Tensor::new(0f64, self.word_embeddings.embeddings().device())?;
-        for b in self.blob_projs() {
-            total = (total + b.kl()?)?;
+        for a in self.adapters() {
+            if let Some(kl) = a.kl()? {
+                total = (total + kl)?;
+            }
         }
         Ok(total)
     }
@@ -366,11 +361,22 @@ impl BertEncoder {
     /// The vars of every BLoB layer, in layer order (query, key, value, attention output,
     /// intermediate, output within each transformer layer): what
     /// [`crate::optim::Blob`] trains. Empty without BLoB adapters.
-    pub fn blob_layers(&self) -> Result<Vec<crate::lora::BlobLayerVars>> {
-        self.blob_projs().map(|b| b.posterior_vars()).collect()
+    pub fn blob_layers(&self) -> Result<Vec<BlobLayerVars>> {
+        let mut layers = Vec::new();
+        for a in self.adapters() {
+            layers.extend(a.posterior_vars()?);
+        }
+        Ok(layers)
     }
 
-    fn blob_projs(&self) -> impl Iterator<Item = &BayesianLoraLinear> {
+    /// Sets every adapter's trainable tensors to draws from `seed` (see
+    /// [`Adapter::init`]): the same seed gives the same encoder.
+    pub fn init(&self, seed: u64) -> Result<()> {
+        self.adapters().try_for_each(|a| a.init(seed))
+    }
+
+    /// The adapters, in layer order.
+    pub fn adapters(&self) -> impl Iterator<Item = &dyn Adapter> {
         self.layers
             .iter()
             .flat_map(|l| {
@@ -383,10 +389,7 @@ impl BertEncoder {
                     &l.output,
                 ]
             })
-            .filter_map(|p| match p {
-                Proj::Blob(b) => Some(b),
-                _ => None,
-            })
+            .filter_map(Proj::adapter)
     }
 
     /// The number of ensemble members carried in the batch dimension (1 unless
@@ -576,33 +579,45 @@ pub struct BertClassifier {
     encoder: BertEncoder,
     weight: Tensor,
     bias: Tensor,
+    prefix: String,
 }
 
 impl BertClassifier {
-    /// The encoder plus a head (or one per member) with `classes` outputs, initialised as
-    /// candle-nn's `linear`.
+    /// The encoder plus a head (or one per member) with `classes` outputs, weight and
+    /// bias U(-1/sqrt(hidden), 1/sqrt(hidden)) as PyTorch's `nn.Linear`.
     pub fn new(encoder: BertEncoder, classes: usize, adapters: VarBuilder) -> Result<Self> {
         let (m, h) = (encoder.members, encoder.config.hidden_size);
         let vb = adapters.pp("classifier");
-        let bound = 1.0 / (h as f64).sqrt();
-        let weight = vb.get_with_hints(
-            (m, classes, h),
-            "weight",
-            candle_nn::init::DEFAULT_KAIMING_NORMAL,
-        )?;
-        let bias = vb.get_with_hints(
-            (m, classes),
-            "bias",
-            candle_nn::init::Init::Uniform {
-                lo: -bound,
-                up: bound,
-            },
-        )?;
+        let bound = kaiming_uniform_bound(h);
+        let init = candle_nn::init::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
         Ok(Self {
             encoder,
-            weight,
-            bias,
+            weight: vb.get_with_hints((m, classes, h), "weight", init)?,
+            bias: vb.get_with_hints((m, classes), "bias", init)?,
+            prefix: vb.prefix(),
         })
+    }
+
+    /// Sets the adapters and the head to draws from `seed` (see [`Adapter::init`]; the
+    /// head as in [`Self::new`]): the same seed gives the same model, whatever candle's
+    /// unseeded initialisers drew.
+    ///
+    /// ```no_run
+    /// # fn build() -> varlora::Result<varlora::models::BertClassifier> { unimplemented!() }
+    /// let model = build()?;
+    /// model.init(0)?;
+    /// # Ok::<(), varlora::Error>(())
+    /// ```
+    pub fn init(&self, seed: u64) -> Result<()> {
+        self.encoder.init(seed)?;
+        let bound = kaiming_uniform_bound(self.encoder.config.hidden_size);
+        for (t, name) in [(&self.weight, "weight"), (&self.bias, "bias")] {
+            set_uniform(t, &var_name(&self.prefix, name), seed, -bound, bound)?;
+        }
+        Ok(())
     }
 
     /// A copy for inference without gradient tracking, sharing the weights (see
@@ -612,6 +627,7 @@ impl BertClassifier {
             encoder: self.encoder.detach(),
             weight: self.weight.detach(),
             bias: self.bias.detach(),
+            prefix: self.prefix.clone(),
         }
     }
 
