@@ -492,3 +492,69 @@ fn blob_in_the_encoder_samples_around_the_lora_mean() {
         assert!(norm > 0.0, "zero gradient for {name}");
     }
 }
+
+/// The adapted head (bayesian-peft's `--apply-classhead-lora`): a frozen random head drawn
+/// from the seed plus an adapter. Only the adapter is a var; the same seed gives the same
+/// head; a BLoB head samples, and the optimizer finds its vars; ensembles are refused.
+#[test]
+fn an_adapted_head_is_frozen_plus_its_adapter() {
+    let dev = Device::Cpu;
+    let no_targets = AdapterTargets {
+        query: false,
+        value: false,
+        ..AdapterTargets::default()
+    };
+    let lora = AdapterSpec::Lora(LoraConfig::new(2));
+    let build = |spec: &AdapterSpec, seed: u64| {
+        let (encoder, varmap) = tiny_encoder(Some(spec), no_targets);
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let model = BertClassifier::with_adapted_head(encoder, 3, vb, spec, seed).unwrap();
+        model.init(seed).unwrap();
+        (model, varmap)
+    };
+    let (ids, types, mask) = inputs();
+    let logits = |m: &BertClassifier| m.forward_t(&ids, &types, &mask, false).unwrap();
+    let (first, varmap) = build(&lora, 4);
+    let mut names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+    names.sort();
+    assert_eq!(names, ["classifier.lora_a", "classifier.lora_b"]);
+    let (again, _) = build(&lora, 4);
+    let (other, _) = build(&lora, 5);
+    assert_eq!(rel_error(&logits(&again), &logits(&first)), 0.0);
+    assert!(rel_error(&logits(&other), &logits(&first)) > 1e-3);
+
+    // With B != 0 the adapter changes the logits and takes the gradient.
+    let before = logits(&first);
+    randomize_lora_b(&varmap, 0.5);
+    assert!(rel_error(&logits(&first), &before) > 1e-3);
+    let y = Tensor::new(&[0u32, 2], &dev).unwrap();
+    let train = first.forward_t(&ids, &types, &mask, true).unwrap();
+    let grads = candle_nn::loss::cross_entropy(&train, &y)
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        let g = grads.get(var.as_tensor()).unwrap();
+        let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert!(norm > 0.0, "zero gradient for {name}");
+    }
+
+    let mut sampler = BlobSampler::new(1);
+    let blob = AdapterSpec::Blob(BlobConfig::new(LoraConfig::new(2)), sampler.clone());
+    let (bayes, blob_vars) = build(&blob, 4);
+    randomize_lora_b(&blob_vars, 0.5);
+    assert_eq!(bayes.blob_layers().unwrap().len(), 1);
+    let mean = sampler.with_point_estimate(|| Ok(logits(&bayes))).unwrap();
+    let sample = sampler
+        .with_posterior_sample(0, || Ok(logits(&bayes)))
+        .unwrap();
+    assert!(rel_error(&sample, &mean) > 1e-4, "the head samples");
+
+    let ensemble = AdapterSpec::Ensemble {
+        members: 2,
+        rank: 2,
+    };
+    let (encoder, varmap) = tiny_encoder(Some(&ensemble), AdapterTargets::default());
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    assert!(BertClassifier::with_adapted_head(encoder, 3, vb, &lora, 0).is_err());
+}

@@ -3,7 +3,7 @@
 //! from a Philox stream keyed by a seed and the var's name instead, so that the same seed
 //! gives the same model whatever the order the layers are built or initialised in.
 
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Device, Shape, Tensor, Var};
 
 use crate::noise::PhiloxNormal;
 use crate::{Error, Result};
@@ -17,8 +17,24 @@ fn stream(seed: u64, name: &str) -> PhiloxNormal {
     PhiloxNormal::new(seed ^ hash.rotate_left(17))
 }
 
-/// Sets the var behind `t` (named `name`) to draws from U(lo, hi), or to `lo` when
-/// `lo == hi`.
+/// A tensor of `shape` with draws from U(lo, hi) for the tensor named `name`, or `lo`
+/// everywhere when `lo == hi`.
+pub(crate) fn seeded_uniform(
+    shape: &Shape,
+    name: &str,
+    seed: u64,
+    (lo, hi): (f64, f64),
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let mut values = vec![lo as f32; shape.elem_count()];
+    if lo != hi {
+        stream(seed, name).fill_uniform(&mut values, lo as f32, hi as f32);
+    }
+    Ok(Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?)
+}
+
+/// Sets the var behind `t` (named `name`) to [`seeded_uniform`] draws.
 pub(crate) fn set_uniform(t: &Tensor, name: &str, seed: u64, lo: f64, hi: f64) -> Result<()> {
     if !t.is_variable() {
         return Err(Error::InvalidState(
@@ -26,11 +42,7 @@ pub(crate) fn set_uniform(t: &Tensor, name: &str, seed: u64, lo: f64, hi: f64) -
              a detached copy",
         ));
     }
-    let mut values = vec![lo as f32; t.elem_count()];
-    if lo != hi {
-        stream(seed, name).fill_uniform(&mut values, lo as f32, hi as f32);
-    }
-    let values = Tensor::from_vec(values, t.shape(), t.device())?.to_dtype(t.dtype())?;
+    let values = seeded_uniform(t.shape(), name, seed, (lo, hi), t.dtype(), t.device())?;
     Var::from_tensor(t)?.set(&values)?;
     Ok(())
 }

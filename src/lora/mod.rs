@@ -8,5 +8,5 @@ mod linear;
 
 pub use adapter::{Adapter, AdapterBuilder};
 pub use blob::{kl_period, kl_weight, BayesianLoraLinear, BlobConfig, BlobLayerVars, BlobSampler};
-pub(crate) use init::{kaiming_uniform_bound, set_uniform, var_name};
+pub(crate) use init::{kaiming_uniform_bound, seeded_uniform, set_uniform, var_name};
 pub use linear::{LoraConfig, LoraLinear};

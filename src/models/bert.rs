@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::ensemble::LoraEnsembleLinear;
 use crate::kernels::encoder::{gelu_erf, layer_norm, masked_softmax, FrozenLinear};
 use crate::lora::{
-    kaiming_uniform_bound, set_uniform, var_name, Adapter, AdapterBuilder, BayesianLoraLinear,
-    BlobConfig, BlobLayerVars, BlobSampler, LoraConfig, LoraLinear,
+    Adapter, AdapterBuilder, BayesianLoraLinear, BlobConfig, BlobLayerVars, BlobSampler,
+    LoraConfig, LoraLinear,
 };
 use crate::{Error, Result};
 
@@ -566,94 +566,5 @@ impl Tokens {
             }
             None => Ok(x.clone()),
         }
-    }
-}
-
-/// A sequence classifier: the encoder's mean-pooled output into a trainable linear head
-/// (named `classifier` under the adapters' `VarBuilder`). With LoRA-Ensemble each member
-/// has its own head, stacked `(members, classes, hidden)`, and the logits come out as
-/// `(members, batch, classes)`: train on the mean of the members' losses, predict with
-/// `predict::predictive_from_samples`.
-#[derive(Clone, Debug)]
-pub struct BertClassifier {
-    encoder: BertEncoder,
-    weight: Tensor,
-    bias: Tensor,
-    prefix: String,
-}
-
-impl BertClassifier {
-    /// The encoder plus a head (or one per member) with `classes` outputs, weight and
-    /// bias U(-1/sqrt(hidden), 1/sqrt(hidden)) as PyTorch's `nn.Linear`.
-    pub fn new(encoder: BertEncoder, classes: usize, adapters: VarBuilder) -> Result<Self> {
-        let (m, h) = (encoder.members, encoder.config.hidden_size);
-        let vb = adapters.pp("classifier");
-        let bound = kaiming_uniform_bound(h);
-        let init = candle_nn::init::Init::Uniform {
-            lo: -bound,
-            up: bound,
-        };
-        Ok(Self {
-            encoder,
-            weight: vb.get_with_hints((m, classes, h), "weight", init)?,
-            bias: vb.get_with_hints((m, classes), "bias", init)?,
-            prefix: vb.prefix(),
-        })
-    }
-
-    /// Sets the adapters and the head to draws from `seed` (see [`Adapter::init`]; the
-    /// head as in [`Self::new`]): the same seed gives the same model, whatever candle's
-    /// unseeded initialisers drew.
-    ///
-    /// ```no_run
-    /// # fn build() -> varlora::Result<varlora::models::BertClassifier> { unimplemented!() }
-    /// let model = build()?;
-    /// model.init(0)?;
-    /// # Ok::<(), varlora::Error>(())
-    /// ```
-    pub fn init(&self, seed: u64) -> Result<()> {
-        self.encoder.init(seed)?;
-        let bound = kaiming_uniform_bound(self.encoder.config.hidden_size);
-        for (t, name) in [(&self.weight, "weight"), (&self.bias, "bias")] {
-            set_uniform(t, &var_name(&self.prefix, name), seed, -bound, bound)?;
-        }
-        Ok(())
-    }
-
-    /// A copy for inference without gradient tracking, sharing the weights (see
-    /// [`BertEncoder::detach`]).
-    pub fn detach(&self) -> Self {
-        Self {
-            encoder: self.encoder.detach(),
-            weight: self.weight.detach(),
-            bias: self.bias.detach(),
-            prefix: self.prefix.clone(),
-        }
-    }
-
-    /// The encoder.
-    pub fn encoder(&self) -> &BertEncoder {
-        &self.encoder
-    }
-
-    /// Logits: `(batch, classes)`, or `(members, batch, classes)` for LoRA-Ensemble.
-    pub fn forward_t(
-        &self,
-        input_ids: &Tensor,
-        token_type_ids: &Tensor,
-        attention_mask: &Tensor,
-        train: bool,
-    ) -> Result<Tensor> {
-        let hidden =
-            self.encoder
-                .forward_t(input_ids, token_type_ids, Some(attention_mask), train)?;
-        let pooled = BertEncoder::mean_pool(&hidden, attention_mask)?;
-        let m = self.encoder.members;
-        let (rows, h) = pooled.dims2()?;
-        let pooled = pooled.reshape((m, rows / m, h))?;
-        let logits = pooled
-            .matmul(&self.weight.transpose(1, 2)?)?
-            .broadcast_add(&self.bias.unsqueeze(1)?)?;
-        Ok(if m == 1 { logits.squeeze(0)? } else { logits })
     }
 }

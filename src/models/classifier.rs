@@ -1,0 +1,210 @@
+//! `BertClassifier`: the encoder's mean-pooled output into a classification head, trained
+//! whole or through an adapter.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+use super::BertEncoder;
+use crate::lora::{
+    kaiming_uniform_bound, seeded_uniform, set_uniform, var_name, Adapter, AdapterBuilder,
+    BlobLayerVars,
+};
+use crate::{Error, Result};
+
+/// The head: trained whole, or a frozen random layer with an adapter.
+#[derive(Clone, Debug)]
+enum Head {
+    /// Weight `(members, classes, hidden)` and bias `(members, classes)`, both vars.
+    Trained {
+        weight: Tensor,
+        bias: Tensor,
+        prefix: String,
+    },
+    Adapted(Arc<dyn Adapter>),
+}
+
+/// A sequence classifier: the encoder's mean-pooled output into a linear head, named
+/// `classifier` under the adapters' `VarBuilder`.
+///
+/// - [`Self::new`]: a head trained whole. With LoRA-Ensemble each member has its own head,
+///   stacked `(members, classes, hidden)`, and the logits come out as
+///   `(members, batch, classes)`: train on the mean of the members' losses, predict with
+///   `predict::predictive_from_samples`.
+/// - [`Self::with_adapted_head`]: the reference recipe of BLoB and PEFT with a LoRA on the
+///   classification head (bayesian-peft's `--apply-classhead-lora`): a frozen random head
+///   plus an adapter, so that BLoB's head is Bayesian too.
+#[derive(Clone, Debug)]
+pub struct BertClassifier {
+    encoder: BertEncoder,
+    head: Head,
+}
+
+impl BertClassifier {
+    /// The encoder plus a head (or one per member) with `classes` outputs, weight and
+    /// bias U(-1/sqrt(hidden), 1/sqrt(hidden)) as PyTorch's `nn.Linear`.
+    pub fn new(encoder: BertEncoder, classes: usize, adapters: VarBuilder) -> Result<Self> {
+        let (m, h) = (encoder.members(), encoder.config().hidden_size);
+        let vb = adapters.pp("classifier");
+        let bound = kaiming_uniform_bound(h);
+        let init = candle_nn::init::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        let head = Head::Trained {
+            weight: vb.get_with_hints((m, classes, h), "weight", init)?,
+            bias: vb.get_with_hints((m, classes), "bias", init)?,
+            prefix: vb.prefix(),
+        };
+        Ok(Self { encoder, head })
+    }
+
+    /// The encoder plus a frozen head with `classes` outputs, drawn from `seed` as
+    /// PyTorch's `nn.Linear` (what a freshly created head holds when PEFT freezes it),
+    /// carrying the adapter `builder` makes under `classifier`. Only the adapter trains.
+    /// Not for LoRA-Ensemble encoders, whose members need heads of their own.
+    ///
+    /// ```no_run
+    /// use varlora::lora::{BlobConfig, BlobSampler, LoraConfig};
+    /// use varlora::models::{AdapterSpec, BertClassifier};
+    /// # fn encoder() -> varlora::models::BertEncoder { unimplemented!() }
+    /// # let varmap = candle_nn::VarMap::new();
+    /// # let vb = candle_nn::VarBuilder::from_varmap(&varmap, candle_core::DType::F32, &candle_core::Device::Cpu);
+    /// let blob = AdapterSpec::Blob(BlobConfig::new(LoraConfig::new(8)), BlobSampler::new(0));
+    /// let model = BertClassifier::with_adapted_head(encoder(), 2, vb, &blob, 0)?;
+    /// # Ok::<(), varlora::Error>(())
+    /// ```
+    pub fn with_adapted_head(
+        encoder: BertEncoder,
+        classes: usize,
+        adapters: VarBuilder,
+        builder: &dyn AdapterBuilder,
+        seed: u64,
+    ) -> Result<Self> {
+        if encoder.members() != 1 || builder.members() != 1 {
+            return Err(Error::InvalidInput(
+                "an adapted head needs a single model: LoRA-Ensemble members train heads of \
+                 their own (BertClassifier::new)"
+                    .into(),
+            ));
+        }
+        let h = encoder.config().hidden_size;
+        let vb = adapters.pp("classifier");
+        let bound = kaiming_uniform_bound(h);
+        let frozen = |shape: &[usize], name: &str| {
+            let name = var_name(&vb.prefix(), name);
+            let shape = shape.into();
+            let dev = vb.device();
+            seeded_uniform(&shape, &name, seed, (-bound, bound), DType::F32, dev)?
+                .to_dtype(vb.dtype())
+        };
+        let base = Linear::new(
+            frozen(&[classes, h], "base_weight")?,
+            Some(frozen(&[classes], "base_bias")?),
+        );
+        Ok(Self {
+            head: Head::Adapted(builder.build(base, vb)?),
+            encoder,
+        })
+    }
+
+    /// Sets the adapters and the head's trainable tensors to draws from `seed` (see
+    /// [`Adapter::init`]; a head trained whole as in [`Self::new`]): the same seed gives
+    /// the same model, whatever candle's unseeded initialisers drew.
+    ///
+    /// ```no_run
+    /// # fn build() -> varlora::Result<varlora::models::BertClassifier> { unimplemented!() }
+    /// let model = build()?;
+    /// model.init(0)?;
+    /// # Ok::<(), varlora::Error>(())
+    /// ```
+    pub fn init(&self, seed: u64) -> Result<()> {
+        self.encoder.init(seed)?;
+        match &self.head {
+            Head::Trained {
+                weight,
+                bias,
+                prefix,
+            } => {
+                let bound = kaiming_uniform_bound(self.encoder.config().hidden_size);
+                for (t, name) in [(weight, "weight"), (bias, "bias")] {
+                    set_uniform(t, &var_name(prefix, name), seed, -bound, bound)?;
+                }
+                Ok(())
+            }
+            Head::Adapted(a) => a.init(seed),
+        }
+    }
+
+    /// A copy for inference without gradient tracking, sharing the weights (see
+    /// [`BertEncoder::detach`]).
+    pub fn detach(&self) -> Self {
+        let head = match &self.head {
+            Head::Trained {
+                weight,
+                bias,
+                prefix,
+            } => Head::Trained {
+                weight: weight.detach(),
+                bias: bias.detach(),
+                prefix: prefix.clone(),
+            },
+            Head::Adapted(a) => Head::Adapted(a.detach()),
+        };
+        Self {
+            encoder: self.encoder.detach(),
+            head,
+        }
+    }
+
+    /// The encoder.
+    pub fn encoder(&self) -> &BertEncoder {
+        &self.encoder
+    }
+
+    /// Every adapter, the encoder's in layer order and then the head's.
+    pub fn adapters(&self) -> impl Iterator<Item = &dyn Adapter> {
+        let head = match &self.head {
+            Head::Adapted(a) => Some(a.as_ref()),
+            Head::Trained { .. } => None,
+        };
+        self.encoder.adapters().chain(head)
+    }
+
+    /// The vars of every BLoB layer, the head's included: what [`crate::optim::Blob`]
+    /// trains.
+    pub fn blob_layers(&self) -> Result<Vec<BlobLayerVars>> {
+        let mut layers = Vec::new();
+        for a in self.adapters() {
+            layers.extend(a.posterior_vars()?);
+        }
+        Ok(layers)
+    }
+
+    /// Logits: `(batch, classes)`, or `(members, batch, classes)` for LoRA-Ensemble.
+    pub fn forward_t(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let hidden =
+            self.encoder
+                .forward_t(input_ids, token_type_ids, Some(attention_mask), train)?;
+        let pooled = BertEncoder::mean_pool(&hidden, attention_mask)?;
+        match &self.head {
+            Head::Adapted(a) => Ok(a.forward_rows(&pooled, train)?),
+            Head::Trained { weight, bias, .. } => {
+                let m = self.encoder.members();
+                let (rows, h) = pooled.dims2()?;
+                let pooled = pooled.reshape((m, rows / m, h))?;
+                let logits = pooled
+                    .matmul(&weight.transpose(1, 2)?)?
+                    .broadcast_add(&bias.unsqueeze(1)?)?;
+                Ok(if m == 1 { logits.squeeze(0)? } else { logits })
+            }
+        }
+    }
+}
