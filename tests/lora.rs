@@ -149,3 +149,58 @@ fn bad_configs_and_parts_are_errors() {
     let b = Tensor::zeros((5, 2), DType::F32, &dev).unwrap();
     assert!(LoraLinear::from_parts(base(&dev), a, b, LoraConfig::new(2)).is_err());
 }
+
+/// MC dropout's masks come from its seed: two layers on the same seed train alike, sample
+/// `k` repeats and differs from sample `k + 1`, and evaluation outside a sample (and the
+/// point estimate) is the layer without dropout.
+#[test]
+fn mc_dropout_masks_are_seeded_and_switched_by_the_posterior() {
+    use varlora::lora::McDropout;
+    use varlora::predict::Posterior;
+    let dev = Device::Cpu;
+    let config = LoraConfig::new(2).dropout(0.3);
+    let layer = |mc: &McDropout| {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let l = LoraLinear::with_mc_dropout(base(&dev), config.clone(), vb.pp("q"), mc).unwrap();
+        varmap.data().lock().unwrap()["q.lora_a"]
+            .set(&randn(5, 0.3, &[2, 7], DType::F32))
+            .unwrap();
+        varmap.data().lock().unwrap()["q.lora_b"]
+            .set(&randn(3, 0.3, &[5, 2], DType::F32))
+            .unwrap();
+        (l, varmap)
+    };
+    let x = randn(4, 1.0, &[3, 7], DType::F32);
+    let (mut mc, mc_b) = (McDropout::new(9), McDropout::new(9));
+    let ((a, _), (b, _)) = (layer(&mc), layer(&mc_b));
+    let f = |l: &LoraLinear, train| l.forward_t(&x, train).unwrap();
+    assert_eq!(max_abs_diff(&f(&a, true), &f(&b, true)), 0.0);
+    assert!(
+        max_abs_diff(&f(&a, true), &f(&a, true)) > 1e-4,
+        "fresh masks each step"
+    );
+
+    let plain = LoraLinear::from_parts(
+        base(&dev),
+        a.a().copy().unwrap(),
+        a.b().copy().unwrap(),
+        LoraConfig::new(2),
+    )
+    .unwrap();
+    let no_dropout = f(&plain, false);
+    assert_eq!(max_abs_diff(&f(&a, false), &no_dropout), 0.0);
+    let point = mc.with_point_estimate(|| a.forward_t(&x, false)).unwrap();
+    assert_eq!(max_abs_diff(&point, &no_dropout), 0.0);
+    let s0 = mc
+        .with_posterior_sample(0, || a.forward_t(&x, false))
+        .unwrap();
+    let s1 = mc
+        .with_posterior_sample(1, || a.forward_t(&x, false))
+        .unwrap();
+    let again = mc
+        .with_posterior_sample(0, || a.forward_t(&x, false))
+        .unwrap();
+    assert_eq!(max_abs_diff(&s0, &again), 0.0);
+    assert!(max_abs_diff(&s0, &s1) > 1e-4 && max_abs_diff(&s0, &no_dropout) > 1e-4);
+}

@@ -58,6 +58,9 @@ fn read_multiemo(corpora: &Path) -> Result<Option<Vec<String>>, Box<dyn std::err
 /// reviews of other domains when fetched.
 pub struct Split {
     pub train: Rows,
+    /// 400 training-pool sentences never trained on (the pool's last), for fitting a
+    /// temperature; empty when the training set leaves fewer than 400 over.
+    pub calibration: Rows,
     pub eval: Rows,
     pub ood: Rows,
     pub ood_multiemo: Option<Rows>,
@@ -65,7 +68,9 @@ pub struct Split {
 
 impl Split {
     /// 800 test and 3200 training polarity sentences (the last 400 of them held out for
-    /// validation on request), OOD Wikipedia sentences as many as evaluation ones (at most
+    /// validation on request; the training set then cut to `train_size`, and the pool's
+    /// last 400 kept for calibration when the cut leaves them out), OOD Wikipedia
+    /// sentences as many as evaluation ones (at most
     /// 800) and as many MultiEmo sentences if fetched (drawn with a generator of their own
     /// from `seed`, so that the other sets do not depend on whether they were); every set
     /// cut to `limit`. The split is drawn as row indices and written to
@@ -76,6 +81,7 @@ impl Split {
         rng: &mut StdRng,
         seed: u64,
         validation: bool,
+        train_size: usize,
         limit: usize,
         split_file: &Path,
     ) -> Result<Self, Box<dyn std::error::Error>> {
@@ -96,7 +102,13 @@ impl Split {
         };
         let mut wiki_order: Vec<usize> = (0..wiki.len()).collect();
         wiki_order.shuffle(rng);
-        let train = &train[..train.len().min(limit)];
+        let calibration = if train_size.saturating_add(400) <= train.len() {
+            &train[train.len() - 400..]
+        } else {
+            &[]
+        };
+        let calibration = &calibration[..calibration.len().min(limit)];
+        let train = &train[..train.len().min(train_size)];
         let eval = &eval[..eval.len().min(limit)];
         let ood = &wiki_order[..eval.len().min(800)];
         let multiemo = read_multiemo(corpora)?;
@@ -112,6 +124,7 @@ impl Split {
                 "polarity_rows": polarity.len(),
                 "wiki_rows": wiki.len(),
                 "train": train,
+                "calibration": calibration,
                 "eval": eval,
                 "ood": ood,
                 "ood_multiemo": multiemo_ood,
@@ -120,6 +133,7 @@ impl Split {
         let pick = |rows: &Rows, idx: &[usize]| idx.iter().map(|&i| rows[i].clone()).collect();
         Ok(Self {
             train: pick(&polarity, train),
+            calibration: pick(&polarity, calibration),
             eval: pick(&polarity, eval),
             ood: pick(&wiki, ood),
             ood_multiemo: multiemo

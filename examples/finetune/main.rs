@@ -23,7 +23,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
-use varlora::lora::{BlobConfig, BlobSampler, LoraConfig};
+use varlora::calibrate::TemperatureScaling;
+use varlora::lora::{BlobConfig, BlobSampler, LoraConfig, McDropout};
 use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
 use varlora::predict::{
     predictive, predictive_at_point, predictive_from_samples, sample_logits, PointMass, Posterior,
@@ -40,6 +41,27 @@ enum Method {
     Ivon,
     Blob,
     LoraEnsemble,
+    /// AdamW with seeded LoRA dropout, predicting with dropout on (MC dropout).
+    McDropout,
+}
+
+/// A training regime: the training-set size and the epochs over it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Preset {
+    /// 3200 training sentences (2800 with `--validation`), 2 epochs: 200 steps.
+    Standard,
+    /// 320 training sentences, 20 epochs: 200 steps over a tenth of the data.
+    Overconfident,
+}
+
+impl Preset {
+    /// (training sentences, epochs); `usize::MAX` keeps every training sentence.
+    fn regime(self) -> (usize, usize) {
+        match self {
+            Preset::Standard => (usize::MAX, 2),
+            Preset::Overconfident => (320, 20),
+        }
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -54,8 +76,17 @@ struct Args {
     /// Seed of the split, the batch order, the adapters' init and the noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, default_value_t = 2)]
-    epochs: usize,
+    /// The regime: `standard` (3200 training sentences, 2 epochs) or `overconfident` (a
+    /// small training set trained for many epochs, where AdamW's fine-tuning is
+    /// overconfident). `--train-size` and `--epochs` override it.
+    #[arg(long, value_enum, default_value_t = Preset::Standard)]
+    preset: Preset,
+    /// Epochs over the training set (default: the preset's).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Training sentences (default: the preset's), independent of the evaluation sets.
+    #[arg(long)]
+    train_size: Option<usize>,
     /// Posterior samples at test time (IVON, BLoB) and the teacher's samples per training
     /// sentence when distilling.
     #[arg(long, default_value_t = 10)]
@@ -139,6 +170,16 @@ struct Args {
 }
 
 impl Args {
+    /// Epochs: `--epochs`, else the preset's.
+    fn epochs(&self) -> usize {
+        self.epochs.unwrap_or(self.preset.regime().1)
+    }
+
+    /// Training sentences: `--train-size`, else the preset's.
+    fn train_size(&self) -> usize {
+        self.train_size.unwrap_or(self.preset.regime().0)
+    }
+
     /// LoRA dropout: `--dropout`, else the method's reference value.
     fn dropout(&self, method: Method) -> f32 {
         self.dropout
@@ -204,7 +245,7 @@ fn build_model(
     varmap: &VarMap,
     config: &BertConfig,
     lora: &LoraConfig,
-    sampler: &BlobSampler,
+    (sampler, mc): (&BlobSampler, &McDropout),
 ) -> Result<BertClassifier, Box<dyn std::error::Error>> {
     let (spec, targets) = match method {
         Method::Blob => (
@@ -222,7 +263,13 @@ fn build_model(
                 ..AdapterTargets::default()
             },
         ),
-        _ => (AdapterSpec::Lora(lora.clone()), AdapterTargets::default()),
+        Method::McDropout => (
+            AdapterSpec::McDropout(lora.clone(), mc.clone()),
+            AdapterTargets::default(),
+        ),
+        Method::Adamw | Method::Ivon => {
+            (AdapterSpec::Lora(lora.clone()), AdapterTargets::default())
+        }
     };
     let adapters = VarBuilder::from_varmap(varmap, DType::F32, base.device());
     let encoder = BertEncoder::load(base.clone(), adapters.clone(), config, Some(&spec), targets)?;
@@ -311,6 +358,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &mut rng,
         args.seed,
         args.validation,
+        args.train_size().min(args.limit.unwrap_or(usize::MAX)),
         args.limit.unwrap_or(usize::MAX),
         &args.out.join(format!("split-seed{}{tag}.json", args.seed)),
     )?;
@@ -334,6 +382,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json"))?)?;
     let lora = LoraConfig::new(8).alpha(16.0).dropout(args.dropout(method));
     let sampler = BlobSampler::new(args.seed);
+    let mc = McDropout::new(args.seed);
     // SAFETY: the weights file is not modified while mapped.
     let base = unsafe {
         VarBuilder::from_mmaped_safetensors(
@@ -343,10 +392,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?
     };
     let varmap = VarMap::new();
-    let model = build_model(&args, method, &base, &varmap, &config, &lora, &sampler)?;
+    let posteriors = (&sampler, &mc);
+    let model = build_model(&args, method, &base, &varmap, &config, &lora, posteriors)?;
 
     let steps_per_epoch = split.train.len() / args.batch;
-    let total = steps_per_epoch * args.epochs;
+    let total = steps_per_epoch * args.epochs();
     let bar = ProgressBar::new(total as u64);
     bar.set_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} [{elapsed}<{eta}] {per_sec} {msg}",
@@ -362,7 +412,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let start = Instant::now();
     let mut step = 0usize;
-    for epoch in 0..args.epochs {
+    for epoch in 0..args.epochs() {
         let mut order = split.train.clone();
         order.shuffle(&mut rng);
         for b in batches(
@@ -415,6 +465,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "AdamW".into(),
                 id,
                 on_ood_sets(&ood_sets, |b| evaluate(&mut PointMass, &model, b, 0)),
+            )?;
+            if !split.calibration.is_empty() {
+                let calibration = batches(&tokenizer, &split.calibration, 64, &dev)?;
+                let fitted = evaluate(&mut PointMass, &model, &calibration, 0)?;
+                let labels: Vec<u32> = split.calibration.iter().map(|r| r.1).collect();
+                let labels = Tensor::new(labels, &dev)?;
+                let ts = TemperatureScaling::fit(&fitted.log_probs, &labels)?;
+                let scaled = |b: &[Batch]| -> varlora::Result<Predictive> {
+                    let p = evaluate(&mut PointMass, &model, b, 0)?;
+                    predictive_from_samples(&ts.apply_log_probs(&p.log_probs)?.unsqueeze(0)?, false)
+                };
+                add(
+                    format!("AdamW + TS (T = {:.2})", ts.temperature),
+                    timed(|| scaled(&eval_batches)),
+                    on_ood_sets(&ood_sets, scaled),
+                )?;
+            }
+        }
+        Method::McDropout => {
+            let mut post = mc.clone();
+            let id = timed(|| evaluate(&mut post, &model, &eval_batches, 0));
+            add(
+                "MC dropout @ no dropout".into(),
+                id,
+                on_ood_sets(&ood_sets, |b| evaluate(&mut post, &model, b, 0)),
+            )?;
+            let id = timed(|| evaluate(&mut post, &model, &eval_batches, s));
+            add(
+                format!("MC dropout {s} samples"),
+                id,
+                on_ood_sets(&ood_sets, |b| evaluate(&mut post, &model, b, s)),
             )?;
         }
         Method::Ivon => {
@@ -472,6 +553,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 parts.push(match (method, trainer.ivon_mut()) {
                     (Method::Ivon, Some(opt)) => sample_logits(opt, s, logits)?,
                     (Method::Blob, _) => sample_logits(&mut sampler.clone(), s, logits)?,
+                    (Method::McDropout, _) => sample_logits(&mut mc.clone(), s, logits)?,
                     _ => logits()?,
                 });
             }
@@ -522,7 +604,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "optimizer": name,
         "distilled": args.distill_from.is_some(),
         "seed": args.seed,
-        "epochs": args.epochs,
+        "epochs": args.epochs(),
         "train_sentences": split.train.len(),
         "eval_set": if args.validation { "validation" } else { "test" },
         "eval_sentences": split.eval.len(),

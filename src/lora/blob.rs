@@ -8,16 +8,16 @@
 //! `N(0, beta^2)` computed in f64 with the reference's 1e-6 guards, and the KL reweighting
 //! schedule (`fit` and `prepare_for_fit_evaluate`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::{DType, ModuleT, Tensor};
 use candle_nn::{init::Init, Dropout, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::init::{kaiming_uniform_bound, set_uniform, var_name};
+use super::sampler::SampleSwitch;
 use super::{Adapter, LoraConfig};
 use crate::kernels::encoder::FrozenLinear;
-use crate::noise::PhiloxNormal;
 use crate::predict::Posterior;
 use crate::{Error, Result};
 
@@ -163,14 +163,8 @@ fn gaussian_kl(m: &Tensor, s: &Tensor, beta: f64) -> Result<Tensor> {
     Ok(kl.sum_all()?)
 }
 
-/// Salt that separates prediction samples from training draws.
+/// Salt that separates BLoB's prediction samples from its training draws.
 const PREDICTION_STREAM: u64 = 0x626c_6f62_7072_6564;
-
-#[derive(Debug)]
-struct SamplerState {
-    sampling: bool,
-    stream: PhiloxNormal,
-}
 
 /// The switch and random stream shared by every BLoB layer of a model: whether forwards
 /// sample, and the seeded draws they use. Clones share the same state.
@@ -181,80 +175,25 @@ struct SamplerState {
 /// IVON's, it is not one set of weights for every batch: Flipout draws random signs per
 /// example (and per token), from the same stream as the next layer's noise, so the draws
 /// of sample `k` depend on the batch's shape, and each example sees its own sign-flipped
-/// perturbation of `E`.
+/// perturbation of `E`. Each call restores the mode and stream it found, also when the
+/// closure errs or panics, and calls nest through clones.
 #[derive(Clone, Debug)]
-pub struct BlobSampler {
-    seed: u64,
-    state: Arc<Mutex<SamplerState>>,
-}
+pub struct BlobSampler(SampleSwitch);
 
 impl BlobSampler {
     /// A sampler that samples (training mode), from a stream seeded by `seed`.
     pub fn new(seed: u64) -> Self {
-        Self {
-            seed,
-            state: Arc::new(Mutex::new(SamplerState {
-                sampling: true,
-                stream: PhiloxNormal::new(seed),
-            })),
-        }
-    }
-
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, SamplerState>> {
-        self.state
-            .lock()
-            .map_err(|_| Error::InvalidState("the BLoB sampler's lock is poisoned"))
+        Self(SampleSwitch::new(seed, PREDICTION_STREAM, true))
     }
 
     /// Switches sampling on (training, Monte Carlo prediction) or off (the mean).
     pub fn set_sampling(&self, on: bool) -> Result<()> {
-        self.lock()?.sampling = on;
-        Ok(())
+        self.0.set_sampling(on)
     }
 
     /// Whether forwards sample.
     pub fn is_sampling(&self) -> Result<bool> {
-        Ok(self.lock()?.sampling)
-    }
-
-    /// Runs `f` in the given mode and stream, then restores the previous ones, also when
-    /// `f` errs or panics.
-    fn run_with<R>(
-        &mut self,
-        sampling: bool,
-        stream: PhiloxNormal,
-        f: impl FnOnce() -> candle_core::Result<R>,
-    ) -> Result<R> {
-        let saved = {
-            let mut st = self.lock()?;
-            let saved = (st.sampling, st.stream.clone());
-            (st.sampling, st.stream) = (sampling, stream);
-            saved
-        };
-        let _restore = Restore {
-            state: &self.state,
-            saved: Some(saved),
-        };
-        Ok(f()?)
-    }
-}
-
-/// Puts the sampler's mode and stream back when dropped, on unwinding too.
-struct Restore<'a> {
-    state: &'a Mutex<SamplerState>,
-    saved: Option<(bool, PhiloxNormal)>,
-}
-
-impl Drop for Restore<'_> {
-    fn drop(&mut self) {
-        if let Some((sampling, stream)) = self.saved.take() {
-            // A panic while a layer held the lock poisoned it; the state restored here is
-            // whole again, so the poison is cleared.
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            (st.sampling, st.stream) = (sampling, stream);
-            drop(st);
-            self.state.clear_poison();
-        }
+        self.0.is_sampling()
     }
 }
 
@@ -264,14 +203,11 @@ impl Posterior for BlobSampler {
         k: usize,
         f: impl FnOnce() -> candle_core::Result<R>,
     ) -> Result<R> {
-        // 2^40 blocks per sample: far more than one forward of any model draws.
-        let stream = PhiloxNormal::at(self.seed ^ PREDICTION_STREAM, (k as u64) << 40);
-        self.run_with(true, stream, f)
+        self.0.with_sample(k, f)
     }
 
     fn with_point_estimate<R>(&mut self, f: impl FnOnce() -> candle_core::Result<R>) -> Result<R> {
-        let stream = self.lock()?.stream.clone();
-        self.run_with(false, stream, f)
+        self.0.with_point_estimate(f)
     }
 }
 
@@ -422,14 +358,14 @@ impl BayesianLoraLinear {
         let (lead, in_dim) = dims.split_at(dims.len() - 1);
         let r = self.config.lora.rank;
         let (z, r_signs, s_signs) = {
-            let mut st = self.sampler.lock()?;
+            let mut stream = self.sampler.0.stream()?;
             let mut z = vec![0f32; r * in_dim[0]];
-            st.stream.fill(&mut z);
+            stream.fill(&mut z);
             let lead_n: usize = lead.iter().product();
             let mut rs = vec![0f32; lead_n * in_dim[0]];
-            st.stream.fill_signs(&mut rs);
+            stream.fill_signs(&mut rs);
             let mut ss = vec![0f32; lead_n * r];
-            st.stream.fill_signs(&mut ss);
+            stream.fill_signs(&mut ss);
             (z, rs, ss)
         };
         let dev = x.device();

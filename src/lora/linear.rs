@@ -7,7 +7,7 @@ use candle_nn::{init::Init, Dropout, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::init::{kaiming_uniform_bound, set_uniform, var_name};
-use super::Adapter;
+use super::{Adapter, McDropout};
 use crate::kernels::encoder::FrozenLinear;
 use crate::{Error, Result};
 
@@ -120,9 +120,16 @@ pub struct LoraLinear {
     a: Tensor,
     b: Tensor,
     config: LoraConfig,
-    dropout: Dropout,
+    dropout: LoraDropout,
     merged: bool,
     prefix: String,
+}
+
+/// The dropout on the adapter's input: candle's (unseeded), or MC dropout's seeded masks.
+#[derive(Clone, Debug)]
+enum LoraDropout {
+    Unseeded(Dropout),
+    Seeded(f32, McDropout),
 }
 
 impl LoraLinear {
@@ -145,6 +152,20 @@ impl LoraLinear {
         Ok(layer)
     }
 
+    /// As [`Self::new`], with the dropout masks drawn from `mc` (seeded, and switched on at
+    /// evaluation by its posterior samples): LoRA for MC dropout.
+    pub fn with_mc_dropout(
+        base: Linear,
+        config: LoraConfig,
+        vb: VarBuilder,
+        mc: &McDropout,
+    ) -> Result<Self> {
+        let p = config.dropout;
+        let mut layer = Self::new(base, config, vb)?;
+        layer.dropout = LoraDropout::Seeded(p, mc.clone());
+        Ok(layer)
+    }
+
     /// A layer from existing adapter tensors, e.g. loaded from a checkpoint.
     pub fn from_parts(base: Linear, a: Tensor, b: Tensor, config: LoraConfig) -> Result<Self> {
         config.validate()?;
@@ -160,7 +181,7 @@ impl LoraLinear {
             )));
         }
         Ok(Self {
-            dropout: Dropout::new(config.dropout),
+            dropout: LoraDropout::Unseeded(Dropout::new(config.dropout)),
             base: FrozenLinear::new(base),
             a,
             b,
@@ -238,7 +259,10 @@ impl LoraLinear {
     /// flattened into one matrix, so that the backward pass computes `A`'s gradient as one
     /// matmul instead of one per sequence and a sum.
     fn update(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let x = self.dropout.forward_t(x, train)?;
+        let x = match &self.dropout {
+            LoraDropout::Unseeded(d) => d.forward_t(x, train)?,
+            LoraDropout::Seeded(p, mc) => mc.apply(x, *p, train)?,
+        };
         let mut dims = x.dims().to_vec();
         let in_dim = dims.pop().unwrap_or(1);
         let xa = x.reshape(((), in_dim))?.matmul(&self.a.t()?)?;

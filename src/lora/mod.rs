@@ -3,10 +3,13 @@
 
 mod adapter;
 mod blob;
+mod dropout;
 mod init;
 mod linear;
+mod sampler;
 
 pub use adapter::{Adapter, AdapterBuilder};
 pub use blob::{kl_period, kl_weight, BayesianLoraLinear, BlobConfig, BlobLayerVars, BlobSampler};
+pub use dropout::McDropout;
 pub(crate) use init::{kaiming_uniform_bound, seeded_uniform, set_uniform, var_name};
 pub use linear::{LoraConfig, LoraLinear};

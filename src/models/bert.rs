@@ -16,7 +16,7 @@ use crate::ensemble::LoraEnsembleLinear;
 use crate::kernels::encoder::{gelu_erf, layer_norm, masked_softmax, FrozenLinear};
 use crate::lora::{
     Adapter, AdapterBuilder, BayesianLoraLinear, BlobConfig, BlobLayerVars, BlobSampler,
-    LoraConfig, LoraLinear,
+    LoraConfig, LoraLinear, McDropout,
 };
 use crate::{Error, Result};
 
@@ -93,6 +93,8 @@ impl Default for AdapterTargets {
 pub enum AdapterSpec {
     /// Plain LoRA.
     Lora(LoraConfig),
+    /// LoRA whose dropout masks come from the model's [`McDropout`]: MC dropout.
+    McDropout(LoraConfig, McDropout),
     /// BLoB, drawing from the model's sampler.
     Blob(BlobConfig, BlobSampler),
     /// LoRA-Ensemble: `members` adapters of rank `rank` per targeted layer (the reference
@@ -111,6 +113,9 @@ impl AdapterBuilder for AdapterSpec {
     fn build(&self, base: Linear, vb: VarBuilder) -> Result<Arc<dyn Adapter>> {
         Ok(match self {
             AdapterSpec::Lora(c) => Arc::new(LoraLinear::new(base, c.clone(), vb)?),
+            AdapterSpec::McDropout(c, mc) => {
+                Arc::new(LoraLinear::with_mc_dropout(base, c.clone(), vb, mc)?)
+            }
             AdapterSpec::Blob(c, s) => Arc::new(BayesianLoraLinear::new(base, c.clone(), vb, s)?),
             AdapterSpec::Ensemble { members, rank } => {
                 Arc::new(LoraEnsembleLinear::new(base, *members, *rank, vb)?)
