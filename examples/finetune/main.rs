@@ -10,6 +10,7 @@
 mod data;
 mod distill;
 mod report;
+mod scale;
 mod train;
 
 use std::path::PathBuf;
@@ -401,11 +402,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     bar.set_style(ProgressStyle::with_template(
         "{bar:40} {pos}/{len} [{elapsed}<{eta}] {per_sec} {msg}",
     )?);
+    let blob_layers = model.blob_layers()?;
     let mut trainer = Trainer::new(train::Setup {
         method,
         args: &args,
         varmap: &varmap,
-        blob_layers: model.blob_layers()?,
+        blob_layers: blob_layers.clone(),
         n_train: split.train.len(),
         total_steps: total,
     })?;
@@ -600,8 +602,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?;
     }
 
+    let scales = match (method, trainer.ivon_mut()) {
+        (Method::Ivon, Some(opt)) => scale::ivon(opt)?,
+        (Method::Blob, _) => scale::blob(&blob_layers)?,
+        _ => Vec::new(),
+    };
+    if !scales.is_empty() {
+        println!("{}", scale::summary(&scales));
+    }
     let summary = serde_json::json!({
         "optimizer": name,
+        "posterior_scale": scales,
         "distilled": args.distill_from.is_some(),
         "seed": args.seed,
         "epochs": args.epochs(),
