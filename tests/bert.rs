@@ -91,6 +91,20 @@ fn randomize_lora_b(varmap: &VarMap, std: f64) {
     }
 }
 
+/// Every var has a non-zero gradient.
+fn assert_every_var_has_a_gradient(
+    vars: &HashMap<String, Var>,
+    grads: &candle_core::backprop::GradStore,
+) {
+    for (name, var) in vars {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert!(norm > 0.0, "zero gradient for {name}");
+    }
+}
+
 fn inputs() -> (Tensor, Tensor, Tensor) {
     let dev = Device::Cpu;
     let ids = Tensor::new(&[[1u32, 7, 22, 9, 0, 0], [3, 41, 5, 17, 8, 2]], &dev).unwrap();
@@ -203,13 +217,7 @@ fn gradient_reaches_every_adapter_of_every_layer() {
     let data = varmap.data().lock().unwrap();
     // 2 layers x 6 targets x (A, B) + the head's weight and bias.
     assert_eq!(data.len(), 2 * 6 * 2 + 2);
-    for (name, var) in data.iter() {
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("no gradient for {name}"));
-        let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
-        assert!(norm > 0.0, "zero gradient for {name}");
-    }
+    assert_every_var_has_a_gradient(&data, &grads);
 }
 
 /// The fused CPU kernels of the frozen linear layers, layer norms and GELU against candle's
@@ -484,13 +492,7 @@ fn blob_in_the_encoder_samples_around_the_lora_mean() {
         .unwrap();
     let data = blob_vars.data().lock().unwrap();
     assert_eq!(data.len(), 2 * 6 * 3 + 2);
-    for (name, var) in data.iter() {
-        let g = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("no gradient for {name}"));
-        let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
-        assert!(norm > 0.0, "zero gradient for {name}");
-    }
+    assert_every_var_has_a_gradient(&data, &grads);
 }
 
 /// The adapted head (bayesian-peft's `--apply-classhead-lora`): a frozen random head drawn
@@ -533,11 +535,7 @@ fn an_adapted_head_is_frozen_plus_its_adapter() {
         .unwrap()
         .backward()
         .unwrap();
-    for (name, var) in varmap.data().lock().unwrap().iter() {
-        let g = grads.get(var.as_tensor()).unwrap();
-        let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
-        assert!(norm > 0.0, "zero gradient for {name}");
-    }
+    assert_every_var_has_a_gradient(&varmap.data().lock().unwrap(), &grads);
 
     let mut sampler = BlobSampler::new(1);
     let blob = AdapterSpec::Blob(BlobConfig::new(LoraConfig::new(2)), sampler.clone());
