@@ -641,6 +641,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let md = report.markdown();
     std::fs::write(args.out.join(format!("{stem}.md")), &md)?;
+    for (row, svg) in &report.svgs {
+        let slug: String = row
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let slug = slug
+            .split('-')
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join("-");
+        std::fs::write(args.out.join(format!("{stem}-{slug}.svg")), svg)?;
+    }
     print!("{md}");
     println!(
         "peak memory {:.0} MB; results in {}",

@@ -25,6 +25,8 @@ pub fn concat(parts: Vec<Predictive>) -> varlora::Result<Predictive> {
 pub struct Report {
     labels: Tensor,
     pub rows: Vec<serde_json::Value>,
+    /// Each row's reliability diagram on the evaluation set, as SVG, with the row's name.
+    pub svgs: Vec<(String, String)>,
 }
 
 /// What one model's predictions cost.
@@ -41,6 +43,7 @@ impl Report {
         Ok(Self {
             labels: Tensor::cat(&labels, 0)?,
             rows: Vec::new(),
+            svgs: Vec::new(),
         })
     }
 
@@ -58,11 +61,18 @@ impl Report {
         let y = &self.labels;
         let msp =
             |p: &Predictive| -> varlora::Result<Tensor> { Ok((p.probs.max(1)?.neg()? + 1.0)?) };
+        let ece = metrics::ece(&id.probs, y, 15)?;
+        let bins = metrics::reliability(&id.probs, y, 15)?;
+        self.svgs.push((
+            name.clone(),
+            metrics::reliability_svg(&bins, &format!("{name}: ECE {ece:.3}")),
+        ));
         let mut row = serde_json::json!({
             "model": name,
+            "reliability": bins,
             "accuracy": metrics::accuracy(&id.probs, y)?,
             "nll": metrics::nll(&id.log_probs, y)?,
-            "ece": metrics::ece(&id.probs, y, 15)?,
+            "ece": ece,
             "brier": metrics::brier(&id.probs, y)?,
             "ms_per_step": cost.ms_per_step,
             "ms_per_sentence": cost.ms_per_sentence,
