@@ -460,6 +460,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             report.add(name, &id?, &ood?, cost)
         };
     let s = args.test_samples;
+    let mut temperature = None;
     match method {
         Method::Adamw => {
             let id = timed(|| evaluate(&mut PointMass, &model, &eval_batches, 0));
@@ -479,10 +480,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     predictive_from_samples(&ts.apply_log_probs(&p.log_probs)?.unsqueeze(0)?, false)
                 };
                 add(
-                    format!("AdamW + TS (T = {:.2})", ts.temperature),
+                    "AdamW + TS".into(),
                     timed(|| scaled(&eval_batches)),
                     on_ood_sets(&ood_sets, scaled),
                 )?;
+                println!(
+                    "temperature fitted on the calibration set: {:.3}",
+                    ts.temperature
+                );
+                temperature = Some(ts.temperature);
             }
         }
         Method::McDropout => {
@@ -613,6 +619,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let summary = serde_json::json!({
         "optimizer": name,
         "posterior_scale": scales,
+        "temperature": temperature,
         "distilled": args.distill_from.is_some(),
         "seed": args.seed,
         "epochs": args.epochs(),
