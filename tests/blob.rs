@@ -387,3 +387,34 @@ fn nested_calls_through_clones_restore_their_own_state() {
         "the stream is back"
     );
 }
+
+/// A prediction scale `c` multiplies sample `k`'s noise by `c` (the same draws), and
+/// leaves the training draws alone.
+#[test]
+fn prediction_scale_multiplies_the_sample_noise() {
+    let dev = Device::Cpu;
+    let mut sampler = BlobSampler::new(30);
+    let (layer, _) = layer(&sampler, &M, &G, &B);
+    let x = Tensor::from_vec(vec![0.5f64, -1.0, 2.0, 0.25], (1, IN), &dev).unwrap();
+    let f = || layer.forward_t(&x, false)?.flatten_all()?.to_vec1::<f64>();
+    let mean = sampler.with_point_estimate(f).unwrap();
+    let one = sampler.with_posterior_sample(2, f).unwrap();
+    sampler.set_prediction_scale(3.0).unwrap();
+    let three = sampler.with_posterior_sample(2, f).unwrap();
+    for ((a, b), m) in one.iter().zip(&three).zip(&mean) {
+        assert!((b - m - 3.0 * (a - m)).abs() < 1e-12, "{a} {b} {m}");
+    }
+    let untouched = BlobSampler::new(30);
+    let (reference, _) = self::layer(&untouched, &M, &G, &B);
+    let want = reference
+        .forward_t(&x, false)
+        .unwrap()
+        .flatten_all()
+        .unwrap();
+    assert_eq!(
+        f().unwrap(),
+        want.to_vec1::<f64>().unwrap(),
+        "training draws at scale 1"
+    );
+    assert!(sampler.set_prediction_scale(f64::NAN).is_err());
+}

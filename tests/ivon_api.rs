@@ -601,3 +601,32 @@ fn micro_batch_accumulation_equals_mc_samples() {
     };
     assert_eq!(run(true), run(false));
 }
+
+/// A prediction scale `c` moves sample `k` `c` times as far from the mean along the same
+/// draw, and leaves the mean and the training sample alone.
+#[test]
+fn prediction_scale_stretches_the_samples_about_the_mean() {
+    use varlora::predict::Posterior;
+    let dev = Device::Cpu;
+    let w = Var::zeros(64, DType::F32, &dev).unwrap();
+    let mut opt = Ivon::new(vec![w.clone()], config()).unwrap();
+    let training = w.as_tensor().to_vec1::<f32>().unwrap();
+    let mean: Vec<f32> = opt.with_mean(|| w.as_tensor().to_vec1()).unwrap();
+    let sample = |opt: &mut Ivon| -> Vec<f32> {
+        opt.with_posterior_sample(3, || w.as_tensor().to_vec1())
+            .unwrap()
+    };
+    let one = sample(&mut opt);
+    opt.set_prediction_scale(2.5).unwrap();
+    let stretched = sample(&mut opt);
+    for ((s1, s2), m) in one.iter().zip(&stretched).zip(&mean) {
+        assert!((s2 - m - 2.5 * (s1 - m)).abs() < 1e-6, "{s1} {s2} {m}");
+    }
+    assert!(one.iter().zip(&mean).any(|(s, m)| (s - m).abs() > 1e-3));
+    assert_eq!(w.as_tensor().to_vec1::<f32>().unwrap(), training);
+    opt.set_prediction_scale(0.0).unwrap();
+    assert_eq!(sample(&mut opt), mean);
+    for bad in [-1.0, f64::NAN, f64::INFINITY] {
+        assert!(opt.set_prediction_scale(bad).is_err());
+    }
+}

@@ -157,6 +157,11 @@ struct Args {
     /// The student's AdamW learning rate, decayed linearly as the teacher's.
     #[arg(long, default_value_t = 1e-3)]
     student_lr: f64,
+    /// Also evaluate IVON's or BLoB's samples with the posterior's standard deviation
+    /// multiplied by each of these factors (a test-time temperature of the posterior),
+    /// e.g. `--posterior-scales 0.5,2,4`.
+    #[arg(long, value_delimiter = ',')]
+    posterior_scales: Vec<f64>,
     /// Evaluate on 400 sentences held out of the training set instead of the test set
     /// (for choosing hyperparameters).
     #[arg(long)]
@@ -520,6 +525,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 id,
                 on_ood_sets(&ood_sets, |b| evaluate(opt, &model, b, s)),
             )?;
+            for &c in &args.posterior_scales {
+                opt.set_prediction_scale(c)?;
+                let id = timed(|| evaluate(opt, &model, &eval_batches, s));
+                add(
+                    format!("IVON {s} samples, std x {c}"),
+                    id,
+                    on_ood_sets(&ood_sets, |b| evaluate(opt, &model, b, s)),
+                )?;
+            }
+            opt.set_prediction_scale(1.0)?;
         }
         Method::Blob => {
             let mut post = sampler.clone();
@@ -535,6 +550,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 id,
                 on_ood_sets(&ood_sets, |b| evaluate(&mut post, &model, b, s)),
             )?;
+            for &c in &args.posterior_scales {
+                post.set_prediction_scale(c)?;
+                let id = timed(|| evaluate(&mut post, &model, &eval_batches, s));
+                add(
+                    format!("BLoB N = {s}, std x {c}"),
+                    id,
+                    on_ood_sets(&ood_sets, |b| evaluate(&mut post, &model, b, s)),
+                )?;
+            }
+            post.set_prediction_scale(1.0)?;
         }
         Method::LoraEnsemble => {
             let id = timed(|| evaluate_members(&model, &eval_batches));

@@ -195,6 +195,13 @@ impl BlobSampler {
     pub fn is_sampling(&self) -> Result<bool> {
         self.0.is_sampling()
     }
+
+    /// Multiplies the noise of prediction samples (the posterior's standard deviation)
+    /// by `scale`: a test-time temperature of the posterior. Training draws are
+    /// unchanged. 1 by default; errors unless finite and >= 0.
+    pub fn set_prediction_scale(&self, scale: f64) -> Result<()> {
+        self.0.set_prediction_scale(scale)
+    }
 }
 
 impl Posterior for BlobSampler {
@@ -357,7 +364,7 @@ impl BayesianLoraLinear {
         let dims = x.dims();
         let (lead, in_dim) = dims.split_at(dims.len() - 1);
         let r = self.config.lora.rank;
-        let (z, r_signs, s_signs) = {
+        let (z, r_signs, s_signs, scale) = {
             let mut stream = self.sampler.0.stream()?;
             let mut z = vec![0f32; r * in_dim[0]];
             stream.fill(&mut z);
@@ -366,12 +373,12 @@ impl BayesianLoraLinear {
             stream.fill_signs(&mut rs);
             let mut ss = vec![0f32; lead_n * r];
             stream.fill_signs(&mut ss);
-            (z, rs, ss)
+            (z, rs, ss, stream.scale())
         };
         let dev = x.device();
         let dtype = x.dtype();
         let z = Tensor::from_vec(z, (r, in_dim[0]), dev)?.to_dtype(dtype)?;
-        let e = (self.a_std()? * z)?;
+        let e = (self.a_std()? * (z * scale)?)?;
         let mut r_shape = lead.to_vec();
         r_shape.push(in_dim[0]);
         let mut s_shape = lead.to_vec();

@@ -12,6 +12,10 @@ use crate::{Error, Result};
 struct State {
     sampling: bool,
     stream: PhiloxNormal,
+    /// The factor on the noise of the forwards now running: 1 in training,
+    /// `prediction_scale` within a prediction sample.
+    scale: f64,
+    prediction_scale: f64,
 }
 
 /// Clones share the state; what a call must restore lives in that call's guard, so calls
@@ -34,6 +38,8 @@ impl SampleSwitch {
             state: Arc::new(Mutex::new(State {
                 sampling,
                 stream: PhiloxNormal::new(seed),
+                scale: 1.0,
+                prediction_scale: 1.0,
             })),
         }
     }
@@ -53,6 +59,20 @@ impl SampleSwitch {
         Ok(self.lock()?.sampling)
     }
 
+    /// Sets the factor on the noise of prediction samples; errors unless finite and
+    /// >= 0.
+    pub(crate) fn set_prediction_scale(&self, scale: f64) -> Result<()> {
+        if !(scale.is_finite() && scale >= 0.0) {
+            return Err(Error::InvalidConfig {
+                field: "prediction_scale",
+                value: scale.to_string(),
+                expected: "finite, >= 0",
+            });
+        }
+        self.lock()?.prediction_scale = scale;
+        Ok(())
+    }
+
     /// The stream, locked: draw from it and drop the guard.
     pub(crate) fn stream(&self) -> Result<StreamGuard<'_>> {
         Ok(StreamGuard(self.lock()?))
@@ -66,7 +86,8 @@ impl SampleSwitch {
         f: impl FnOnce() -> candle_core::Result<R>,
     ) -> Result<R> {
         let stream = PhiloxNormal::at(self.seed ^ self.prediction_salt, (k as u64) << 40);
-        self.run_with(true, stream, f)
+        let scale = self.lock()?.prediction_scale;
+        self.run_with(true, stream, scale, f)
     }
 
     /// Runs `f` with sampling off.
@@ -75,7 +96,7 @@ impl SampleSwitch {
         f: impl FnOnce() -> candle_core::Result<R>,
     ) -> Result<R> {
         let stream = self.lock()?.stream.clone();
-        self.run_with(false, stream, f)
+        self.run_with(false, stream, 1.0, f)
     }
 
     /// Runs `f` in the given mode and stream, then restores the previous ones, also when
@@ -84,12 +105,13 @@ impl SampleSwitch {
         &mut self,
         sampling: bool,
         stream: PhiloxNormal,
+        scale: f64,
         f: impl FnOnce() -> candle_core::Result<R>,
     ) -> Result<R> {
         let saved = {
             let mut st = self.lock()?;
-            let saved = (st.sampling, st.stream.clone());
-            (st.sampling, st.stream) = (sampling, stream);
+            let saved = (st.sampling, st.stream.clone(), st.scale);
+            (st.sampling, st.stream, st.scale) = (sampling, stream, scale);
             saved
         };
         let _restore = Restore {
@@ -102,6 +124,13 @@ impl SampleSwitch {
 
 /// The locked stream of a [`SampleSwitch`].
 pub(crate) struct StreamGuard<'a>(MutexGuard<'a, State>);
+
+impl StreamGuard<'_> {
+    /// The factor on the noise of the forwards now running.
+    pub(crate) fn scale(&self) -> f64 {
+        self.0.scale
+    }
+}
 
 impl std::ops::Deref for StreamGuard<'_> {
     type Target = PhiloxNormal;
@@ -119,16 +148,16 @@ impl std::ops::DerefMut for StreamGuard<'_> {
 /// Puts the mode and stream back when dropped, on unwinding too.
 struct Restore<'a> {
     state: &'a Mutex<State>,
-    saved: Option<(bool, PhiloxNormal)>,
+    saved: Option<(bool, PhiloxNormal, f64)>,
 }
 
 impl Drop for Restore<'_> {
     fn drop(&mut self) {
-        if let Some((sampling, stream)) = self.saved.take() {
+        if let Some((sampling, stream, scale)) = self.saved.take() {
             // A panic while a layer held the lock poisoned it; the state restored here is
             // whole again, so the poison is cleared.
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            (st.sampling, st.stream) = (sampling, stream);
+            (st.sampling, st.stream, st.scale) = (sampling, stream, scale);
             drop(st);
             self.state.clear_poison();
         }

@@ -88,6 +88,7 @@ pub struct Ivon {
     noise: Box<dyn NoiseSource>,
     dtype: DType,
     device: Device,
+    prediction_scale: f64,
 }
 
 impl std::fmt::Debug for Ivon {
@@ -152,6 +153,7 @@ impl Ivon {
             noise,
             dtype,
             device,
+            prediction_scale: 1.0,
         };
         for group in groups {
             ivon.push_group(group)?;
@@ -299,6 +301,32 @@ impl Ivon {
     /// Where the vars stand.
     pub fn position(&self) -> Position {
         self.position
+    }
+
+    /// Multiplies the standard deviation of prediction samples
+    /// ([`crate::predict::Posterior::with_posterior_sample`]) by `scale`: a test-time
+    /// temperature of the posterior, for asking how its scale drives the predictive.
+    /// Training samples and the posterior itself are unchanged. 1 by default; errors
+    /// unless finite and >= 0.
+    ///
+    /// ```
+    /// # use candle_core::{DType, Device, Var};
+    /// # use varlora::optim::{Ivon, IvonConfig};
+    /// # let w = Var::zeros(4, DType::F32, &Device::Cpu)?;
+    /// let mut opt = Ivon::new(vec![w], IvonConfig::new(0.1, 100.0))?;
+    /// opt.set_prediction_scale(2.0)?; // samples twice as far from the mean
+    /// # Ok::<(), varlora::Error>(())
+    /// ```
+    pub fn set_prediction_scale(&mut self, scale: f64) -> Result<()> {
+        if !(scale.is_finite() && scale >= 0.0) {
+            return Err(Error::InvalidConfig {
+                field: "prediction_scale",
+                value: scale.to_string(),
+                expected: "finite, >= 0",
+            });
+        }
+        self.prediction_scale = scale;
+        Ok(())
     }
 
     /// Sets the learning rate of one group.

@@ -194,7 +194,12 @@ impl Posterior for Ivon {
         k: usize,
         f: impl FnOnce() -> candle_core::Result<R>,
     ) -> Result<R> {
-        let noise = self.prediction_noise(k)?;
+        let mut noise = self.prediction_noise(k)?;
+        if self.prediction_scale != 1.0 {
+            for n in noise.iter_mut().flatten() {
+                *n = (&*n * self.prediction_scale)?;
+            }
+        }
         self.run_at(&noise, f)
     }
 
