@@ -38,7 +38,7 @@ impl Trainer {
         };
         Ok(match s.method {
             Method::Ivon => {
-                let c = IvonConfig::new(lr, args.ess)
+                let c = IvonConfig::new(lr, args.ess())
                     .hess_init(args.hess_init)
                     .weight_decay(0.0)
                     .rescale_lr(false)
