@@ -433,36 +433,20 @@ fn detached_copy_shares_weights_without_tracking() {
 #[test]
 fn blob_in_the_encoder_samples_around_the_lora_mean() {
     let dev = Device::Cpu;
-    let build = |spec: &AdapterSpec, varmap: &VarMap| {
-        let encoder = BertEncoder::load(
-            VarBuilder::from_tensors(
-                frozen_weights(&serde_json::from_str(TINY).unwrap()),
-                DType::F32,
-                &dev,
-            ),
-            VarBuilder::from_varmap(varmap, DType::F32, &dev),
-            &serde_json::from_str(TINY).unwrap(),
-            Some(spec),
-            ALL_TARGETS,
-        )
-        .unwrap();
-        let model = BertClassifier::new(
-            encoder,
-            3,
-            VarBuilder::from_varmap(varmap, DType::F32, &dev),
-        )
-        .unwrap();
+    let build = |spec: &AdapterSpec| {
+        let (encoder, varmap) = tiny_encoder(Some(spec), ALL_TARGETS);
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let model = BertClassifier::new(encoder, 3, vb).unwrap();
         model.init(8).unwrap();
-        randomize_lora_b(varmap, 0.2);
-        model
+        randomize_lora_b(&varmap, 0.2);
+        (model, varmap)
     };
-    let (lora_vars, blob_vars) = (VarMap::new(), VarMap::new());
-    let lora = build(&AdapterSpec::Lora(LoraConfig::new(2)), &lora_vars);
+    let (lora, _) = build(&AdapterSpec::Lora(LoraConfig::new(2)));
     let mut sampler = BlobSampler::new(3);
-    let blob = build(
-        &AdapterSpec::Blob(BlobConfig::new(LoraConfig::new(2)), sampler.clone()),
-        &blob_vars,
-    );
+    let (blob, blob_vars) = build(&AdapterSpec::Blob(
+        BlobConfig::new(LoraConfig::new(2)),
+        sampler.clone(),
+    ));
     let (ids, types, mask) = inputs();
     let logits = |m: &BertClassifier| m.forward_t(&ids, &types, &mask, false).unwrap();
     let want = logits(&lora);

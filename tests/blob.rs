@@ -49,6 +49,19 @@ const M: [f64; 8] = [0.3, -0.1, 0.05, 0.2, -0.25, 0.15, 0.0, 0.1];
 const G: [f64; 8] = [0.3, 0.4, 0.2, 0.5, 0.35, 0.25, 0.45, 0.3];
 const B: [f64; 6] = [0.5, -0.3, 0.2, 0.8, -0.6, 0.1];
 
+/// One input row.
+fn one_row() -> Tensor {
+    Tensor::from_vec(vec![0.5f64, -1.0, 2.0, 0.25], (1, IN), &Device::Cpu).unwrap()
+}
+
+/// The first training forward of `x` through a layer whose sampler of `seed` nothing
+/// else has touched: what a restored stream must draw next.
+fn first_training_forward(seed: u64, x: &Tensor) -> Vec<f64> {
+    let (layer, _) = layer(&BlobSampler::new(seed), &M, &G, &B);
+    let y = layer.forward_t(x, false).unwrap();
+    y.flatten_all().unwrap().to_vec1().unwrap()
+}
+
 #[test]
 fn kl_matches_a_monte_carlo_estimate() {
     let sampler = BlobSampler::new(0);
@@ -167,10 +180,9 @@ fn flipout_mean_and_variance_match_the_closed_form() {
 
 #[test]
 fn sampling_switch_and_posterior_samples() {
-    let dev = Device::Cpu;
     let mut sampler = BlobSampler::new(4);
     let (layer, _) = layer(&sampler, &M, &G, &B);
-    let x = Tensor::from_vec(vec![0.5f64, -1.0, 2.0, 0.25], (1, IN), &dev).unwrap();
+    let x = one_row();
     let f = || {
         layer
             .forward_t(&x, false)
@@ -194,12 +206,8 @@ fn sampling_switch_and_posterior_samples() {
 /// training forward after it draws what it would have drawn without the closure.
 #[test]
 fn the_sampler_is_restored_after_a_panic_or_an_error() {
-    let dev = Device::Cpu;
-    let x = Tensor::from_vec(vec![0.5f64, -1.0, 2.0, 0.25], (1, IN), &dev).unwrap();
-    let untouched = BlobSampler::new(9);
-    let (reference, _) = layer(&untouched, &M, &G, &B);
-    let want = reference.forward_t(&x, false).unwrap();
-
+    let x = one_row();
+    let want = first_training_forward(9, &x);
     let mut sampler = BlobSampler::new(9);
     let (layer, _) = layer(&sampler, &M, &G, &B);
     let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -216,8 +224,8 @@ fn the_sampler_is_restored_after_a_panic_or_an_error() {
     assert!(failed.is_err());
     assert!(sampler.is_sampling().unwrap(), "the training mode is back");
     let got = layer.forward_t(&x, false).unwrap();
-    let diff = (got - want).unwrap().abs().unwrap().sum_all().unwrap();
-    assert_eq!(diff.to_scalar::<f64>().unwrap(), 0.0, "the stream is back");
+    let got: Vec<f64> = got.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(got, want, "the stream is back");
 }
 
 #[test]
@@ -355,10 +363,7 @@ fn one_noise_draw_per_forward_shared_by_every_row() {
 /// the sample, and afterwards the training mode and stream, as they were.
 #[test]
 fn nested_calls_through_clones_restore_their_own_state() {
-    let dev = Device::Cpu;
-    let x = Tensor::from_vec(vec![0.5f64, -1.0, 2.0, 0.25], (1, IN), &dev).unwrap();
-    let untouched = BlobSampler::new(21);
-    let (reference, _) = layer(&untouched, &M, &G, &B);
+    let x = one_row();
     let mut outer = BlobSampler::new(21);
     let mut inner = outer.clone();
     let (layer, _) = layer(&outer, &M, &G, &B);
@@ -376,14 +381,9 @@ fn nested_calls_through_clones_restore_their_own_state() {
     assert_eq!(nested_point, point);
     assert_eq!(nested_sample, direct, "the sample resumes where it was");
     assert!(inner.is_sampling().unwrap() && outer.is_sampling().unwrap());
-    let want = reference
-        .forward_t(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap();
     assert_eq!(
         f().unwrap(),
-        want.to_vec1::<f64>().unwrap(),
+        first_training_forward(21, &x),
         "the stream is back"
     );
 }
@@ -392,10 +392,9 @@ fn nested_calls_through_clones_restore_their_own_state() {
 /// leaves the training draws alone.
 #[test]
 fn prediction_scale_multiplies_the_sample_noise() {
-    let dev = Device::Cpu;
     let mut sampler = BlobSampler::new(30);
     let (layer, _) = layer(&sampler, &M, &G, &B);
-    let x = Tensor::from_vec(vec![0.5f64, -1.0, 2.0, 0.25], (1, IN), &dev).unwrap();
+    let x = one_row();
     let f = || layer.forward_t(&x, false)?.flatten_all()?.to_vec1::<f64>();
     let mean = sampler.with_point_estimate(f).unwrap();
     let one = sampler.with_posterior_sample(2, f).unwrap();
@@ -404,16 +403,9 @@ fn prediction_scale_multiplies_the_sample_noise() {
     for ((a, b), m) in one.iter().zip(&three).zip(&mean) {
         assert!((b - m - 3.0 * (a - m)).abs() < 1e-12, "{a} {b} {m}");
     }
-    let untouched = BlobSampler::new(30);
-    let (reference, _) = self::layer(&untouched, &M, &G, &B);
-    let want = reference
-        .forward_t(&x, false)
-        .unwrap()
-        .flatten_all()
-        .unwrap();
     assert_eq!(
         f().unwrap(),
-        want.to_vec1::<f64>().unwrap(),
+        first_training_forward(30, &x),
         "training draws at scale 1"
     );
     assert!(sampler.set_prediction_scale(f64::NAN).is_err());
