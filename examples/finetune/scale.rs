@@ -39,16 +39,10 @@ pub fn ivon(opt: &Ivon) -> varlora::Result<Vec<Scale>> {
 pub fn blob(layers: &[BlobLayerVars]) -> varlora::Result<Vec<Scale>> {
     let mut out = Vec::new();
     for (i, l) in layers.iter().enumerate() {
-        let g = l.a_g.as_tensor();
-        let s = if l.softplus {
-            (g.exp()? + 1.0)?.log()?
-        } else {
-            g.sqr()?
-        };
         out.push(Scale {
             name: format!("layer {i} A"),
             rms_mean: rms(l.a_mean.as_tensor())?,
-            rms_std: rms(&s)?,
+            rms_std: rms(&l.a_std()?)?,
         });
         out.push(Scale {
             name: format!("layer {i} B"),

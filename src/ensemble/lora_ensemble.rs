@@ -6,7 +6,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::{init::Init, Linear, VarBuilder};
 
 use crate::kernels::encoder::FrozenLinear;
-use crate::lora::{set_uniform, var_name, Adapter};
+use crate::lora::{init_lora_pair, Adapter};
 use crate::{Error, Result};
 
 /// `M` LoRA adapters on one frozen `Linear`, all applied in one forward pass:
@@ -168,14 +168,7 @@ impl Adapter for LoraEnsembleLinear {
     fn init(&self, seed: u64) -> Result<()> {
         let (_, rank, in_dim) = self.a.dims3()?;
         let bound = xavier_bound(in_dim, rank);
-        set_uniform(
-            &self.a,
-            &var_name(&self.prefix, "lora_a"),
-            seed,
-            -bound,
-            bound,
-        )?;
-        set_uniform(&self.b, &var_name(&self.prefix, "lora_b"), seed, 0.0, 0.0)
+        init_lora_pair(&self.prefix, seed, &self.a, bound, &self.b)
     }
 
     fn members(&self) -> usize {

@@ -14,7 +14,7 @@ use candle_core::{DType, ModuleT, Tensor};
 use candle_nn::{init::Init, Dropout, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::init::{kaiming_uniform_bound, set_uniform, var_name};
+use super::init::{init_lora_pair, kaiming_uniform_bound, set_uniform, var_name};
 use super::sampler::SampleSwitch;
 use super::{Adapter, LoraConfig};
 use crate::kernels::encoder::FrozenLinear;
@@ -131,6 +131,11 @@ impl BlobLayerVars {
         let d_s = ((&s * (2.0 / denom))? - (s + KL_EPS)?.recip()?)?;
         let d_g = (d_s * ds_dg)?;
         Ok((d_m.to_dtype(dtype)?, d_g.to_dtype(dtype)?))
+    }
+
+    /// The standard deviation `S` of `A`: `G^2`, or `softplus(G)`.
+    pub fn a_std(&self) -> Result<Tensor> {
+        std_of(self.a_g.as_tensor(), self.softplus)
     }
 
     /// The layer's KL against its prior, as a number (f64).
@@ -419,11 +424,9 @@ impl Adapter for BayesianLoraLinear {
     /// (U(eps - 1, eps) for softplus), `B` zero.
     fn init(&self, seed: u64) -> Result<()> {
         let bound = kaiming_uniform_bound(self.a_mean.dim(1)?);
-        let name = |n| var_name(&self.prefix, n);
-        set_uniform(&self.a_mean, &name("lora_a"), seed, -bound, bound)?;
+        init_lora_pair(&self.prefix, seed, &self.a_mean, bound, &self.b)?;
         let (lo, up) = g_init_range(self.config.bayes_eps);
-        set_uniform(&self.a_g, &name("lora_a_g"), seed, lo, up)?;
-        set_uniform(&self.b, &name("lora_b"), seed, 0.0, 0.0)
+        set_uniform(&self.a_g, &var_name(&self.prefix, "lora_a_g"), seed, lo, up)
     }
 
     fn kl(&self) -> Result<Option<Tensor>> {

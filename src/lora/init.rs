@@ -47,6 +47,19 @@ pub(crate) fn set_uniform(t: &Tensor, name: &str, seed: u64, lo: f64, hi: f64) -
     Ok(())
 }
 
+/// Sets a LoRA pair under `prefix`: `A` ("lora_a") to U(-a_bound, a_bound) draws and
+/// `B` ("lora_b") to zero, so that the update starts at zero.
+pub(crate) fn init_lora_pair(
+    prefix: &str,
+    seed: u64,
+    a: &Tensor,
+    a_bound: f64,
+    b: &Tensor,
+) -> Result<()> {
+    set_uniform(a, &var_name(prefix, "lora_a"), seed, -a_bound, a_bound)?;
+    set_uniform(b, &var_name(prefix, "lora_b"), seed, 0.0, 0.0)
+}
+
 /// The bound of PyTorch's default `nn.Linear` and PEFT's LoRA `A` initialisation,
 /// Kaiming-uniform with `a = sqrt 5`: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 pub(crate) fn kaiming_uniform_bound(fan_in: usize) -> f64 {

@@ -6,7 +6,7 @@ use candle_core::{ModuleT, Tensor};
 use candle_nn::{init::Init, Dropout, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::init::{kaiming_uniform_bound, set_uniform, var_name};
+use super::init::{init_lora_pair, kaiming_uniform_bound};
 use super::{Adapter, McDropout};
 use crate::kernels::encoder::FrozenLinear;
 use crate::{Error, Result};
@@ -298,13 +298,6 @@ impl Adapter for LoraLinear {
             ));
         }
         let bound = kaiming_uniform_bound(self.a.dim(1)?);
-        set_uniform(
-            &self.a,
-            &var_name(&self.prefix, "lora_a"),
-            seed,
-            -bound,
-            bound,
-        )?;
-        set_uniform(&self.b, &var_name(&self.prefix, "lora_b"), seed, 0.0, 0.0)
+        init_lora_pair(&self.prefix, seed, &self.a, bound, &self.b)
     }
 }

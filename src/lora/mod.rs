@@ -11,5 +11,7 @@ mod sampler;
 pub use adapter::{Adapter, AdapterBuilder};
 pub use blob::{kl_period, kl_weight, BayesianLoraLinear, BlobConfig, BlobLayerVars, BlobSampler};
 pub use dropout::McDropout;
-pub(crate) use init::{kaiming_uniform_bound, seeded_uniform, set_uniform, var_name};
+pub(crate) use init::{
+    init_lora_pair, kaiming_uniform_bound, seeded_uniform, set_uniform, var_name,
+};
 pub use linear::{LoraConfig, LoraLinear};

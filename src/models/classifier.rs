@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use candle_nn::{Linear, VarBuilder};
 
 use super::BertEncoder;
@@ -96,8 +96,7 @@ impl BertClassifier {
             let name = var_name(&vb.prefix(), name);
             let shape = shape.into();
             let dev = vb.device();
-            seeded_uniform(&shape, &name, seed, (-bound, bound), DType::F32, dev)?
-                .to_dtype(vb.dtype())
+            seeded_uniform(&shape, &name, seed, (-bound, bound), vb.dtype(), dev)
         };
         let base = Linear::new(
             frozen(&[classes, h], "base_weight")?,
@@ -175,8 +174,8 @@ impl BertClassifier {
     /// The vars of every BLoB layer, the head's included: what [`crate::optim::Blob`]
     /// trains.
     pub fn blob_layers(&self) -> Result<Vec<BlobLayerVars>> {
-        let mut layers = Vec::new();
-        for a in self.adapters() {
+        let mut layers = self.encoder.blob_layers()?;
+        if let Head::Adapted(a) = &self.head {
             layers.extend(a.posterior_vars()?);
         }
         Ok(layers)
