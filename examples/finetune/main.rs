@@ -465,40 +465,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = model.detach();
     let mut report = Report::new(&eval_batches)?;
     let n_eval = split.eval.len().max(1) as f64;
-    type OodPredictives = varlora::Result<Vec<(&'static str, Predictive)>>;
-    let mut add =
-        |name: String, (id, secs): (varlora::Result<Predictive>, f64), ood: OodPredictives| {
-            let cost = Cost {
-                ms_per_step,
-                ms_per_sentence: 1e3 * secs / n_eval,
-            };
-            report.add(name, &id?, &ood?, cost)
+    // One row: `predict` timed on the evaluation set, then run on every OOD set.
+    let mut add = |name: String,
+                   predict: &mut dyn FnMut(&[Batch]) -> varlora::Result<Predictive>|
+     -> varlora::Result<()> {
+        let (id, secs) = timed(|| predict(&eval_batches));
+        let ood = on_ood_sets(&ood_sets, &mut *predict)?;
+        let cost = Cost {
+            ms_per_step,
+            ms_per_sentence: 1e3 * secs / n_eval,
         };
+        report.add(name, &id?, &ood, cost)
+    };
     let s = args.test_samples;
     let mut temperature = None;
     match method {
         Method::Adamw => {
-            let id = timed(|| evaluate(&mut PointMass, &model, &eval_batches, 0));
-            add(
-                "AdamW".into(),
-                id,
-                on_ood_sets(&ood_sets, |b| evaluate(&mut PointMass, &model, b, 0)),
-            )?;
+            add("AdamW".into(), &mut |b| {
+                evaluate(&mut PointMass, &model, b, 0)
+            })?;
             if !split.calibration.is_empty() {
                 let calibration = batches(&tokenizer, &split.calibration, 64, &dev)?;
                 let fitted = evaluate(&mut PointMass, &model, &calibration, 0)?;
                 let labels: Vec<u32> = split.calibration.iter().map(|r| r.1).collect();
                 let labels = Tensor::new(labels, &dev)?;
                 let ts = TemperatureScaling::fit(&fitted.log_probs, &labels)?;
-                let scaled = |b: &[Batch]| -> varlora::Result<Predictive> {
+                add("AdamW + TS".into(), &mut |b| {
                     let p = evaluate(&mut PointMass, &model, b, 0)?;
                     predictive_from_samples(&ts.apply_log_probs(&p.log_probs)?.unsqueeze(0)?, false)
-                };
-                add(
-                    "AdamW + TS".into(),
-                    timed(|| scaled(&eval_batches)),
-                    on_ood_sets(&ood_sets, scaled),
-                )?;
+                })?;
                 println!(
                     "temperature fitted on the calibration set: {:.3}",
                     ts.temperature
@@ -508,77 +503,46 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Method::McDropout => {
             let mut post = mc.clone();
-            let id = timed(|| evaluate(&mut post, &model, &eval_batches, 0));
-            add(
-                "MC dropout @ no dropout".into(),
-                id,
-                on_ood_sets(&ood_sets, |b| evaluate(&mut post, &model, b, 0)),
-            )?;
-            let id = timed(|| evaluate(&mut post, &model, &eval_batches, s));
-            add(
-                format!("MC dropout {s} samples"),
-                id,
-                on_ood_sets(&ood_sets, |b| evaluate(&mut post, &model, b, s)),
-            )?;
+            add("MC dropout @ no dropout".into(), &mut |b| {
+                evaluate(&mut post, &model, b, 0)
+            })?;
+            add(format!("MC dropout {s} samples"), &mut |b| {
+                evaluate(&mut post, &model, b, s)
+            })?;
         }
         Method::Ivon => {
             let opt = trainer.ivon_mut().ok_or("no IVON")?;
-            let id = timed(|| evaluate(opt, &model, &eval_batches, 0));
-            add(
-                "IVON @ mean".into(),
-                id,
-                on_ood_sets(&ood_sets, |b| evaluate(opt, &model, b, 0)),
-            )?;
-            let id = timed(|| evaluate(opt, &model, &eval_batches, s));
-            add(
-                format!("IVON {s} samples"),
-                id,
-                on_ood_sets(&ood_sets, |b| evaluate(opt, &model, b, s)),
-            )?;
+            add("IVON @ mean".into(), &mut |b| evaluate(opt, &model, b, 0))?;
+            add(format!("IVON {s} samples"), &mut |b| {
+                evaluate(opt, &model, b, s)
+            })?;
             for &c in &args.posterior_scales {
                 opt.set_prediction_scale(c)?;
-                let id = timed(|| evaluate(opt, &model, &eval_batches, s));
-                add(
-                    format!("IVON {s} samples, std x {c}"),
-                    id,
-                    on_ood_sets(&ood_sets, |b| evaluate(opt, &model, b, s)),
-                )?;
+                add(format!("IVON {s} samples, std x {c}"), &mut |b| {
+                    evaluate(opt, &model, b, s)
+                })?;
             }
             opt.set_prediction_scale(1.0)?;
         }
         Method::Blob => {
             let mut post = sampler.clone();
-            let id = timed(|| evaluate(&mut post, &model, &eval_batches, 0));
-            add(
-                "BLoB N = 0".into(),
-                id,
-                on_ood_sets(&ood_sets, |b| evaluate(&mut post, &model, b, 0)),
-            )?;
-            let id = timed(|| evaluate(&mut post, &model, &eval_batches, s));
-            add(
-                format!("BLoB N = {s}"),
-                id,
-                on_ood_sets(&ood_sets, |b| evaluate(&mut post, &model, b, s)),
-            )?;
+            add("BLoB N = 0".into(), &mut |b| {
+                evaluate(&mut post, &model, b, 0)
+            })?;
+            add(format!("BLoB N = {s}"), &mut |b| {
+                evaluate(&mut post, &model, b, s)
+            })?;
             for &c in &args.posterior_scales {
                 post.set_prediction_scale(c)?;
-                let id = timed(|| evaluate(&mut post, &model, &eval_batches, s));
-                add(
-                    format!("BLoB N = {s}, std x {c}"),
-                    id,
-                    on_ood_sets(&ood_sets, |b| evaluate(&mut post, &model, b, s)),
-                )?;
+                add(format!("BLoB N = {s}, std x {c}"), &mut |b| {
+                    evaluate(&mut post, &model, b, s)
+                })?;
             }
             post.set_prediction_scale(1.0)?;
         }
         Method::LoraEnsemble => {
-            let id = timed(|| evaluate_members(&model, &eval_batches));
             let name = format!("LoRA-Ensemble M = {}", args.members);
-            add(
-                name,
-                id,
-                on_ood_sets(&ood_sets, |b| evaluate_members(&model, b)),
-            )?;
+            add(name, &mut |b| evaluate_members(&model, b))?;
         }
     }
 
