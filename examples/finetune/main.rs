@@ -168,6 +168,9 @@ struct Args {
     /// (for choosing hyperparameters).
     #[arg(long)]
     validation: bool,
+    /// Leave out the OOD sets (their AUROCs), e.g. in a search that chooses on NLL alone.
+    #[arg(long)]
+    no_ood: bool,
     /// Use only this many training and evaluation sentences (a smoke run).
     #[arg(long)]
     limit: Option<usize>,
@@ -389,9 +392,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| e.to_string())?;
     tokenizer.with_padding(Some(PaddingParams::default()));
     let eval_batches = batches(&tokenizer, &split.eval, 64, &dev)?;
-    let mut ood_sets = vec![("wiki", batches(&tokenizer, &split.ood, 64, &dev)?)];
-    if let Some(rows) = &split.ood_multiemo {
-        ood_sets.push(("multiemo", batches(&tokenizer, rows, 64, &dev)?));
+    let mut ood_sets = Vec::new();
+    if !args.no_ood {
+        ood_sets.push(("wiki", batches(&tokenizer, &split.ood, 64, &dev)?));
+        if let Some(rows) = &split.ood_multiemo {
+            ood_sets.push(("multiemo", batches(&tokenizer, rows, 64, &dev)?));
+        }
     }
 
     let config: BertConfig =
@@ -625,8 +631,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "train_sentences": split.train.len(),
         "eval_set": if args.validation { "validation" } else { "test" },
         "eval_sentences": split.eval.len(),
-        "ood_sentences": split.ood.len(),
-        "ood_multiemo_sentences": split.ood_multiemo.as_ref().map(Vec::len),
+        "ood_sentences": if args.no_ood { 0 } else { split.ood.len() },
+        "ood_multiemo_sentences": split.ood_multiemo.as_ref().filter(|_| !args.no_ood).map(Vec::len),
         "ms_per_step": ms_per_step,
         "peak_rss_mb": peak_rss_mb(),
         "args": format!("{args:?}"),
