@@ -329,7 +329,7 @@ fn evaluate<P: Posterior>(
         parts.push(if samples == 0 {
             predictive_at_point(posterior, logits)?
         } else {
-            predictive(posterior, samples, false, logits)?
+            predictive(posterior, samples, true, logits)?
         });
     }
     concat(parts)
@@ -340,9 +340,7 @@ fn evaluate<P: Posterior>(
 fn evaluate_members(model: &BertClassifier, data: &[Batch]) -> varlora::Result<Predictive> {
     let parts = data
         .iter()
-        .map(|b| {
-            predictive_from_samples(&model.forward_t(&b.ids, &b.types, &b.mask, false)?, false)
-        })
+        .map(|b| predictive_from_samples(&model.forward_t(&b.ids, &b.types, &b.mask, false)?, true))
         .collect::<varlora::Result<Vec<_>>>()?;
     concat(parts)
 }

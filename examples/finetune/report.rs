@@ -17,8 +17,42 @@ pub fn concat(parts: Vec<Predictive>) -> varlora::Result<Predictive> {
         total: cat(&|p| &p.total)?,
         aleatoric: cat(&|p| &p.aleatoric)?,
         epistemic: cat(&|p| &p.epistemic)?,
-        samples: None,
+        samples: parts
+            .iter()
+            .map(|p| p.samples.clone())
+            .collect::<Option<Vec<_>>>()
+            .map(|s| Tensor::cat(&s, 1))
+            .transpose()?,
     })
+}
+
+/// The mean over examples of the spread of a binary classifier's log-odds
+/// `ln(p1 / p0)` across posterior samples, and of the mutual information: to second order
+/// MI is `spread^2 p(1 - p) / 2`, so this says whether an OOD set's MI is low because the
+/// samples agree there or because the predictions are confident. `None` without samples
+/// or with more than two classes.
+fn log_odds_spread(p: &Predictive) -> varlora::Result<Option<(f64, f64)>> {
+    let Some(s) = &p.samples else {
+        return Ok(None);
+    };
+    let (k, n, c) = s.dims3()?;
+    if c != 2 || k < 2 || n == 0 {
+        return Ok(None);
+    }
+    let s = s.to_dtype(candle_core::DType::F64)?.to_vec3::<f64>()?;
+    let mut spread = 0.0;
+    for i in 0..n {
+        let z: Vec<f64> = (0..k).map(|j| (s[j][i][1] / s[j][i][0]).ln()).collect();
+        let mean = z.iter().sum::<f64>() / k as f64;
+        let var = z.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (k - 1) as f64;
+        spread += var.sqrt();
+    }
+    let mi = p
+        .epistemic
+        .to_dtype(candle_core::DType::F64)?
+        .mean_all()?
+        .to_scalar::<f64>()?;
+    Ok(Some((spread / n as f64, mi)))
 }
 
 /// The rows of the results table.
@@ -77,6 +111,10 @@ impl Report {
             "ms_per_step": cost.ms_per_step,
             "ms_per_sentence": cost.ms_per_sentence,
         });
+        if let Some((spread, mi)) = log_odds_spread(id)? {
+            row["log_odds_spread"] = spread.into();
+            row["mean_mi"] = mi.into();
+        }
         for (set, p) in ood {
             let suffix = if *set == "wiki" {
                 String::new()
@@ -86,6 +124,10 @@ impl Report {
             row[format!("auroc_msp{suffix}")] = metrics::auroc(&msp(id)?, &msp(p)?)?.into();
             row[format!("auroc_entropy{suffix}")] = metrics::auroc(&id.total, &p.total)?.into();
             row[format!("auroc_mi{suffix}")] = metrics::auroc(&id.epistemic, &p.epistemic)?.into();
+            if let Some((spread, mi)) = log_odds_spread(p)? {
+                row[format!("log_odds_spread_{set}")] = spread.into();
+                row[format!("mean_mi_{set}")] = mi.into();
+            }
         }
         self.rows.push(row);
         Ok(())
