@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::tiny_bert::{frozen_weights, inputs, rel_error, TINY};
+
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
@@ -11,14 +13,6 @@ use candle_transformers::models::bert::{BertModel, Config};
 use varlora::lora::{AdapterBuilder, BlobConfig, BlobSampler, LoraConfig};
 use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
 use varlora::predict::Posterior;
-
-const TINY: &str = r#"{
-    "vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "intermediate_size": 32, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-    "max_position_embeddings": 16, "type_vocab_size": 2, "initializer_range": 0.02,
-    "layer_norm_eps": 1e-12, "pad_token_id": 0, "model_type": "bert",
-    "classifier_dropout": null
-}"#;
 
 /// An adapter on every linear layer of every transformer layer.
 const ALL_TARGETS: AdapterTargets = AdapterTargets {
@@ -29,41 +23,6 @@ const ALL_TARGETS: AdapterTargets = AdapterTargets {
     intermediate: true,
     output: true,
 };
-
-/// Random frozen weights with BertModel's names (layer norms randomised too).
-fn frozen_weights(config: &Config) -> HashMap<String, Tensor> {
-    let varmap = VarMap::new();
-    BertModel::load(
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        config,
-    )
-    .unwrap();
-    let data = varmap.data().lock().unwrap();
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    // Seeded draws in place of candle's unseeded initialisers, at their scales:
-    // embeddings N(0, 1), weights N(0, 1 / fan_in), biases N(0, 0.02^2).
-    names
-        .into_iter()
-        .enumerate()
-        .map(|(i, k)| {
-            let dims = data[k].dims().to_vec();
-            let seed = 100 + i as u64;
-            let t = if k.contains("LayerNorm") {
-                (common::randn(seed, 0.2, &dims, DType::F32)
-                    + if k.ends_with("weight") { 1.0 } else { 0.0 })
-                .unwrap()
-            } else if k.contains("embeddings") {
-                common::randn(seed, 1.0, &dims, DType::F32)
-            } else if dims.len() == 2 {
-                common::randn(seed, 1.0 / (dims[1] as f64).sqrt(), &dims, DType::F32)
-            } else {
-                common::randn(seed, 0.02, &dims, DType::F32)
-            };
-            (k.clone(), t)
-        })
-        .collect()
-}
 
 /// An encoder over fresh random frozen weights, its adapters in the returned VarMap.
 fn tiny_encoder(spec: Option<&AdapterSpec>, targets: AdapterTargets) -> (BertEncoder, VarMap) {
@@ -105,41 +64,10 @@ fn assert_every_var_has_a_gradient(
     }
 }
 
-fn inputs() -> (Tensor, Tensor, Tensor) {
-    let dev = Device::Cpu;
-    let ids = Tensor::new(&[[1u32, 7, 22, 9, 0, 0], [3, 41, 5, 17, 8, 2]], &dev).unwrap();
-    let types = Tensor::new(&[[0u32, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 0]], &dev).unwrap();
-    let mask = Tensor::new(&[[1u32, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], &dev).unwrap();
-    (ids, types, mask)
-}
-
 /// BertModel's hidden states at the real tokens, zero at padding (as ours are).
 fn at_tokens(hidden: &Tensor, mask: &Tensor) -> Tensor {
     let mask = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
     hidden.broadcast_mul(&mask).unwrap()
-}
-
-fn rel_error(a: &Tensor, b: &Tensor) -> f32 {
-    let diff: f32 = (a - b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .sqrt()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    let norm: f32 = b
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .sqrt()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    diff / norm
 }
 
 #[test]

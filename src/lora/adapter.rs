@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use candle_nn::{Linear, VarBuilder};
 
 use super::BlobLayerVars;
-use crate::Result;
+use crate::{Error, Result};
 
 /// A frozen linear layer with a trainable update, as [`crate::models::BertEncoder`] holds
 /// it on each targeted layer. [`super::LoraLinear`], [`super::BayesianLoraLinear`] and
@@ -59,6 +59,15 @@ pub trait Adapter: std::fmt::Debug + Send + Sync {
     /// The number of members carried in the rows (1 unless an ensemble).
     fn members(&self) -> usize {
         1
+    }
+
+    /// The frozen layer with the update folded in (PEFT's `merge_and_unload`): for a
+    /// posterior, its mean. An adapter without one merged weight (an ensemble's members)
+    /// gets an error.
+    fn merged_linear(&self) -> Result<Linear> {
+        Err(Error::InvalidInput(
+            "this adapter has no single merged weight (an ensemble has one per member)".into(),
+        ))
     }
 }
 

@@ -420,6 +420,13 @@ impl Adapter for BayesianLoraLinear {
         Arc::new(BayesianLoraLinear::detach(self))
     }
 
+    /// The posterior mean's layer: `W0 + (alpha / r) B M`.
+    fn merged_linear(&self) -> Result<Linear> {
+        let base = self.base.linear();
+        let delta = (self.b.matmul(&self.a_mean)? * self.config.lora.scale())?;
+        Ok(Linear::new((base.weight() + delta)?, base.bias().cloned()))
+    }
+
     /// As the reference: `M` Kaiming-uniform (PEFT's `A`), `G` U(eps / sqrt 2, eps)
     /// (U(eps - 1, eps) for softplus), `B` zero.
     fn init(&self, seed: u64) -> Result<()> {

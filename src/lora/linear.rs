@@ -290,6 +290,14 @@ impl Adapter for LoraLinear {
         Arc::new(LoraLinear::detach(self))
     }
 
+    fn merged_linear(&self) -> Result<Linear> {
+        if self.merged {
+            return Ok(self.base().clone());
+        }
+        let w = (self.base().weight() + self.delta_weight()?)?;
+        Ok(Linear::new(w, self.base().bias().cloned()))
+    }
+
     /// `A` Kaiming-uniform as PEFT, U(-1/sqrt(in), 1/sqrt(in)); `B` zero.
     fn init(&self, seed: u64) -> Result<()> {
         if self.merged {

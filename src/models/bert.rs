@@ -6,9 +6,10 @@
 //! norm built from differentiable ops: candle-nn's `LayerNorm` is a fused op without a
 //! backward pass, which would silently stop the gradient at every layer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::{DType, Module, ModuleT, Tensor, D};
+use candle_core::{DType, Device, Module, ModuleT, Tensor, D};
 use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +45,39 @@ pub struct BertConfig {
     /// Epsilon of the layer norms.
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,
+}
+
+impl BertConfig {
+    /// Checks what the encoder relies on: the heads divide the hidden size, and the
+    /// activation is one it computes.
+    pub fn validate(&self) -> Result<()> {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
+            return Err(Error::InvalidConfig {
+                field: "num_attention_heads",
+                value: self.num_attention_heads.to_string(),
+                expected: "a divisor of hidden_size",
+            });
+        }
+        if !matches!(self.hidden_act.as_str(), "gelu" | "gelu_new" | "relu") {
+            return Err(Error::InvalidConfig {
+                field: "hidden_act",
+                value: self.hidden_act.clone(),
+                expected: "gelu, gelu_new or relu",
+            });
+        }
+        Ok(())
+    }
+
+    /// The configured activation of the feed-forward layer.
+    pub(crate) fn activation(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self.hidden_act.as_str() {
+            "gelu" => gelu_erf(x),
+            "gelu_new" => x.gelu(),
+            _ => x.relu(),
+        }
+    }
 }
 
 fn default_act() -> String {
@@ -167,6 +201,14 @@ impl Proj {
             Proj::Adapted(a) => Some(a.as_ref()),
         }
     }
+
+    /// The layer with its adapter's update folded in.
+    fn merged(&self) -> Result<Linear> {
+        match self {
+            Proj::Frozen(l) => Ok(l.linear().clone()),
+            Proj::Adapted(a) => a.merged_linear(),
+        }
+    }
 }
 
 impl ModuleT for Proj {
@@ -236,24 +278,7 @@ impl BertEncoder {
         adapter: Option<&dyn AdapterBuilder>,
         targets: AdapterTargets,
     ) -> Result<Self> {
-        if config.num_attention_heads == 0
-            || !config
-                .hidden_size
-                .is_multiple_of(config.num_attention_heads)
-        {
-            return Err(Error::InvalidConfig {
-                field: "num_attention_heads",
-                value: config.num_attention_heads.to_string(),
-                expected: "a divisor of hidden_size",
-            });
-        }
-        if !matches!(config.hidden_act.as_str(), "gelu" | "gelu_new" | "relu") {
-            return Err(Error::InvalidConfig {
-                field: "hidden_act",
-                value: config.hidden_act.clone(),
-                expected: "gelu, gelu_new or relu",
-            });
-        }
+        config.validate()?;
         let base = if base.contains_tensor("bert.embeddings.word_embeddings.weight") {
             base.pp("bert")
         } else {
@@ -397,6 +422,44 @@ impl BertEncoder {
             .filter_map(Proj::adapter)
     }
 
+    /// Every weight under its Hugging Face name (`embeddings.word_embeddings.weight`,
+    /// `encoder.layer.0.attention.self.query.weight`, ...), with each adapter's update
+    /// folded in (a posterior's mean): the fine-tuned model as one plain BERT, e.g. to
+    /// prune into [`crate::hydra`] members. Frozen tensors share storage with the
+    /// encoder. A LoRA-Ensemble, having no single model, gets an error.
+    pub fn merged_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for (name, e) in [
+            ("word_embeddings", &self.word_embeddings),
+            ("position_embeddings", &self.position_embeddings),
+            ("token_type_embeddings", &self.token_type_embeddings),
+        ] {
+            out.insert(format!("embeddings.{name}.weight"), e.embeddings().clone());
+        }
+        insert_norm(&mut out, "embeddings.LayerNorm", &self.embedding_norm);
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("encoder.layer.{i}");
+            for (name, proj) in [
+                ("attention.self.query", &l.query),
+                ("attention.self.key", &l.key),
+                ("attention.self.value", &l.value),
+                ("attention.output.dense", &l.attention_output),
+                ("intermediate.dense", &l.intermediate),
+                ("output.dense", &l.output),
+            ] {
+                insert_linear(&mut out, &format!("{p}.{name}"), &proj.merged()?);
+            }
+            let norms = [
+                ("attention.output.LayerNorm", &l.attention_norm),
+                ("output.LayerNorm", &l.output_norm),
+            ];
+            for (name, norm) in norms {
+                insert_norm(&mut out, &format!("{p}.{name}"), norm);
+            }
+        }
+        Ok(out)
+    }
+
     /// The number of ensemble members carried in the batch dimension (1 unless
     /// LoRA-Ensemble).
     pub fn members(&self) -> usize {
@@ -495,11 +558,7 @@ impl BertEncoder {
             .attention_norm
             .forward(&(l.attention_output.forward_t(&context, train)? + x)?)?;
         let inter = l.intermediate.forward_t(&attn, train)?;
-        let inter = match self.config.hidden_act.as_str() {
-            "gelu" => gelu_erf(&inter)?,
-            "gelu_new" => inter.gelu()?,
-            _ => inter.relu()?,
-        };
+        let inter = self.config.activation(&inter)?;
         Ok(l.output_norm
             .forward(&(l.output.forward_t(&inter, train)? + attn)?)?)
     }
@@ -517,8 +576,21 @@ impl BertEncoder {
     }
 }
 
+/// `weight` and, where there is one, `bias` under `prefix`.
+pub(crate) fn insert_linear(out: &mut HashMap<String, Tensor>, prefix: &str, l: &Linear) {
+    out.insert(format!("{prefix}.weight"), l.weight().clone());
+    if let Some(b) = l.bias() {
+        out.insert(format!("{prefix}.bias"), b.clone());
+    }
+}
+
+fn insert_norm(out: &mut HashMap<String, Tensor>, prefix: &str, n: &Norm) {
+    out.insert(format!("{prefix}.weight"), n.weight.clone());
+    out.insert(format!("{prefix}.bias"), n.bias.clone());
+}
+
 /// `x` `(batch, ...)` repeated `members` times, member-major: `(members * batch, ...)`.
-fn repeat_members(x: &Tensor, members: usize) -> Result<Tensor> {
+pub(crate) fn repeat_members(x: &Tensor, members: usize) -> Result<Tensor> {
     if members == 1 {
         return Ok(x.clone());
     }
@@ -530,14 +602,14 @@ fn repeat_members(x: &Tensor, members: usize) -> Result<Tensor> {
 
 /// The real tokens of a padded batch: the rows of the flattened `(batch * seq, hidden)`
 /// positions the mask keeps.
-struct Tokens {
+pub(crate) struct Tokens {
     /// Flat positions of the real tokens, ascending; `None` when there is no padding.
     index: Option<Tensor>,
     positions: usize,
 }
 
 impl Tokens {
-    fn new(mask: &Tensor) -> Result<Self> {
+    pub(crate) fn new(mask: &Tensor) -> Result<Self> {
         let keep = mask.flatten_all()?.to_vec1::<u8>()?;
         let index: Vec<u32> = (0..keep.len() as u32)
             .filter(|&i| keep[i as usize] != 0)
@@ -555,15 +627,30 @@ impl Tokens {
     }
 
     /// `(batch * seq, hidden)` to the real tokens' rows.
-    fn pack(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn pack(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.index {
             Some(i) => x.index_select(i, 0),
             None => Ok(x.clone()),
         }
     }
 
+    /// The sequence (row of the mask) each real token belongs to, `(tokens,)` u32.
+    pub(crate) fn sequence_of_tokens(&self, seq: usize, dev: &Device) -> Result<Tensor> {
+        let seq = seq.max(1) as u32;
+        let flat: Vec<u32> = match &self.index {
+            Some(i) => i.to_vec1::<u32>()?,
+            None => (0..self.positions as u32).collect(),
+        };
+        let n = flat.len();
+        Ok(Tensor::from_vec(
+            flat.into_iter().map(|p| p / seq).collect::<Vec<_>>(),
+            n,
+            dev,
+        )?)
+    }
+
     /// The real tokens' rows back to `(batch * seq, hidden)`, zero at padding.
-    fn unpack(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub(crate) fn unpack(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.index {
             Some(i) => {
                 let h = x.dim(1)?;

@@ -1,11 +1,13 @@
 //! `BertClassifier`: the encoder's mean-pooled output into a classification head, trained
 //! whole or through an adapter.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::Tensor;
 use candle_nn::{Linear, VarBuilder};
 
+use super::bert::insert_linear;
 use super::BertEncoder;
 use crate::lora::{
     kaiming_uniform_bound, seeded_uniform, set_uniform, var_name, Adapter, AdapterBuilder,
@@ -155,6 +157,23 @@ impl BertClassifier {
             encoder: self.encoder.detach(),
             head,
         }
+    }
+
+    /// Every weight as one plain fine-tuned BERT classifier (see
+    /// [`BertEncoder::merged_tensors`]), the head as `classifier.weight` `(classes,
+    /// hidden)` and `classifier.bias`. The head is copied, so later training leaves the
+    /// map as it is.
+    pub fn merged_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        let mut out = self.encoder.merged_tensors()?;
+        let head = match &self.head {
+            Head::Adapted(a) => a.merged_linear()?,
+            Head::Trained { weight, bias, .. } => Linear::new(
+                weight.squeeze(0)?.detach().copy()?,
+                Some(bias.squeeze(0)?.detach().copy()?),
+            ),
+        };
+        insert_linear(&mut out, "classifier", &head);
+        Ok(out)
     }
 
     /// The encoder.

@@ -6,6 +6,8 @@ use std::collections::{HashMap, VecDeque};
 use candle_core::{DType, Device, Tensor};
 use varlora::noise::NoiseSource;
 
+pub mod tiny_bert;
+
 /// Seeded standard-normal draws of `shape`, times `std` (candle's `Tensor::randn` is
 /// unseeded on the CPU).
 pub fn randn(seed: u64, std: f64, shape: &[usize], dtype: DType) -> Tensor {
