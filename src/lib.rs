@@ -45,6 +45,7 @@ pub mod alloc;
 pub mod calibrate;
 pub mod ensemble;
 mod error;
+pub mod hydra;
 mod kernels;
 pub mod lora;
 pub mod metrics;
