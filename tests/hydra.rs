@@ -243,6 +243,11 @@ fn gradients_reach_every_members_weights_and_padding_stays_zero() {
     // Member 1 keeps one head of layer 0 where the widest keeps two: the padded head's
     // query rows (4..8 of member 1's query weight, the first var) get no gradient.
     let gq = grads.get(net.vars()[0].as_tensor()).unwrap();
+    // The detached copy predicts the same without building a graph.
+    let detached = net.detach();
+    let same = hydra_logits(&detached);
+    assert!(detached.vars().is_empty() && !same.track_op());
+    assert_eq!(rel_error(&same, &logits), 0.0);
     let pad: f32 = gq
         .i((1, 4..8))
         .unwrap()

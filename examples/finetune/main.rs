@@ -9,6 +9,7 @@
 
 mod data;
 mod distill;
+mod hydra;
 mod report;
 mod scale;
 mod train;
@@ -25,6 +26,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
 use varlora::calibrate::TemperatureScaling;
+use varlora::hydra::Selection;
 use varlora::lora::{BlobConfig, BlobSampler, LoraConfig, McDropout};
 use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
 use varlora::predict::{
@@ -44,6 +46,18 @@ enum Method {
     LoraEnsemble,
     /// AdamW with seeded LoRA dropout, predicting with dropout on (MC dropout).
     McDropout,
+    /// AdamW's LoRA model, merged and pruned into `--members` differently pruned members
+    /// run as one grouped network (Hydra), then fine-tuned briefly.
+    Hydra,
+}
+
+/// How Hydra's members choose their heads and neurons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum HydraSelection {
+    /// Importance-weighted draws, different for each member.
+    Weighted,
+    /// The most important units, the same for every member (the naive baseline).
+    TopK,
 }
 
 /// A training regime: the training-set size and the epochs over it.
@@ -145,6 +159,21 @@ struct Args {
     /// attention output, as the reference).
     #[arg(long, default_value_t = 4)]
     members: usize,
+    /// Fraction of each layer's attention heads and feed-forward neurons a Hydra member
+    /// keeps (1/3: 4 members of MiniLM keep 4 of 12 heads and 512 of 1536 neurons, about
+    /// 1.3 models' cost).
+    #[arg(long, default_value_t = 1.0 / 3.0)]
+    hydra_keep: f64,
+    /// How Hydra's members choose their units.
+    #[arg(long, value_enum, default_value_t = HydraSelection::Weighted)]
+    hydra_selection: HydraSelection,
+    /// Epochs of fine-tuning the merged Hydra network (all its grouped weights) on the
+    /// mean of the members' losses.
+    #[arg(long, default_value_t = 2)]
+    hydra_epochs: usize,
+    /// AdamW learning rate of that fine-tuning, decayed linearly.
+    #[arg(long, default_value_t = 5e-5)]
+    hydra_lr: f64,
     /// Weight of the Laplace term in the distillation loss.
     #[arg(long, default_value_t = 1.0)]
     laplace_weight: f64,
@@ -214,8 +243,8 @@ impl Args {
     /// The method to train: `--optimizer`, else the teacher of `--distill-from`.
     fn method(&self) -> Result<Method, Box<dyn std::error::Error>> {
         match (self.optimizer, self.distill_from) {
-            (_, Some(Method::Adamw)) => {
-                Err("AdamW has no posterior to distill: use --distill-from ivon, blob or lora-ensemble".into())
+            (_, Some(Method::Adamw | Method::Hydra)) => {
+                Err("distill from ivon, blob, mc-dropout or lora-ensemble: AdamW has no posterior, and Hydra's members exist only after training".into())
             }
             (Some(o), Some(t)) if o != t => Err(format!(
                 "--optimizer {o:?} and --distill-from {t:?} disagree: the teacher is the model trained"
@@ -286,7 +315,7 @@ fn build_model(
             AdapterSpec::McDropout(lora.clone(), mc.clone()),
             AdapterTargets::default(),
         ),
-        Method::Adamw | Method::Ivon => {
+        Method::Adamw | Method::Ivon | Method::Hydra => {
             (AdapterSpec::Lora(lora.clone()), AdapterTargets::default())
         }
     };
@@ -483,6 +512,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let s = args.test_samples;
     let mut temperature = None;
+    let mut hydra_ms_per_step = None;
     match method {
         Method::Adamw => {
             add("AdamW".into(), &mut |b| {
@@ -547,6 +577,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Method::LoraEnsemble => {
             let name = format!("LoRA-Ensemble M = {}", args.members);
             add(name, &mut |b| evaluate_members(&model, b))?;
+        }
+        Method::Hydra => {
+            add("LoRA (Hydra's source)".into(), &mut |b| {
+                evaluate(&mut PointMass, &model, b, 0)
+            })?;
+            let recipe = hydra::Recipe {
+                members: args.members,
+                keep: args.hydra_keep,
+                selection: match args.hydra_selection {
+                    HydraSelection::Weighted => Selection::Weighted { seed: args.seed },
+                    HydraSelection::TopK => Selection::TopK,
+                },
+                epochs: args.hydra_epochs,
+                lr: args.hydra_lr,
+                batch: args.batch,
+            };
+            let calibration = &split.train[..split.train.len().min(512)];
+            let calibration = batches(&tokenizer, calibration, args.batch, &dev)?;
+            let net = hydra::build(&model, &config, &calibration, &recipe)?;
+            let m = args.members;
+            let frozen = net.detach();
+            add(format!("Hydra M = {m} before fine-tuning"), &mut |b| {
+                hydra::evaluate(&frozen, b)
+            })?;
+            let ms = hydra::train(&net, &split.train, &recipe, &tokenizer, &mut rng)?;
+            hydra_ms_per_step = Some(ms);
+            let net = net.detach();
+            add(format!("Hydra M = {m}"), &mut |b| hydra::evaluate(&net, b))?;
         }
     }
 
@@ -623,6 +681,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "optimizer": name,
         "posterior_scale": scales,
         "temperature": temperature,
+        "hydra_ms_per_step": hydra_ms_per_step,
         "distilled": args.distill_from.is_some(),
         "seed": args.seed,
         "epochs": args.epochs(),

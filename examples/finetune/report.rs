@@ -39,20 +39,19 @@ fn log_odds_spread(p: &Predictive) -> varlora::Result<Option<(f64, f64)>> {
     if c != 2 || k < 2 || n == 0 {
         return Ok(None);
     }
-    let s = s.to_dtype(candle_core::DType::F64)?.to_vec3::<f64>()?;
-    let mut spread = 0.0;
-    for i in 0..n {
-        let z: Vec<f64> = (0..k).map(|j| (s[j][i][1] / s[j][i][0]).ln()).collect();
-        let mean = z.iter().sum::<f64>() / k as f64;
-        let var = z.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (k - 1) as f64;
-        spread += var.sqrt();
-    }
+    let s = s.to_dtype(candle_core::DType::F64)?;
+    let z = (s.narrow(2, 1, 1)? / s.narrow(2, 0, 1)?)?
+        .log()?
+        .squeeze(2)?;
+    let centred = z.broadcast_sub(&z.mean_keepdim(0)?)?;
+    let sd = (centred.sqr()?.sum(0)? / (k - 1) as f64)?.sqrt()?;
+    let spread = sd.mean_all()?.to_scalar::<f64>()?;
     let mi = p
         .epistemic
         .to_dtype(candle_core::DType::F64)?
         .mean_all()?
         .to_scalar::<f64>()?;
-    Ok(Some((spread / n as f64, mi)))
+    Ok(Some((spread, mi)))
 }
 
 /// The rows of the results table.

@@ -54,7 +54,7 @@ impl Trainer {
                 let blob = Blob::new(sorted_vars(s.varmap, |_| true)?, s.blob_layers, c)?;
                 Trainer::Blob(Scheduled::new(blob, schedule)?)
             }
-            Method::Adamw | Method::LoraEnsemble | Method::McDropout => {
+            Method::Adamw | Method::LoraEnsemble | Method::McDropout | Method::Hydra => {
                 let p = ParamsAdamW {
                     lr,
                     weight_decay: 0.0,

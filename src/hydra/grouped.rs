@@ -26,8 +26,8 @@ use crate::{Error, Result};
 /// ```
 #[derive(Clone, Debug)]
 pub struct GroupedLinear {
-    weight: Tensor,
-    bias: Tensor,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
 }
 
 impl GroupedLinear {

@@ -297,6 +297,42 @@ impl HydraClassifier {
         Self::new(weights, config, &[full], trainable)
     }
 
+    /// A copy for inference: the same weights (shared storage, so later fine-tuning shows
+    /// through) without gradient tracking, so that a forward pass builds no graph.
+    pub fn detach(&self) -> Self {
+        let lin = |l: &GroupedLinear| GroupedLinear {
+            weight: l.weight.detach(),
+            bias: l.bias.detach(),
+        };
+        let norm = |n: &GroupedNorm| GroupedNorm {
+            weight: n.weight.detach(),
+            bias: n.bias.detach(),
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| HydraLayer {
+                attention: GroupedAttention {
+                    query: lin(&l.attention.query),
+                    key: lin(&l.attention.key),
+                    value: lin(&l.attention.value),
+                    output: lin(&l.attention.output),
+                    ..l.attention.clone()
+                },
+                attention_norm: norm(&l.attention_norm),
+                intermediate: lin(&l.intermediate),
+                output: lin(&l.output),
+                output_norm: norm(&l.output_norm),
+            })
+            .collect();
+        Self {
+            layers,
+            head: lin(&self.head),
+            vars: Vec::new(),
+            ..self.clone()
+        }
+    }
+
     /// The number of members.
     pub fn members(&self) -> usize {
         self.plans.len()
