@@ -65,6 +65,11 @@ pub enum Error {
     #[error("checkpoint: {0}")]
     Checkpoint(String),
 
+    /// The ranks of a [`crate::collective::Collective`] disagree or one stopped answering
+    /// (a timeout, buffers of different shapes, a non-finite gradient on another rank).
+    #[error("collective: {0}")]
+    Collective(String),
+
     /// Invalid input to a metric or prediction function.
     #[error("invalid input: {0}")]
     InvalidInput(String),

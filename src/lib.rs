@@ -43,6 +43,7 @@
 
 pub mod alloc;
 pub mod calibrate;
+pub mod collective;
 pub mod ensemble;
 mod error;
 pub mod hydra;

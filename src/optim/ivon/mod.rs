@@ -6,16 +6,19 @@ mod math;
 mod param;
 mod sampling;
 mod step;
+mod sync;
 
 pub use config::{GroupSettings, HessApprox, IvonConfig, NonFinite, ParamGroup};
 pub use param::ParamState;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+use crate::collective::Collective;
 use crate::noise::{NoiseSource, PhiloxNormal};
 use crate::{Error, Result};
 
@@ -89,6 +92,7 @@ pub struct Ivon {
     dtype: DType,
     device: Device,
     prediction_scale: f64,
+    collective: Option<Arc<dyn Collective>>,
 }
 
 impl std::fmt::Debug for Ivon {
@@ -154,6 +158,7 @@ impl Ivon {
             dtype,
             device,
             prediction_scale: 1.0,
+            collective: None,
         };
         for group in groups {
             ivon.push_group(group)?;

@@ -56,29 +56,35 @@ impl Ivon {
         Ok(out)
     }
 
-    /// Checks every gradient for NaN or Inf. Returns `Ok(false)` if the step is to be
-    /// skipped (and has been: samples dropped, mean restored, skip counted).
+    /// Checks every gradient for NaN or Inf, on every rank. Returns `Ok(false)` if the
+    /// step is to be skipped (and has been: samples dropped, mean restored, skip counted).
     fn check_finite(&mut self, grads: &[Vec<Tensor>]) -> Result<bool> {
-        for (gi, gs) in grads.iter().enumerate() {
+        let mut first_bad = None;
+        'search: for (gi, gs) in grads.iter().enumerate() {
             for (vi, g) in gs.iter().enumerate() {
-                let finite = kernels::all_finite(g)?;
-                if finite {
-                    continue;
+                if !kernels::all_finite(g)? {
+                    first_bad = Some((gi, vi, g.shape().clone()));
+                    break 'search;
                 }
-                if self.config.on_nonfinite == NonFinite::SkipStep {
-                    self.discard_samples();
-                    self.skipped_steps += 1;
-                    self.restore_mean()?;
-                    return Ok(false);
-                }
-                return Err(Error::NonFiniteGradient {
-                    group: gi,
-                    var: vi,
-                    shape: g.shape().clone(),
-                });
             }
         }
-        Ok(true)
+        if !self.any_rank_nonfinite(first_bad.is_some())? {
+            return Ok(true);
+        }
+        if self.config.on_nonfinite == NonFinite::SkipStep {
+            self.discard_samples();
+            self.skipped_steps += 1;
+            self.restore_mean()?;
+            return Ok(false);
+        }
+        Err(match first_bad {
+            Some((group, var, shape)) => Error::NonFiniteGradient { group, var, shape },
+            None => Error::Collective(
+                "another rank's gradient holds NaN or Inf: every rank fails this step, \
+                 nothing changed"
+                    .into(),
+            ),
+        })
     }
 
     /// Collects the gradient at the current training sample into the running means of
@@ -152,6 +158,7 @@ impl Ivon {
             ));
         }
         self.validate_groups()?;
+        self.average_over_ranks()?;
         let t = self.step + 1;
         let mut new = Vec::new();
         for group in &self.groups {
@@ -213,6 +220,7 @@ impl Ivon {
             && kernels::fused_on(&self.device)
             && self.params_mut().all(|p| p.sampled)
             && self.noise.as_philox().is_some()
+            && self.peers().is_none()
     }
 
     /// The fused step: validated, finite gradients in; every var updated and resampled.
