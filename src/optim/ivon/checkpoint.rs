@@ -120,21 +120,26 @@ impl Ivon {
     pub fn load_state(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let bytes = std::fs::read(path)?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| bad(format!("{} is not a safetensors file: {e}", path.display())))?;
-        let json = meta
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(HEADER_KEY))
-            .ok_or_else(|| bad(format!("{} holds no IVON state", path.display())))?;
-        let header: Header =
-            serde_json::from_str(json).map_err(|e| bad(format!("unreadable header: {e}")))?;
-        if header.format != FORMAT {
-            return Err(bad(format!(
-                "format {:?}, expected {FORMAT:?}",
-                header.format
-            )));
+        let header = read_header(&bytes, path)?;
+        self.check_header(&header)?;
+        let mut tensors = candle_core::safetensors::load_buffer(&bytes, &self.device)
+            .map_err(|e| bad(format!("unreadable tensors: {e}")))?;
+        let mut restored = Vec::new();
+        for (gi, gh) in header.groups.iter().enumerate() {
+            self.check_group(gi, gh, header.config.debias)?;
+            for vi in 0..gh.shapes.len() {
+                restored.push(self.take_var(&mut tensors, gi, vi, &header)?);
+            }
         }
+        if let Some(extra) = tensors.keys().next() {
+            return Err(bad(format!("unexpected tensor {extra}")));
+        }
+        self.noise.load_state(&header.noise)?;
+        self.apply(header, restored)
+    }
+
+    /// The saved optimizer fits this one: a valid configuration, the dtype, the groups.
+    fn check_header(&self, header: &Header) -> Result<()> {
         header.config.validate()?;
         if header.dtype != self.dtype.as_str() {
             return Err(bad(format!(
@@ -150,9 +155,42 @@ impl Ivon {
                 self.groups.len()
             )));
         }
-        let mut tensors = candle_core::safetensors::load_buffer(&bytes, &self.device)
-            .map_err(|e| bad(format!("unreadable tensors: {e}")))?;
-        let mut take = |gi: usize, vi: usize, what: &str, dims: &[usize]| {
+        Ok(())
+    }
+
+    /// Saved group `gi` fits this optimizer's: valid settings, the same names (where
+    /// both sides have names) and shapes.
+    fn check_group(&self, gi: usize, gh: &GroupHeader, debias: bool) -> Result<()> {
+        let group = &self.groups[gi];
+        gh.settings.validate(debias)?;
+        let names: Vec<String> = group.params.iter().flat_map(|p| p.name.clone()).collect();
+        if !names.is_empty() && !gh.names.is_empty() && names != gh.names {
+            return Err(bad(format!(
+                "group {gi} was saved with vars {:?}, the optimizer has {:?}",
+                gh.names, names
+            )));
+        }
+        let dims: Vec<&[usize]> = group.params.iter().map(|p| p.var.dims()).collect();
+        if gh.shapes.len() != dims.len() || gh.shapes.iter().zip(&dims).any(|(a, b)| a != b) {
+            return Err(bad(format!(
+                "group {gi} was saved with shapes {:?}, the vars have {:?}",
+                gh.shapes, dims
+            )));
+        }
+        Ok(())
+    }
+
+    /// Var `vi` of group `gi`'s saved tensors, checked against its shape, dtype and the
+    /// saved position and count, and taken out of `tensors`.
+    fn take_var(
+        &self,
+        tensors: &mut HashMap<String, Tensor>,
+        gi: usize,
+        vi: usize,
+        header: &Header,
+    ) -> Result<Restored> {
+        let dims = self.groups[gi].params[vi].var.dims();
+        let mut take = |what: &str| -> Result<Option<Tensor>> {
             let name = key(gi, vi, what);
             match tensors.remove(&name) {
                 Some(t) if t.dims() == dims && t.dtype() == self.dtype => Ok(Some(t)),
@@ -165,65 +203,45 @@ impl Ivon {
                 None => Ok(None),
             }
         };
-        let mut restored = Vec::new();
-        for (gi, (gh, group)) in header.groups.iter().zip(&self.groups).enumerate() {
-            gh.settings.validate(header.config.debias)?;
-            let names: Vec<String> = group.params.iter().flat_map(|p| p.name.clone()).collect();
-            if !names.is_empty() && !gh.names.is_empty() && names != gh.names {
-                return Err(bad(format!(
-                    "group {gi} was saved with vars {:?}, the optimizer has {:?}",
-                    gh.names, names
-                )));
-            }
-            let dims: Vec<&[usize]> = group.params.iter().map(|p| p.var.dims()).collect();
-            if gh.shapes.len() != dims.len() || gh.shapes.iter().zip(&dims).any(|(a, b)| a != b) {
-                return Err(bad(format!(
-                    "group {gi} was saved with shapes {:?}, the vars have {:?}",
-                    gh.shapes, dims
-                )));
-            }
-            for (vi, d) in dims.iter().enumerate() {
-                let mut required = |what| {
-                    take(gi, vi, what, d)?
-                        .ok_or_else(|| bad(format!("{} is missing", key(gi, vi, what))))
-                };
-                let (mean, hess, momentum) =
-                    (required("mean")?, required("hess")?, required("momentum")?);
-                if !crate::kernels::all_finite(&mean)? || !crate::kernels::all_finite(&hess)? {
-                    return Err(bad(format!(
-                        "group {gi}, var {vi}: the mean or Hessian holds NaN or Inf"
-                    )));
-                }
-                let noise = take(gi, vi, "noise", d)?;
-                let avg_grad = take(gi, vi, "avg_grad", d)?;
-                let avg_hess = take(gi, vi, "avg_hess", d)?;
-                if noise.is_some() != (header.position == Position::Sample)
-                    || avg_grad.is_some() != (header.count > 0)
-                    || avg_hess.is_some() != (header.count > 0)
-                {
-                    return Err(bad(format!(
-                        "group {gi}, var {vi}: the sample tensors do not match position {:?} and count {}",
-                        header.position, header.count
-                    )));
-                }
-                restored.push((mean, hess, momentum, noise, avg_grad, avg_hess));
-            }
+        let mut required =
+            |what| take(what)?.ok_or_else(|| bad(format!("{} is missing", key(gi, vi, what))));
+        let (mean, hess, momentum) = (required("mean")?, required("hess")?, required("momentum")?);
+        if !crate::kernels::all_finite(&mean)? || !crate::kernels::all_finite(&hess)? {
+            return Err(bad(format!(
+                "group {gi}, var {vi}: the mean or Hessian holds NaN or Inf"
+            )));
         }
-        if let Some(extra) = tensors.keys().next() {
-            return Err(bad(format!("unexpected tensor {extra}")));
-        }
-        self.noise.load_state(&header.noise)?;
-        for (p, (mean, hess, momentum, noise, avg_grad, avg_hess)) in
-            self.params_mut().zip(restored)
+        let r = Restored {
+            mean,
+            hess,
+            momentum,
+            noise: take("noise")?,
+            avg_grad: take("avg_grad")?,
+            avg_hess: take("avg_hess")?,
+        };
+        if r.noise.is_some() != (header.position == Position::Sample)
+            || r.avg_grad.is_some() != (header.count > 0)
+            || r.avg_hess.is_some() != (header.count > 0)
         {
-            p.set_row(MEAN, &mean)?;
-            p.set_row(HESS, &hess)?;
-            p.set_row(MOMENTUM, &momentum)?;
-            p.sampled = noise.is_some();
-            if let Some(noise) = noise {
+            return Err(bad(format!(
+                "group {gi}, var {vi}: the sample tensors do not match position {:?} and count {}",
+                header.position, header.count
+            )));
+        }
+        Ok(r)
+    }
+
+    /// Writes the checked state into the optimizer and moves the vars where it stood.
+    fn apply(&mut self, header: Header, restored: Vec<Restored>) -> Result<()> {
+        for (p, r) in self.params_mut().zip(restored) {
+            p.set_row(MEAN, &r.mean)?;
+            p.set_row(HESS, &r.hess)?;
+            p.set_row(MOMENTUM, &r.momentum)?;
+            p.sampled = r.noise.is_some();
+            if let Some(noise) = r.noise {
                 p.set_row(NOISE, &noise)?;
             }
-            (p.avg_grad, p.avg_hess) = (avg_grad, avg_hess);
+            (p.avg_grad, p.avg_hess) = (r.avg_grad, r.avg_hess);
         }
         for (g, gh) in self.groups.iter_mut().zip(header.groups) {
             g.settings = gh.settings;
@@ -235,4 +253,34 @@ impl Ivon {
         self.position = header.position;
         self.write_position()
     }
+}
+
+/// One var's saved state.
+struct Restored {
+    mean: Tensor,
+    hess: Tensor,
+    momentum: Tensor,
+    noise: Option<Tensor>,
+    avg_grad: Option<Tensor>,
+    avg_hess: Option<Tensor>,
+}
+
+/// The header of a checkpoint file, checked to be this format's.
+fn read_header(bytes: &[u8], path: &Path) -> Result<Header> {
+    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| bad(format!("{} is not a safetensors file: {e}", path.display())))?;
+    let json = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(HEADER_KEY))
+        .ok_or_else(|| bad(format!("{} holds no IVON state", path.display())))?;
+    let header: Header =
+        serde_json::from_str(json).map_err(|e| bad(format!("unreadable header: {e}")))?;
+    if header.format != FORMAT {
+        return Err(bad(format!(
+            "format {:?}, expected {FORMAT:?}",
+            header.format
+        )));
+    }
+    Ok(header)
 }
