@@ -12,10 +12,14 @@ use tokenizers::Tokenizer;
 use varlora::ensemble::{distillation_loss, laplace_predictive, LaplaceHead};
 use varlora::lora::LoraConfig;
 use varlora::models::{AdapterSpec, AdapterTargets, BertConfig, BertEncoder};
-use varlora::predict::Predictive;
+use varlora::predict::{sample_logits, Predictive};
 
 use crate::data::{batches, Batch, Rows};
+use crate::evaluate::{timed, Rows as ReportRows};
+use crate::methods::Ctx;
 use crate::report::concat;
+use crate::train::Trainer;
+use crate::Method;
 
 pub struct Student {
     encoder: BertEncoder,
@@ -145,4 +149,79 @@ pub fn train(
         }
     }
     Ok(1e3 * start.elapsed().as_secs_f64() / total as f64)
+}
+
+/// The teacher's logits `(S, n, 2)` on every training sentence, in split order: `S`
+/// posterior samples, or the members of a LoRA-Ensemble.
+fn teacher_targets(
+    ctx: &Ctx,
+    method: Method,
+    trainer: &mut Trainer,
+) -> Result<Tensor, Box<dyn std::error::Error>> {
+    let s = ctx.args.test_samples;
+    let mut parts = Vec::new();
+    for b in &batches(ctx.tokenizer, &ctx.split.train, 64, ctx.dev)? {
+        let logits = || {
+            ctx.model
+                .forward_t(&b.ids, &b.types, &b.mask, false)
+                .map_err(candle_core::Error::wrap)
+        };
+        parts.push(match (method, trainer.ivon_mut()) {
+            (Method::Ivon, Some(opt)) => sample_logits(opt, s, logits)?,
+            (Method::Blob, _) => sample_logits(&mut ctx.sampler.clone(), s, logits)?,
+            (Method::McDropout, _) => sample_logits(&mut ctx.mc.clone(), s, logits)?,
+            _ => logits()?,
+        });
+    }
+    Ok(Tensor::cat(&parts, 1)?)
+}
+
+/// Distils the trained teacher into a student and adds the student's row.
+pub fn student_row(
+    ctx: &Ctx,
+    rows: &mut ReportRows,
+    method: Method,
+    trainer: &mut Trainer,
+    rng: &mut StdRng,
+    (base, lora): (VarBuilder, &LoraConfig),
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (targets, teacher_secs) = timed(|| teacher_targets(ctx, method, trainer));
+    let targets = targets?;
+    println!(
+        "teacher targets: {} samples of {} sentences in {teacher_secs:.1} s",
+        targets.dim(0)?,
+        ctx.split.train.len()
+    );
+    let args = ctx.args;
+    let student_vars = VarMap::new();
+    let student = Student::new(base, &student_vars, ctx.config, lora.clone(), ctx.dev)?;
+    student.init(args.seed ^ 0x5eed)?;
+    let schedule = Schedule {
+        epochs: args.student_epochs,
+        batch: args.batch,
+        lr: args.student_lr,
+        constant_lr: args.constant_lr,
+        laplace_weight: args.laplace_weight,
+        tokenizer: ctx.tokenizer,
+    };
+    let ms = train(
+        &student,
+        &student_vars,
+        &ctx.split.train,
+        &targets,
+        &schedule,
+        rng,
+        ctx.dev,
+    )?;
+    let student = student.detach();
+    let k = args.student_samples;
+    let name = format!("Student of {}, {k} Laplace samples", method.name());
+    // The evaluation set and the OOD sets draw from different streams.
+    let mut first = true;
+    rows.add_trained_at(name, ms, &mut |b| {
+        let seed = if first { args.seed } else { args.seed ^ 0x00d };
+        first = false;
+        student.predict(b, k, seed)
+    })?;
+    Ok(())
 }

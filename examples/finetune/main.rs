@@ -1,7 +1,8 @@
-//! LoRA fine-tuning of all-MiniLM-L6-v2 for sentence polarity (Pang & Lee), with AdamW,
-//! IVON, BLoB or a LoRA-Ensemble, evaluated for accuracy, calibration and OOD detection
-//! against Wikipedia sentences (CoNLL-2010); optionally distilled into a student with a
-//! Laplace head over the logits.
+//! LoRA fine-tuning of all-MiniLM-L6-v2 for sentence polarity (Pang & Lee), with AdamW
+//! (and temperature scaling), IVON, BLoB, MC dropout, a LoRA-Ensemble or Hydra, evaluated
+//! for accuracy, calibration and OOD detection against Wikipedia sentences (CoNLL-2010)
+//! and MultiEmo reviews; optionally distilled into a student with a Laplace head over the
+//! logits.
 //!
 //! Run `scripts/fetch-assets.sh` first, then for example
 //! `cargo run --release --example finetune -- --optimizer ivon --seed 0`.
@@ -9,33 +10,27 @@
 
 mod data;
 mod distill;
+mod evaluate;
 mod hydra;
+mod methods;
 mod report;
 mod scale;
 mod train;
 
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{loss, VarBuilder, VarMap};
+use candle_core::{DType, Device, Var};
+use candle_nn::{VarBuilder, VarMap};
 use clap::{Parser, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
-use varlora::calibrate::TemperatureScaling;
-use varlora::hydra::Selection;
 use varlora::lora::{BlobConfig, BlobSampler, LoraConfig, McDropout};
 use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
-use varlora::predict::{
-    predictive, predictive_at_point, predictive_from_samples, sample_logits, PointMass, Posterior,
-    Predictive,
-};
 
 use data::{batches, Batch, Split};
-use report::{concat, peak_rss_mb, Cost, Report};
+use evaluate::{OodSets, Rows};
+use report::peak_rss_mb;
 use train::Trainer;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -49,6 +44,14 @@ enum Method {
     /// AdamW's LoRA model, merged and pruned into `--members` differently pruned members
     /// run as one grouped network (Hydra), then fine-tuned briefly.
     Hydra,
+}
+
+impl Method {
+    /// The method's name on the command line (`adamw`, `lora-ensemble`, ...).
+    fn name(self) -> String {
+        self.to_possible_value()
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+    }
 }
 
 /// How Hydra's members choose their heads and neurons.
@@ -210,6 +213,15 @@ struct Args {
 }
 
 impl Args {
+    /// The suffix of validation runs' files.
+    fn tag(&self) -> &'static str {
+        if self.validation {
+            "-val"
+        } else {
+            ""
+        }
+    }
+
     /// Epochs: `--epochs`, else the preset's.
     fn epochs(&self) -> usize {
         self.epochs.unwrap_or(self.preset.regime().1)
@@ -330,55 +342,83 @@ fn build_model(
     Ok(model)
 }
 
-/// The predictive on every OOD set, with the set's name.
-fn on_ood_sets(
-    sets: &[(&'static str, Vec<Batch>)],
-    mut predict: impl FnMut(&[Batch]) -> varlora::Result<Predictive>,
-) -> varlora::Result<Vec<(&'static str, Predictive)>> {
-    sets.iter()
-        .map(|(name, b)| Ok((*name, predict(b)?)))
-        .collect()
+/// What every run reads: the split, the tokenizer, the evaluation and OOD batches, and
+/// the pretrained model.
+struct Inputs {
+    split: Split,
+    tokenizer: Tokenizer,
+    eval: Vec<Batch>,
+    ood: OodSets,
+    config: BertConfig,
+    base: VarBuilder<'static>,
 }
 
-/// The predictive over `data`: at the point estimate (`samples` 0) or averaged over
-/// `samples` posterior draws.
-fn evaluate<P: Posterior>(
-    posterior: &mut P,
-    model: &BertClassifier,
-    data: &[Batch],
-    samples: usize,
-) -> varlora::Result<Predictive> {
-    let mut parts = Vec::new();
-    for b in data {
-        let logits = || {
-            model
-                .forward_t(&b.ids, &b.types, &b.mask, false)
-                .map_err(candle_core::Error::wrap)
+impl Inputs {
+    fn load(
+        args: &Args,
+        rng: &mut StdRng,
+        dev: &Device,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let model_dir = args.assets.join("all-minilm-l6-v2");
+        let corpora = args.assets.join("corpora");
+        if !model_dir.join("model.safetensors").exists() || !corpora.exists() {
+            return Err("missing assets: run scripts/fetch-assets.sh".into());
+        }
+        std::fs::create_dir_all(&args.out)?;
+        let limit = args.limit.unwrap_or(usize::MAX);
+        let split = Split::draw(
+            &corpora,
+            rng,
+            args.seed,
+            args.validation,
+            args.train_size().min(limit),
+            limit,
+            &args
+                .out
+                .join(format!("split-seed{}{}.json", args.seed, args.tag())),
+        )?;
+        let tokenizer = tokenizer(&model_dir, args.max_tokens)?;
+        let eval = batches(&tokenizer, &split.eval, 64, dev)?;
+        let mut ood = Vec::new();
+        if !args.no_ood {
+            ood.push(("wiki", batches(&tokenizer, &split.ood, 64, dev)?));
+            if let Some(rows) = &split.ood_multiemo {
+                ood.push(("multiemo", batches(&tokenizer, rows, 64, dev)?));
+            }
+        }
+        let config: BertConfig =
+            serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json"))?)?;
+        // SAFETY: the weights file is not modified while mapped.
+        let base = unsafe {
+            VarBuilder::from_mmaped_safetensors(
+                &[model_dir.join("model.safetensors")],
+                DType::F32,
+                dev,
+            )?
         };
-        parts.push(if samples == 0 {
-            predictive_at_point(posterior, logits)?
-        } else {
-            predictive(posterior, samples, true, logits)?
-        });
+        Ok(Self {
+            split,
+            tokenizer,
+            eval,
+            ood,
+            config,
+            base,
+        })
     }
-    concat(parts)
 }
 
-/// The predictive of a LoRA-Ensemble: its members' probabilities averaged, from one
-/// forward per batch.
-fn evaluate_members(model: &BertClassifier, data: &[Batch]) -> varlora::Result<Predictive> {
-    let parts = data
-        .iter()
-        .map(|b| predictive_from_samples(&model.forward_t(&b.ids, &b.types, &b.mask, false)?, true))
-        .collect::<varlora::Result<Vec<_>>>()?;
-    concat(parts)
-}
-
-/// `f` and the seconds it took.
-fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
-    let start = Instant::now();
-    let out = f();
-    (out, start.elapsed().as_secs_f64())
+/// The model's tokenizer, truncating to `max_tokens` and padding each batch.
+fn tokenizer(model_dir: &Path, max_tokens: usize) -> Result<Tokenizer, Box<dyn std::error::Error>> {
+    let mut tokenizer =
+        Tokenizer::from_file(model_dir.join("tokenizer.json")).map_err(|e| e.to_string())?;
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length: max_tokens,
+            ..Default::default()
+        }))
+        .map_err(|e| e.to_string())?;
+    tokenizer.with_padding(Some(PaddingParams::default()));
+    Ok(tokenizer)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -387,288 +427,51 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     varlora::alloc::keep_freed_memory();
     let method = args.method()?;
     let dev = Device::Cpu;
-    let model_dir = args.assets.join("all-minilm-l6-v2");
-    let corpora = args.assets.join("corpora");
-    if !model_dir.join("model.safetensors").exists() || !corpora.exists() {
-        return Err("missing assets: run scripts/fetch-assets.sh".into());
-    }
-    std::fs::create_dir_all(&args.out)?;
-    let tag = if args.validation { "-val" } else { "" };
-
-    let name = method
-        .to_possible_value()
-        .map_or_else(|| format!("{method:?}"), |v| v.get_name().to_string());
     let mut rng = StdRng::seed_from_u64(args.seed);
-    let split = Split::draw(
-        &corpora,
-        &mut rng,
-        args.seed,
-        args.validation,
-        args.train_size().min(args.limit.unwrap_or(usize::MAX)),
-        args.limit.unwrap_or(usize::MAX),
-        &args.out.join(format!("split-seed{}{tag}.json", args.seed)),
-    )?;
-
-    let mut tokenizer =
-        Tokenizer::from_file(model_dir.join("tokenizer.json")).map_err(|e| e.to_string())?;
-    tokenizer
-        .with_truncation(Some(TruncationParams {
-            max_length: args.max_tokens,
-            ..Default::default()
-        }))
-        .map_err(|e| e.to_string())?;
-    tokenizer.with_padding(Some(PaddingParams::default()));
-    let eval_batches = batches(&tokenizer, &split.eval, 64, &dev)?;
-    let mut ood_sets = Vec::new();
-    if !args.no_ood {
-        ood_sets.push(("wiki", batches(&tokenizer, &split.ood, 64, &dev)?));
-        if let Some(rows) = &split.ood_multiemo {
-            ood_sets.push(("multiemo", batches(&tokenizer, rows, 64, &dev)?));
-        }
-    }
-
-    let config: BertConfig =
-        serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json"))?)?;
+    let inputs = Inputs::load(&args, &mut rng, &dev)?;
     let lora = LoraConfig::new(8).alpha(16.0).dropout(args.dropout(method));
     let sampler = BlobSampler::new(args.seed);
     let mc = McDropout::new(args.seed);
-    // SAFETY: the weights file is not modified while mapped.
-    let base = unsafe {
-        VarBuilder::from_mmaped_safetensors(
-            &[model_dir.join("model.safetensors")],
-            DType::F32,
-            &dev,
-        )?
-    };
     let varmap = VarMap::new();
-    let posteriors = (&sampler, &mc);
-    let model = build_model(&args, method, &base, &varmap, &config, &lora, posteriors)?;
-
-    let steps_per_epoch = split.train.len() / args.batch;
-    let total = steps_per_epoch * args.epochs();
-    let bar = ProgressBar::new(total as u64);
-    bar.set_style(ProgressStyle::with_template(
-        "{bar:40} {pos}/{len} [{elapsed}<{eta}] {per_sec} {msg}",
-    )?);
+    let (base, config) = (&inputs.base, &inputs.config);
+    let model = build_model(&args, method, base, &varmap, config, &lora, (&sampler, &mc))?;
     let blob_layers = model.blob_layers()?;
+    let total = inputs.split.train.len() / args.batch * args.epochs();
     let mut trainer = Trainer::new(train::Setup {
         method,
         args: &args,
         varmap: &varmap,
         blob_layers: blob_layers.clone(),
-        n_train: split.train.len(),
+        n_train: inputs.split.train.len(),
         total_steps: total,
     })?;
+    let ms_per_step = train::epochs(&model, &mut trainer, &inputs, &args, &mut rng)?;
 
-    let start = Instant::now();
-    let mut step = 0usize;
-    for epoch in 0..args.epochs() {
-        let mut order = split.train.clone();
-        order.shuffle(&mut rng);
-        for b in batches(
-            &tokenizer,
-            &order[..steps_per_epoch * args.batch],
-            args.batch,
-            &dev,
-        )? {
-            let logits = model.forward_t(&b.ids, &b.types, &b.mask, true)?;
-            // A LoRA-Ensemble's (M, B, C) logits: the mean of the members' losses.
-            let (logits, labels) = match logits.dims3() {
-                Ok((m, n, c)) => (
-                    logits.reshape((m * n, c))?,
-                    b.labels.unsqueeze(0)?.repeat((m, 1))?.flatten_all()?,
-                ),
-                Err(_) => (logits, b.labels.clone()),
-            };
-            let nll = loss::cross_entropy(&logits, &labels)?;
-            trainer.step(&nll)?;
-            step += 1;
-            let loss = nll.to_scalar::<f32>()?;
-            bar.set_message(format!("epoch {} loss {loss:.4}", epoch + 1));
-            bar.inc(1);
-            progress(step, total, epoch, loss, "train");
-        }
-    }
-    bar.finish();
-    let ms_per_step = 1e3 * start.elapsed().as_secs_f64() / total.max(1) as f64;
-
-    // Evaluation: point estimate, and posterior samples where there is a posterior, with a
-    // detached copy of the model so that forwards keep no graph. The cost per prediction
-    // is timed on the evaluation set.
+    // Evaluation with a detached copy of the model, so that forwards keep no graph.
     let model = model.detach();
-    let mut report = Report::new(&eval_batches)?;
-    let n_eval = split.eval.len().max(1) as f64;
-    // One row: `predict` timed on the evaluation set, then run on every OOD set.
-    let mut add = |name: String,
-                   predict: &mut dyn FnMut(&[Batch]) -> varlora::Result<Predictive>|
-     -> varlora::Result<()> {
-        let (id, secs) = timed(|| predict(&eval_batches));
-        let ood = on_ood_sets(&ood_sets, &mut *predict)?;
-        let cost = Cost {
-            ms_per_step,
-            ms_per_sentence: 1e3 * secs / n_eval,
-        };
-        report.add(name, &id?, &ood, cost)
+    let ctx = methods::Ctx {
+        args: &args,
+        split: &inputs.split,
+        tokenizer: &inputs.tokenizer,
+        dev: &dev,
+        config,
+        model: &model,
+        sampler: &sampler,
+        mc: &mc,
     };
-    let s = args.test_samples;
-    let mut temperature = None;
-    let mut hydra_ms_per_step = None;
-    match method {
-        Method::Adamw => {
-            add("AdamW".into(), &mut |b| {
-                evaluate(&mut PointMass, &model, b, 0)
-            })?;
-            if !split.calibration.is_empty() {
-                let calibration = batches(&tokenizer, &split.calibration, 64, &dev)?;
-                let fitted = evaluate(&mut PointMass, &model, &calibration, 0)?;
-                let labels: Vec<u32> = split.calibration.iter().map(|r| r.1).collect();
-                let labels = Tensor::new(labels, &dev)?;
-                let ts = TemperatureScaling::fit(&fitted.log_probs, &labels)?;
-                add("AdamW + TS".into(), &mut |b| {
-                    let p = evaluate(&mut PointMass, &model, b, 0)?;
-                    predictive_from_samples(&ts.apply_log_probs(&p.log_probs)?.unsqueeze(0)?, false)
-                })?;
-                println!(
-                    "temperature fitted on the calibration set: {:.3}",
-                    ts.temperature
-                );
-                temperature = Some(ts.temperature);
-            }
-        }
-        Method::McDropout => {
-            let mut post = mc.clone();
-            add("MC dropout @ no dropout".into(), &mut |b| {
-                evaluate(&mut post, &model, b, 0)
-            })?;
-            add(format!("MC dropout {s} samples"), &mut |b| {
-                evaluate(&mut post, &model, b, s)
-            })?;
-        }
-        Method::Ivon => {
-            let opt = trainer.ivon_mut().ok_or("no IVON")?;
-            add("IVON @ mean".into(), &mut |b| evaluate(opt, &model, b, 0))?;
-            add(format!("IVON {s} samples"), &mut |b| {
-                evaluate(opt, &model, b, s)
-            })?;
-            for &c in &args.posterior_scales {
-                opt.set_prediction_scale(c)?;
-                add(format!("IVON {s} samples, std x {c}"), &mut |b| {
-                    evaluate(opt, &model, b, s)
-                })?;
-            }
-            opt.set_prediction_scale(1.0)?;
-        }
-        Method::Blob => {
-            let mut post = sampler.clone();
-            add("BLoB N = 0".into(), &mut |b| {
-                evaluate(&mut post, &model, b, 0)
-            })?;
-            add(format!("BLoB N = {s}"), &mut |b| {
-                evaluate(&mut post, &model, b, s)
-            })?;
-            for &c in &args.posterior_scales {
-                post.set_prediction_scale(c)?;
-                add(format!("BLoB N = {s}, std x {c}"), &mut |b| {
-                    evaluate(&mut post, &model, b, s)
-                })?;
-            }
-            post.set_prediction_scale(1.0)?;
-        }
-        Method::LoraEnsemble => {
-            let name = format!("LoRA-Ensemble M = {}", args.members);
-            add(name, &mut |b| evaluate_members(&model, b))?;
-        }
-        Method::Hydra => {
-            add("LoRA (Hydra's source)".into(), &mut |b| {
-                evaluate(&mut PointMass, &model, b, 0)
-            })?;
-            let recipe = hydra::Recipe {
-                members: args.members,
-                keep: args.hydra_keep,
-                selection: match args.hydra_selection {
-                    HydraSelection::Weighted => Selection::Weighted { seed: args.seed },
-                    HydraSelection::TopK => Selection::TopK,
-                },
-                epochs: args.hydra_epochs,
-                lr: args.hydra_lr,
-                batch: args.batch,
-            };
-            let calibration = &split.train[..split.train.len().min(512)];
-            let calibration = batches(&tokenizer, calibration, args.batch, &dev)?;
-            let net = hydra::build(&model, &config, &calibration, &recipe)?;
-            let m = args.members;
-            let frozen = net.detach();
-            add(format!("Hydra M = {m} before fine-tuning"), &mut |b| {
-                hydra::evaluate(&frozen, b)
-            })?;
-            let ms = hydra::train(&net, &split.train, &recipe, &tokenizer, &mut rng)?;
-            hydra_ms_per_step = Some(ms);
-            let net = net.detach();
-            add(format!("Hydra M = {m}"), &mut |b| hydra::evaluate(&net, b))?;
-        }
-    }
-
+    let mut rows = Rows::new(&inputs.eval, &inputs.ood, ms_per_step)?;
+    let extras = methods::add_rows(method, &ctx, &mut rows, &mut trainer, &mut rng)?;
     if args.distill_from.is_some() {
-        // The teacher's logits (S, n, 2) on every training sentence, in split order.
-        let train_batches = batches(&tokenizer, &split.train, 64, &dev)?;
-        let (targets, teacher_secs) = timed(|| -> varlora::Result<(Tensor, usize)> {
-            let mut parts = Vec::new();
-            for b in &train_batches {
-                let logits = || {
-                    model
-                        .forward_t(&b.ids, &b.types, &b.mask, false)
-                        .map_err(candle_core::Error::wrap)
-                };
-                parts.push(match (method, trainer.ivon_mut()) {
-                    (Method::Ivon, Some(opt)) => sample_logits(opt, s, logits)?,
-                    (Method::Blob, _) => sample_logits(&mut sampler.clone(), s, logits)?,
-                    (Method::McDropout, _) => sample_logits(&mut mc.clone(), s, logits)?,
-                    _ => logits()?,
-                });
-            }
-            let samples = parts.first().map_or(0, |p| p.dim(0).unwrap_or(0));
-            Ok((Tensor::cat(&parts, 1)?, samples))
-        });
-        let (targets, samples) = targets?;
-        println!(
-            "teacher targets: {samples} samples of {} sentences in {teacher_secs:.1} s",
-            split.train.len()
-        );
-        let student_vars = VarMap::new();
-        let student = distill::Student::new(base, &student_vars, &config, lora, &dev)?;
-        student.init(args.seed ^ 0x5eed)?;
-        let schedule = distill::Schedule {
-            epochs: args.student_epochs,
-            batch: args.batch,
-            lr: args.student_lr,
-            constant_lr: args.constant_lr,
-            laplace_weight: args.laplace_weight,
-            tokenizer: &tokenizer,
-        };
-        let student_ms = distill::train(
-            &student,
-            &student_vars,
-            &split.train,
-            &targets,
-            &schedule,
+        let student_base = (inputs.base.clone(), &lora);
+        distill::student_row(
+            &ctx,
+            &mut rows,
+            method,
+            &mut trainer,
             &mut rng,
-            &dev,
-        )?;
-        let student = student.detach();
-        let k = args.student_samples;
-        let (id, secs) = timed(|| student.predict(&eval_batches, k, args.seed));
-        let ood = on_ood_sets(&ood_sets, |b| student.predict(b, k, args.seed ^ 0x00d))?;
-        report.add(
-            format!("Student of {name}, {k} Laplace samples"),
-            &id?,
-            &ood,
-            Cost {
-                ms_per_step: student_ms,
-                ms_per_sentence: 1e3 * secs / n_eval,
-            },
+            student_base,
         )?;
     }
-
     let scales = match (method, trainer.ivon_mut()) {
         (Method::Ivon, Some(opt)) => scale::ivon(opt)?,
         (Method::Blob, _) => scale::blob(&blob_layers)?,
@@ -677,11 +480,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !scales.is_empty() {
         println!("{}", scale::summary(&scales));
     }
+    let split = &inputs.split;
     let summary = serde_json::json!({
-        "optimizer": name,
+        "optimizer": method.name(),
         "posterior_scale": scales,
-        "temperature": temperature,
-        "hydra_ms_per_step": hydra_ms_per_step,
+        "temperature": extras.temperature,
+        "hydra_ms_per_step": extras.hydra_ms_per_step,
         "distilled": args.distill_from.is_some(),
         "seed": args.seed,
         "epochs": args.epochs(),
@@ -693,42 +497,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ms_per_step": ms_per_step,
         "peak_rss_mb": peak_rss_mb(),
         "args": format!("{args:?}"),
-        "results": report.rows,
+        "results": rows.report.rows,
     });
+    let distilled = if args.distill_from.is_some() {
+        "-distilled"
+    } else {
+        ""
+    };
     let stem = format!(
-        "{name}{}-seed{}{tag}",
-        if args.distill_from.is_some() {
-            "-distilled"
-        } else {
-            ""
-        },
-        args.seed
+        "{}{distilled}-seed{}{}",
+        method.name(),
+        args.seed,
+        args.tag()
     );
-    std::fs::write(
-        args.out.join(format!("{stem}.json")),
-        serde_json::to_string_pretty(&summary)?,
-    )?;
-    let md = report.markdown();
-    std::fs::write(args.out.join(format!("{stem}.md")), &md)?;
-    for (row, svg) in &report.svgs {
-        let slug: String = row
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        let slug = slug
-            .split('-')
-            .filter(|p| !p.is_empty())
-            .collect::<Vec<_>>()
-            .join("-");
-        std::fs::write(args.out.join(format!("{stem}-{slug}.svg")), svg)?;
-    }
-    print!("{md}");
+    print!("{}", rows.report.write(&args.out, &stem, &summary)?);
     println!(
         "peak memory {:.0} MB; results in {}",
         peak_rss_mb().unwrap_or(f64::NAN),

@@ -6,6 +6,16 @@ use varlora::predict::Predictive;
 
 use crate::data::Batch;
 
+/// `row` in lower case with every run of other characters than letters and digits
+/// turned into one `-`: "IVON 10 samples" -> "ivon-10-samples".
+fn slug(row: &str) -> String {
+    row.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|p| !p.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
 /// Concatenates per-batch predictives.
 pub fn concat(parts: Vec<Predictive>) -> varlora::Result<Predictive> {
     let cat = |f: &dyn Fn(&Predictive) -> &Tensor| -> varlora::Result<Tensor> {
@@ -130,6 +140,26 @@ impl Report {
         }
         self.rows.push(row);
         Ok(())
+    }
+
+    /// Writes `summary` as `{stem}.json`, the rows as `{stem}.md` and each row's reliability
+    /// diagram as `{stem}-{row}.svg` into `dir`; returns the Markdown table.
+    pub fn write(
+        &self,
+        dir: &std::path::Path,
+        stem: &str,
+        summary: &serde_json::Value,
+    ) -> Result<String, Box<dyn std::error::Error>> {
+        std::fs::write(
+            dir.join(format!("{stem}.json")),
+            serde_json::to_string_pretty(summary)?,
+        )?;
+        let md = self.markdown();
+        std::fs::write(dir.join(format!("{stem}.md")), &md)?;
+        for (row, svg) in &self.svgs {
+            std::fs::write(dir.join(format!("{stem}-{}.svg", slug(row))), svg)?;
+        }
+        Ok(md)
     }
 
     /// The rows as a Markdown table; the MultiEmo AUROCs as three more columns when any

@@ -1,11 +1,18 @@
 //! The optimizer of each method behind one `step`, on a linear (or constant) schedule.
 
+use std::time::Instant;
+
 use candle_core::Tensor;
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use candle_nn::{loss, AdamW, Optimizer, ParamsAdamW, VarMap};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use varlora::lora::BlobLayerVars;
+use varlora::models::BertClassifier;
 use varlora::optim::{Blob, BlobOptimConfig, Ivon, IvonConfig, Schedule, Scheduled};
 
-use super::{sorted_vars, Args, Method};
+use super::{progress, sorted_vars, Args, Inputs, Method};
+use crate::data::batches;
 
 /// AdamW (plain LoRA and LoRA-Ensemble), IVON or BLoB, each under the run's schedule.
 pub enum Trainer {
@@ -83,4 +90,50 @@ impl Trainer {
             _ => None,
         }
     }
+}
+
+/// Trains `model` for the run's epochs over shuffled batches of the training sentences;
+/// milliseconds per step. A LoRA-Ensemble's `(M, B, C)` logits train on the mean of the
+/// members' losses.
+pub fn epochs(
+    model: &BertClassifier,
+    trainer: &mut Trainer,
+    inputs: &Inputs,
+    args: &Args,
+    rng: &mut StdRng,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let train = &inputs.split.train;
+    let steps_per_epoch = train.len() / args.batch;
+    let total = steps_per_epoch * args.epochs();
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} [{elapsed}<{eta}] {per_sec} {msg}",
+    )?);
+    let dev = candle_core::Device::Cpu;
+    let start = Instant::now();
+    let mut step = 0usize;
+    for epoch in 0..args.epochs() {
+        let mut order = train.clone();
+        order.shuffle(rng);
+        let rows = &order[..steps_per_epoch * args.batch];
+        for b in batches(&inputs.tokenizer, rows, args.batch, &dev)? {
+            let logits = model.forward_t(&b.ids, &b.types, &b.mask, true)?;
+            let (logits, labels) = match logits.dims3() {
+                Ok((m, n, c)) => (
+                    logits.reshape((m * n, c))?,
+                    b.labels.unsqueeze(0)?.repeat((m, 1))?.flatten_all()?,
+                ),
+                Err(_) => (logits, b.labels.clone()),
+            };
+            let nll = loss::cross_entropy(&logits, &labels)?;
+            trainer.step(&nll)?;
+            step += 1;
+            let loss = nll.to_scalar::<f32>()?;
+            bar.set_message(format!("epoch {} loss {loss:.4}", epoch + 1));
+            bar.inc(1);
+            progress(step, total, epoch, loss, "train");
+        }
+    }
+    bar.finish();
+    Ok(1e3 * start.elapsed().as_secs_f64() / total.max(1) as f64)
 }

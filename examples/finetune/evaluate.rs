@@ -1,0 +1,111 @@
+//! Evaluating a trained model: its predictive on the evaluation set (timed) and on each
+//! OOD set, one row of the report at a time.
+
+use std::time::Instant;
+
+use varlora::models::BertClassifier;
+use varlora::predict::{
+    predictive, predictive_at_point, predictive_from_samples, Posterior, Predictive,
+};
+
+use crate::data::Batch;
+use crate::report::{concat, Cost, Report};
+
+/// The OOD sets by name ("wiki", "multiemo").
+pub type OodSets = Vec<(&'static str, Vec<Batch>)>;
+
+/// The report being filled, and what each row is evaluated on.
+pub struct Rows<'a> {
+    pub report: Report,
+    eval: &'a [Batch],
+    ood: &'a OodSets,
+    sentences: usize,
+    ms_per_step: f64,
+}
+
+impl<'a> Rows<'a> {
+    /// Rows on `eval` and `ood` of a model trained at `ms_per_step`.
+    pub fn new(eval: &'a [Batch], ood: &'a OodSets, ms_per_step: f64) -> varlora::Result<Self> {
+        let sentences = eval
+            .iter()
+            .map(|b| b.labels.dim(0))
+            .sum::<candle_core::Result<usize>>()?;
+        Ok(Self {
+            report: Report::new(eval)?,
+            eval,
+            ood,
+            sentences,
+            ms_per_step,
+        })
+    }
+
+    /// One row: `predict` timed on the evaluation set, then run on every OOD set.
+    pub fn add(
+        &mut self,
+        name: String,
+        predict: &mut dyn FnMut(&[Batch]) -> varlora::Result<Predictive>,
+    ) -> varlora::Result<()> {
+        self.add_trained_at(name, self.ms_per_step, predict)
+    }
+
+    /// [`Self::add`] for a model trained at `ms_per_step` of its own (a student).
+    pub fn add_trained_at(
+        &mut self,
+        name: String,
+        ms_per_step: f64,
+        predict: &mut dyn FnMut(&[Batch]) -> varlora::Result<Predictive>,
+    ) -> varlora::Result<()> {
+        let (id, secs) = timed(|| predict(self.eval));
+        let ood = self
+            .ood
+            .iter()
+            .map(|(name, b)| Ok((*name, predict(b)?)))
+            .collect::<varlora::Result<Vec<_>>>()?;
+        let cost = Cost {
+            ms_per_step,
+            ms_per_sentence: 1e3 * secs / self.sentences.max(1) as f64,
+        };
+        self.report.add(name, &id?, &ood, cost)
+    }
+}
+
+/// The predictive over `data`: at the point estimate (`samples` 0) or averaged over
+/// `samples` posterior draws.
+pub fn evaluate<P: Posterior>(
+    posterior: &mut P,
+    model: &BertClassifier,
+    data: &[Batch],
+    samples: usize,
+) -> varlora::Result<Predictive> {
+    let mut parts = Vec::new();
+    for b in data {
+        let logits = || {
+            model
+                .forward_t(&b.ids, &b.types, &b.mask, false)
+                .map_err(candle_core::Error::wrap)
+        };
+        parts.push(if samples == 0 {
+            predictive_at_point(posterior, logits)?
+        } else {
+            predictive(posterior, samples, true, logits)?
+        });
+    }
+    concat(parts)
+}
+
+/// The predictive of a LoRA-Ensemble: its members' probabilities averaged, from one
+/// forward per batch.
+pub fn evaluate_members(model: &BertClassifier, data: &[Batch]) -> varlora::Result<Predictive> {
+    let parts = data
+        .iter()
+        .map(|b| predictive_from_samples(&model.forward_t(&b.ids, &b.types, &b.mask, false)?, true))
+        .collect::<varlora::Result<Vec<_>>>()?;
+    concat(parts)
+}
+
+/// `f` and the seconds it took.
+pub fn timed<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let start = Instant::now();
+    let out = f();
+    (out, start.elapsed().as_secs_f64())
+}

@@ -1,0 +1,204 @@
+//! Each method's rows of the report, from the trained model.
+
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use tokenizers::Tokenizer;
+use varlora::calibrate::TemperatureScaling;
+use varlora::hydra::Selection;
+use varlora::lora::{BlobSampler, McDropout};
+use varlora::models::{BertClassifier, BertConfig};
+use varlora::optim::Ivon;
+use varlora::predict::{predictive_from_samples, PointMass, Posterior};
+
+use crate::data::{batches, Split};
+use crate::evaluate::{evaluate, evaluate_members, Rows};
+use crate::train::Trainer;
+use crate::{hydra, Args, HydraSelection, Method};
+
+/// What the rows are computed from.
+pub struct Ctx<'a> {
+    pub args: &'a Args,
+    pub split: &'a Split,
+    pub tokenizer: &'a Tokenizer,
+    pub dev: &'a Device,
+    pub config: &'a BertConfig,
+    /// The trained model, detached.
+    pub model: &'a BertClassifier,
+    pub sampler: &'a BlobSampler,
+    pub mc: &'a McDropout,
+}
+
+/// What some methods fit on the way, for the JSON summary.
+#[derive(Default)]
+pub struct Extras {
+    pub temperature: Option<f64>,
+    pub hydra_ms_per_step: Option<f64>,
+}
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// Adds `method`'s rows.
+pub fn add_rows(
+    method: Method,
+    ctx: &Ctx,
+    rows: &mut Rows,
+    trainer: &mut Trainer,
+    rng: &mut StdRng,
+) -> Res<Extras> {
+    let s = ctx.args.test_samples;
+    match method {
+        Method::Adamw => adamw(ctx, rows),
+        Method::McDropout => {
+            let mut mc = ctx.mc.clone();
+            let names = (
+                "MC dropout @ no dropout".into(),
+                format!("MC dropout {s} samples"),
+            );
+            posterior(ctx, rows, &mut mc, names, |_| None)
+        }
+        Method::Ivon => {
+            let opt = trainer.ivon_mut().ok_or("no IVON")?;
+            let names = ("IVON @ mean".into(), format!("IVON {s} samples"));
+            posterior(ctx, rows, opt, names, |c| {
+                Some(format!("IVON {s} samples, std x {c}"))
+            })
+        }
+        Method::Blob => {
+            let mut sampler = ctx.sampler.clone();
+            let names = ("BLoB N = 0".into(), format!("BLoB N = {s}"));
+            posterior(ctx, rows, &mut sampler, names, |c| {
+                Some(format!("BLoB N = {s}, std x {c}"))
+            })
+        }
+        Method::LoraEnsemble => {
+            let name = format!("LoRA-Ensemble M = {}", ctx.args.members);
+            rows.add(name, &mut |b| evaluate_members(ctx.model, b))?;
+            Ok(Extras::default())
+        }
+        Method::Hydra => hydra_rows(ctx, rows, rng),
+    }
+}
+
+/// AdamW, and AdamW with a temperature fitted on the calibration sentences.
+fn adamw(ctx: &Ctx, rows: &mut Rows) -> Res<Extras> {
+    let model = ctx.model;
+    rows.add("AdamW".into(), &mut |b| {
+        evaluate(&mut PointMass, model, b, 0)
+    })?;
+    let calibration = &ctx.split.calibration;
+    if calibration.is_empty() {
+        return Ok(Extras::default());
+    }
+    let fitted = evaluate(
+        &mut PointMass,
+        model,
+        &batches(ctx.tokenizer, calibration, 64, ctx.dev)?,
+        0,
+    )?;
+    let labels = Tensor::new(
+        calibration.iter().map(|r| r.1).collect::<Vec<u32>>(),
+        ctx.dev,
+    )?;
+    let ts = TemperatureScaling::fit(&fitted.log_probs, &labels)?;
+    rows.add("AdamW + TS".into(), &mut |b| {
+        let p = evaluate(&mut PointMass, model, b, 0)?;
+        predictive_from_samples(&ts.apply_log_probs(&p.log_probs)?.unsqueeze(0)?, false)
+    })?;
+    println!(
+        "temperature fitted on the calibration set: {:.3}",
+        ts.temperature
+    );
+    Ok(Extras {
+        temperature: Some(ts.temperature),
+        ..Extras::default()
+    })
+}
+
+/// A posterior whose samples can be drawn at a multiple of its scale.
+trait Scalable: Posterior {
+    fn set_scale(&mut self, c: f64) -> varlora::Result<()>;
+}
+
+impl Scalable for Ivon {
+    fn set_scale(&mut self, c: f64) -> varlora::Result<()> {
+        self.set_prediction_scale(c)
+    }
+}
+
+impl Scalable for BlobSampler {
+    fn set_scale(&mut self, c: f64) -> varlora::Result<()> {
+        self.set_prediction_scale(c)
+    }
+}
+
+impl Scalable for McDropout {
+    fn set_scale(&mut self, _: f64) -> varlora::Result<()> {
+        Err(varlora::Error::InvalidInput(
+            "MC dropout has no posterior scale".into(),
+        ))
+    }
+}
+
+/// The point estimate, `--test-samples` samples, and the samples at each
+/// `--posterior-scales` factor where `scaled` names a row for it.
+fn posterior<P: Scalable>(
+    ctx: &Ctx,
+    rows: &mut Rows,
+    post: &mut P,
+    (point, sampled): (String, String),
+    scaled: impl Fn(f64) -> Option<String>,
+) -> Res<Extras> {
+    let (model, s) = (ctx.model, ctx.args.test_samples);
+    rows.add(point, &mut |b| evaluate(&mut *post, model, b, 0))?;
+    rows.add(sampled, &mut |b| evaluate(&mut *post, model, b, s))?;
+    let mut rescaled = false;
+    for &c in &ctx.args.posterior_scales {
+        let Some(name) = scaled(c) else { continue };
+        post.set_scale(c)?;
+        rescaled = true;
+        rows.add(name, &mut |b| evaluate(&mut *post, model, b, s))?;
+    }
+    if rescaled {
+        post.set_scale(1.0)?;
+    }
+    Ok(Extras::default())
+}
+
+/// The source LoRA model, its Hydra members before and after their brief fine-tuning.
+fn hydra_rows(ctx: &Ctx, rows: &mut Rows, rng: &mut StdRng) -> Res<Extras> {
+    let args = ctx.args;
+    rows.add("LoRA (Hydra's source)".into(), &mut |b| {
+        evaluate(&mut PointMass, ctx.model, b, 0)
+    })?;
+    let recipe = hydra::Recipe {
+        members: args.members,
+        keep: args.hydra_keep,
+        selection: match args.hydra_selection {
+            HydraSelection::Weighted => Selection::Weighted { seed: args.seed },
+            HydraSelection::TopK => Selection::TopK,
+        },
+        epochs: args.hydra_epochs,
+        lr: args.hydra_lr,
+        batch: args.batch,
+    };
+    let train = &ctx.split.train;
+    let calibration = batches(
+        ctx.tokenizer,
+        &train[..train.len().min(512)],
+        args.batch,
+        ctx.dev,
+    )?;
+    let net = hydra::build(ctx.model, ctx.config, &calibration, &recipe)?;
+    let m = args.members;
+    let before = net.detach();
+    rows.add(format!("Hydra M = {m} before fine-tuning"), &mut |b| {
+        hydra::evaluate(&before, b)
+    })?;
+    let ms = hydra::train(&net, train, &recipe, ctx.tokenizer, rng)?;
+    let net = net.detach();
+    rows.add(format!("Hydra M = {m}"), &mut |b| hydra::evaluate(&net, b))?;
+    Ok(Extras {
+        hydra_ms_per_step: Some(ms),
+        ..Extras::default()
+    })
+}
