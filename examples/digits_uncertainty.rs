@@ -81,121 +81,80 @@ fn mean(t: &Tensor) -> varlora::Result<f64> {
     Ok(t.mean_all()?.to_scalar::<f64>()?)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let out_dir = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "target/digits_uncertainty".into());
-    std::fs::create_dir_all(&out_dir)?;
-    let dev = Device::Cpu;
-    let common::Data {
-        x_test,
-        y_test,
-        batches,
-        n_train,
-    } = common::load(TEST, EPOCHS, BATCH, SEED, &dev)?;
-    let shifted = [rotate(&x_test)?, noisy(&x_test)?];
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
-    // AdamW and IVON as in the quickstart.
+/// AdamW and IVON as in the quickstart, from the same seeded initialisation and batches:
+/// the AdamW model, the IVON model and its optimizer.
+fn train_adamw_ivon(data: &common::Data, dev: &Device) -> Res<(common::Mlp, common::Mlp, Ivon)> {
     let (adamw_vars, ivon_vars) = (VarMap::new(), VarMap::new());
-    let adamw_model = common::Mlp::new(VarBuilder::from_varmap(&adamw_vars, DType::F32, &dev))?;
-    let ivon_model = common::Mlp::new(VarBuilder::from_varmap(&ivon_vars, DType::F32, &dev))?;
-    common::seeded_init(&adamw_vars, 0.125, SEED, &dev)?;
-    common::seeded_init(&ivon_vars, 0.125, SEED, &dev)?;
+    let adamw_model = common::Mlp::new(VarBuilder::from_varmap(&adamw_vars, DType::F32, dev))?;
+    let ivon_model = common::Mlp::new(VarBuilder::from_varmap(&ivon_vars, DType::F32, dev))?;
+    common::seeded_init(&adamw_vars, 0.125, SEED, dev)?;
+    common::seeded_init(&ivon_vars, 0.125, SEED, dev)?;
     let mut adamw = AdamW::new_lr(adamw_vars.all_vars(), 3e-2)?;
     let mut ivon = Ivon::from_varmap(
         &ivon_vars,
-        IvonConfig::new(1.0, n_train as f64)
+        IvonConfig::new(1.0, data.n_train as f64)
             .hess_init(1.0)
             .weight_decay(2e-4),
     )?;
-    for (xb, yb) in &batches {
+    for (xb, yb) in &data.batches {
         adamw.backward_step(&loss::cross_entropy(&adamw_model.forward(xb)?, yb)?)?;
         ivon.backward_step(&loss::cross_entropy(&ivon_model.forward(xb)?, yb)?)?;
     }
+    Ok((adamw_model, ivon_model, ivon))
+}
 
-    // BLoB's two optimizers, as the reference: AdamW on the NLL for everything but G,
-    // then SGD on pi * KL for every var, where G also keeps its NLL gradient.
+/// The BLoB model, trained by BLoB's optimizer (AdamW on the NLL, SGD on the reweighted
+/// KL, both rates on the reference's linear schedule with 6% warm-up), and its sampler.
+fn train_blob(data: &common::Data, dev: &Device) -> Res<(BlobMlp, BlobSampler)> {
     let blob_vars = VarMap::new();
-    let vb = VarBuilder::from_varmap(&blob_vars, DType::F32, &dev);
+    let vb = VarBuilder::from_varmap(&blob_vars, DType::F32, dev);
     let sampler = BlobSampler::new(SEED);
     let fc1 = linear(64, 64, vb.pp("fc1"))?;
     let frozen_vars = VarMap::new();
-    let w0 = VarBuilder::from_varmap(&frozen_vars, DType::F32, &dev).get((10, 64), "w")?;
-    common::seeded_init(&frozen_vars, 0.125, SEED + 1, &dev)?;
+    let w0 = VarBuilder::from_varmap(&frozen_vars, DType::F32, dev).get((10, 64), "w")?;
+    common::seeded_init(&frozen_vars, 0.125, SEED + 1, dev)?;
     let frozen = Linear::new(w0.copy()?, None);
     let lora = LoraConfig::new(8).alpha(16.0);
     let fc2 = BayesianLoraLinear::new(frozen, BlobConfig::new(lora), vb.pp("fc2"), &sampler)?;
     // Seeded: fc1 U(-1/8, 1/8) as the MLP's layers, then the adapter as the reference
     // initialises it (M Kaiming-uniform, G U(eps / sqrt 2, eps), B zero).
-    common::seeded_init(&blob_vars, 0.125, SEED, &dev)?;
+    common::seeded_init(&blob_vars, 0.125, SEED, dev)?;
     fc2.init(SEED)?;
-    let blob_model = BlobMlp { fc1, fc2 };
-    // BLoB's optimizer: AdamW on the NLL, SGD on the reweighted KL, both rates on the
-    // reference's linear schedule with 6% warm-up.
-    let steps = batches.len() as u64;
-    let config = BlobOptimConfig::new(n_train, BATCH).lr(1e-2).kl_lr(1e-2);
+    let model = BlobMlp { fc1, fc2 };
+    let steps = data.batches.len() as u64;
+    let config = BlobOptimConfig::new(data.n_train, BATCH)
+        .lr(1e-2)
+        .kl_lr(1e-2);
     let blob = Blob::new(
         blob_vars.all_vars(),
-        vec![blob_model.fc2.posterior_vars()?],
+        vec![model.fc2.posterior_vars()?],
         config,
     )?;
     let mut blob = Scheduled::new(blob, Schedule::linear_with_warmup_ratio(0.06, steps)?)?;
-    for (xb, yb) in &batches {
-        blob.backward_step(&loss::cross_entropy(&blob_model.forward(xb, true)?, yb)?)?;
+    for (xb, yb) in &data.batches {
+        blob.backward_step(&loss::cross_entropy(&model.forward(xb, true)?, yb)?)?;
     }
+    Ok((model, sampler))
+}
 
-    let mut sampler_posterior = sampler.clone();
-    let reports = [
-        evaluate(
-            "AdamW",
-            &mut PointMass,
-            1,
-            &|x| adamw_model.forward(x),
-            &x_test,
-            &shifted,
-        )?,
-        evaluate(
-            "IVON (32 samples)",
-            &mut ivon,
-            32,
-            &|x| ivon_model.forward(x),
-            &x_test,
-            &shifted,
-        )?,
-        evaluate(
-            "BLoB last layer (0)",
-            &mut sampler_posterior,
-            0,
-            &|x| blob_model.forward(x, false),
-            &x_test,
-            &shifted,
-        )?,
-        evaluate(
-            "BLoB last layer (10)",
-            &mut sampler_posterior,
-            10,
-            &|x| blob_model.forward(x, false),
-            &x_test,
-            &shifted,
-        )?,
-    ];
-
-    println!(
-        "digits: {n_train} train / {TEST} test; shifted sets: the test digits rotated by 90 degrees, and with N(0, 0.3^2) pixel noise\n"
-    );
+/// Accuracy and calibration on the test digits, and each model's reliability diagram
+/// (SVG and CSV) in `out_dir`.
+fn print_calibration(reports: &[Report], y_test: &Tensor, out_dir: &str) -> Res<()> {
     println!("| model                | accuracy |    NLL | ECE-15 |  Brier |");
     println!("|----------------------|----------|--------|--------|--------|");
-    for r in &reports {
+    for r in reports {
         let p = &r.id.probs;
         println!(
             "| {:<20} | {:>7.2}% | {:>6.4} | {:>6.4} | {:>6.4} |",
             r.name,
-            100.0 * metrics::accuracy(p, &y_test)?,
-            metrics::nll(&r.id.log_probs, &y_test)?,
-            metrics::ece(p, &y_test, 15)?,
-            metrics::brier(p, &y_test)?,
+            100.0 * metrics::accuracy(p, y_test)?,
+            metrics::nll(&r.id.log_probs, y_test)?,
+            metrics::ece(p, y_test, 15)?,
+            metrics::brier(p, y_test)?,
         );
-        let bins = metrics::reliability(p, &y_test, 15)?;
+        let bins = metrics::reliability(p, y_test, 15)?;
         let file = r
             .name
             .to_lowercase()
@@ -203,7 +162,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .filter(|w| !w.is_empty())
             .collect::<Vec<_>>()
             .join("-");
-        let title = format!("{}: ECE {:.4}", r.name, metrics::ece(p, &y_test, 15)?);
+        let title = format!("{}: ECE {:.4}", r.name, metrics::ece(p, y_test, 15)?);
         std::fs::write(
             format!("{out_dir}/{file}.svg"),
             metrics::reliability_svg(&bins, &title),
@@ -213,11 +172,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             metrics::reliability_csv(&bins),
         )?;
     }
-    println!("\nMean uncertainty (nats) and the OOD AUROC of each score, test digits against each shifted set:\n");
+    Ok(())
+}
+
+/// Mean uncertainty per set, and the OOD AUROC of each score against each shifted set.
+fn print_uncertainty(reports: &[Report]) -> Res<()> {
     println!("| model                | set     |    TU |    AU |     MI | AUROC 1-MSP | AUROC TU | AUROC MI |");
     println!("|----------------------|---------|-------|-------|--------|-------------|----------|----------|");
     let msp = |p: &Predictive| -> varlora::Result<Tensor> { Ok((p.probs.max(1)?.neg()? + 1.0)?) };
-    for r in &reports {
+    for r in reports {
         let sets = std::iter::once(("test", &r.id, None)).chain(
             ["rotated", "noisy"]
                 .into_iter()
@@ -247,6 +210,65 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             );
         }
     }
+    Ok(())
+}
+
+fn main() -> Res<()> {
+    let out_dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "target/digits_uncertainty".into());
+    std::fs::create_dir_all(&out_dir)?;
+    let dev = Device::Cpu;
+    let data = common::load(TEST, EPOCHS, BATCH, SEED, &dev)?;
+    let (x_test, y_test) = (&data.x_test, &data.y_test);
+    let shifted = [rotate(x_test)?, noisy(x_test)?];
+    let (adamw_model, ivon_model, mut ivon) = train_adamw_ivon(&data, &dev)?;
+    let (blob_model, sampler) = train_blob(&data, &dev)?;
+
+    let mut blob = sampler.clone();
+    let blob_forward = |x: &Tensor| blob_model.forward(x, false);
+    let reports = [
+        evaluate(
+            "AdamW",
+            &mut PointMass,
+            1,
+            &|x| adamw_model.forward(x),
+            x_test,
+            &shifted,
+        )?,
+        evaluate(
+            "IVON (32 samples)",
+            &mut ivon,
+            32,
+            &|x| ivon_model.forward(x),
+            x_test,
+            &shifted,
+        )?,
+        evaluate(
+            "BLoB last layer (0)",
+            &mut blob,
+            0,
+            &blob_forward,
+            x_test,
+            &shifted,
+        )?,
+        evaluate(
+            "BLoB last layer (10)",
+            &mut blob,
+            10,
+            &blob_forward,
+            x_test,
+            &shifted,
+        )?,
+    ];
+
+    println!(
+        "digits: {} train / {TEST} test; shifted sets: the test digits rotated by 90 degrees, and with N(0, 0.3^2) pixel noise\n",
+        data.n_train
+    );
+    print_calibration(&reports, y_test, &out_dir)?;
+    println!("\nMean uncertainty (nats) and the OOD AUROC of each score, test digits against each shifted set:\n");
+    print_uncertainty(&reports)?;
     println!("\nreliability diagrams: {out_dir}/<model>.svg (and .csv), e.g. {out_dir}/blob-last-layer-10.svg");
     Ok(())
 }
