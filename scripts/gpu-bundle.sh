@@ -7,10 +7,10 @@
 #
 # The bundle holds, stripped and built with `--features cuda` against the CUDA 13.0 wheels
 # of scripts/cuda-toolkit.sh: the CUDA test suite (tests/ivon_cuda.rs) with the fused and
-# API suites, the optimizer_step bench and the quickstart example, plus the runner
-# (scripts/gpu-run.sh). The binaries link cuBLAS, cuRAND and NVRTC dynamically; the runner
-# finds them in the GPU machine's Python install (PyTorch's nvidia wheels), and the driver
-# supplies libcuda.
+# API suites, the optimizer_step bench and the quickstart example, the NCCL backend's
+# test (built with `--features nccl`), plus the runner (scripts/gpu-run.sh). The binaries
+# link cuBLAS, cuRAND and NVRTC (and libnccl) dynamically; the runner finds them in the
+# GPU machine's Python install (PyTorch's nvidia wheels), and the driver supplies libcuda.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(bash scripts/cuda-toolkit.sh)"
@@ -35,6 +35,8 @@ for line in sys.stdin:
         --test ivon_cuda --test ivon_fused --test ivon_api
     executables bench --features cuda --no-run --bench optimizer_step
     executables build --release --features cuda --example quickstart
+    # The NCCL backend in a world of one GPU (needs libnccl there).
+    executables test --release --features nccl --no-run --test collective_nccl
 } >"$out/executables.txt"
 
 while read -r exe; do

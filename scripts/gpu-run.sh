@@ -99,6 +99,13 @@ step() {
 step 150 test.txt "$bin/ivon_cuda"
 step 60 test.txt "$bin/ivon_fused"
 step 60 test.txt "$bin/ivon_api"
+# The NCCL backend, world size 1, if the machine has libnccl (PyTorch's nvidia wheels do).
+nccl=$(candidates | find_lib libnccl.so.2)
+if [ -n "$nccl" ]; then
+    LD_LIBRARY_PATH=$nccl:$LD_LIBRARY_PATH step 90 test.txt "$bin/collective_nccl"
+else
+    echo "== collective_nccl skipped: libnccl.so.2 not found" | tee -a "$out/test.txt"
+fi
 # A binary built with the feature still runs the CPU example.
 step 60 quickstart.txt "$bin/quickstart"
 # Fused IVON, tensor-op IVON and AdamW against a device-to-device copy, 1e5 to 1e8.

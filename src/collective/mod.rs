@@ -1,12 +1,17 @@
 //! Collective communication between the ranks of a data-parallel run: all-reduce and
 //! barrier behind one [`Collective`] trait, with an in-process thread backend
-//! ([`ThreadGroup`]) that the tests use and that serves multi-threaded CPU training.
+//! ([`ThreadGroup`]) that the tests use and that serves multi-threaded CPU training, and
+//! with the `nccl` feature an NCCL backend (`NcclCollective`), one process per GPU.
 //!
 //! [`crate::optim::Ivon::set_collective`] makes IVON average its gradient statistics
 //! across ranks before each update.
 
+#[cfg(feature = "nccl")]
+mod nccl;
 mod thread;
 
+#[cfg(feature = "nccl")]
+pub use nccl::{NcclCollective, NcclId};
 pub use thread::{ThreadCollective, ThreadGroup};
 
 use candle_core::Tensor;

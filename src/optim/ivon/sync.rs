@@ -36,8 +36,8 @@ impl Ivon {
     /// redrawn from this rank's stream (rank 0's is unchanged). A noise source of your
     /// own is left as it is: give each rank its own draws. Call it between steps,
     /// with the same vars, settings and step count on every rank; a mismatch that the
-    /// ranks can see is an error on all of them. With several ranks, steps take the
-    /// unfused path.
+    /// ranks can see is an error on all of them. Steps then take the unfused path (the
+    /// fused kernel cannot pause for the reduction).
     ///
     /// ```no_run
     /// use std::sync::Arc;
@@ -88,9 +88,10 @@ impl Ivon {
         self.collective.as_ref()
     }
 
-    /// The collective when there are other ranks to talk to.
+    /// The collective the statistics go through: every step takes the path that reduces
+    /// them, even in a world of one, so that one GPU exercises all of it.
     pub(super) fn peers(&self) -> Option<&dyn Collective> {
-        self.collective.as_deref().filter(|c| c.world_size() > 1)
+        self.collective.as_deref()
     }
 
     /// How far one training sample moves the Philox stream.
