@@ -1,5 +1,6 @@
 //! One optimizer step on f32 parameters on the CPU: IVON's fused kernel, IVON's tensor-op
-//! path and candle-nn's AdamW, against a plain copy of the parameters (the memory floor).
+//! path and candle-nn's AdamW, against a plain copy of the parameters (the memory floor),
+//! single-threaded and on every core as the fused kernel runs (report both).
 //! With `--features cuda`, the same on GPU 0 against a device-to-device copy, each step
 //! followed by a synchronisation (`scripts/gpu-check.sh`).
 //!
@@ -17,6 +18,7 @@ use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
 };
+use rayon::prelude::*;
 use varlora::optim::{Ivon, IvonConfig};
 
 fn setup(n: usize, dev: &Device) -> (Var, GradStore) {
@@ -59,6 +61,17 @@ fn optimizer_step(c: &mut Criterion) {
             let mut dst = vec![0f32; n];
             b.iter(|| {
                 dst.copy_from_slice(std::hint::black_box(&src));
+                std::hint::black_box(&mut dst);
+            });
+        });
+        group.bench_function(BenchmarkId::new("memcpy_all_cores", n), |b| {
+            let src = vec![1f32; n];
+            let mut dst = vec![0f32; n];
+            let chunk = n.div_ceil(rayon::current_num_threads()).max(1 << 14);
+            b.iter(|| {
+                dst.par_chunks_mut(chunk)
+                    .zip(std::hint::black_box(&src).par_chunks(chunk))
+                    .for_each(|(d, s)| d.copy_from_slice(s));
                 std::hint::black_box(&mut dst);
             });
         });
