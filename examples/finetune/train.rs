@@ -57,7 +57,7 @@ impl Trainer {
             Method::Blob => {
                 let c = BlobOptimConfig::new(s.n_train, args.batch)
                     .lr(lr)
-                    .kl_lr(args.kl_lr);
+                    .kl_lr(args.kl_lr());
                 let blob = Blob::new(sorted_vars(s.varmap, |_| true)?, s.blob_layers, c)?;
                 Trainer::Blob(Scheduled::new(blob, schedule)?)
             }
