@@ -59,26 +59,19 @@ pub fn inputs() -> (Tensor, Tensor, Tensor) {
     (ids, types, mask)
 }
 
+/// The Frobenius norm.
+pub fn frobenius(t: &Tensor) -> f32 {
+    t.sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .sqrt()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
 /// `|a - b| / |b|` in the Frobenius norm.
 pub fn rel_error(a: &Tensor, b: &Tensor) -> f32 {
-    let diff: f32 = (a - b)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .sqrt()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    let norm: f32 = b
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .sqrt()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    diff / norm
+    frobenius(&(a - b).unwrap()) / frobenius(b)
 }
