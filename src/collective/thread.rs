@@ -19,8 +19,6 @@ struct Contribution {
 
 #[derive(Debug, Default)]
 struct Round {
-    /// Bumped when a round's result has been taken by every rank.
-    generation: u64,
     slots: Vec<Option<Contribution>>,
     result: Option<std::result::Result<Arc<Vec<f64>>, String>>,
     taken: usize,
@@ -162,14 +160,14 @@ impl ThreadCollective {
         if let Some(b) = &round.broken {
             return Err(Error::Collective(b.clone()));
         }
-        let generation = round.generation;
         round.slots[self.rank] = Some(c);
         if round.slots.iter().all(Option::is_some) {
             round.result = Some(reduce(&round.slots));
             self.shared.changed.notify_all();
         }
+        // The result stays until every rank has taken it, this one included.
         let mut round = self.wait_until(round, deadline, "for the other ranks", |r| {
-            r.generation != generation || r.result.is_some()
+            r.result.is_some()
         })?;
         let result = round
             .result
@@ -180,7 +178,6 @@ impl ThreadCollective {
             round.taken = 0;
             round.result = None;
             round.slots.iter_mut().for_each(|s| *s = None);
-            round.generation += 1;
             self.shared.changed.notify_all();
         }
         result.map_err(Error::Collective)

@@ -238,8 +238,7 @@ impl LoraLinear {
         if self.merged {
             return Err(Error::InvalidState("the adapter is already merged"));
         }
-        let w = (self.base().weight() + self.delta_weight()?)?;
-        self.base = FrozenLinear::new(Linear::new(w, self.base().bias().cloned()));
+        self.base = FrozenLinear::new(self.merged_linear()?);
         self.merged = true;
         Ok(())
     }

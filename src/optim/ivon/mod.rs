@@ -38,6 +38,13 @@ struct Group {
     params: Vec<ParamState>,
 }
 
+impl Group {
+    /// The number of parameters: one draw of the group's noise.
+    fn numel(&self) -> usize {
+        self.params.iter().map(|p| p.var.elem_count()).sum()
+    }
+}
+
 /// IVON: a Gaussian posterior `N(m, 1 / (ess (h + wd)))` per weight, learned at about the
 /// cost of AdamW. A drop-in replacement for candle-nn's `AdamW`.
 ///

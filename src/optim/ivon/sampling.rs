@@ -18,7 +18,7 @@ fn group_noise(
     dtype: DType,
     device: &Device,
 ) -> Result<Vec<Tensor>> {
-    let numel: usize = group.params.iter().map(|p| p.var.elem_count()).sum();
+    let numel = group.numel();
     if numel == 0 {
         return group
             .params
@@ -65,18 +65,19 @@ impl Ivon {
             .collect()
     }
 
+    /// How far one draw of every group's noise moves a Philox stream (4 values a block).
+    pub(super) fn blocks_per_sample(&self) -> u64 {
+        self.groups
+            .iter()
+            .map(|g| g.numel().div_ceil(4) as u64)
+            .sum()
+    }
+
     /// The noise of prediction sample `k`: its own Philox stream, keyed by the seed and
     /// positioned by `k`, so that sample `k` is the same weights every time it is asked for
     /// (while the posterior does not change) and training draws are untouched.
     fn prediction_noise(&self, k: usize) -> Result<Vec<Vec<Tensor>>> {
-        let blocks: u64 = self
-            .groups
-            .iter()
-            .map(|g| {
-                let numel: usize = g.params.iter().map(|p| p.var.elem_count()).sum();
-                numel.div_ceil(4) as u64
-            })
-            .sum();
+        let blocks = self.blocks_per_sample();
         let mut source = PhiloxNormal::at(self.config.seed ^ PREDICTION_STREAM, k as u64 * blocks);
         self.groups
             .iter()

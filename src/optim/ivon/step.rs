@@ -229,7 +229,7 @@ impl Ivon {
         let price = self.config.hess_approx == HessApprox::Price;
         for (gi, gs) in grads.iter().enumerate() {
             let group = &self.groups[gi];
-            let numel: usize = group.params.iter().map(|p| p.var.elem_count()).sum();
+            let numel = group.numel();
             let philox = self.noise.as_philox().ok_or(Error::InvalidState(
                 "the fused step needs the Philox noise source",
             ))?;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use super::{Ivon, Position};
 use crate::collective::{Collective, ReduceOp};
@@ -94,17 +94,6 @@ impl Ivon {
         self.collective.as_deref()
     }
 
-    /// How far one training sample moves the Philox stream.
-    fn blocks_per_sample(&self) -> u64 {
-        self.groups
-            .iter()
-            .map(|g| {
-                let numel: usize = g.params.iter().map(|p| p.var.elem_count()).sum();
-                numel.div_ceil(4) as u64
-            })
-            .sum()
-    }
-
     /// Errors on every rank unless the ranks agree on the layout, settings and step.
     fn check_same_on_every_rank(&self, c: &dyn Collective) -> Result<()> {
         let mut shapes = 0u64;
@@ -166,8 +155,14 @@ impl Ivon {
         }
         let flat = Tensor::cat(&parts, 0)?;
         let mean = c.all_reduce(&flat, ReduceOp::Mean)?;
-        if mean.dtype() != self.dtype && self.dtype != DType::F64 {
-            return Err(Error::Collective("the all-reduce changed the dtype".into()));
+        if mean.dtype() != flat.dtype() || mean.dims() != flat.dims() {
+            return Err(Error::Collective(format!(
+                "the all-reduce of {:?} {:?} returned {:?} {:?}",
+                flat.dims(),
+                flat.dtype(),
+                mean.dims(),
+                mean.dtype()
+            )));
         }
         let mut offset = 0;
         for p in self.params_mut() {
