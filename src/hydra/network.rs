@@ -6,8 +6,7 @@ use candle_core::{DType, Tensor, Var};
 
 use super::attention::{GroupedAttention, Layout};
 use super::{grouped_layer_norm, GroupedLinear, MemberPlan};
-use crate::kernels::encoder::layer_norm;
-use crate::models::{repeat_members, BertConfig, BertEncoder, Tokens};
+use crate::models::{BertConfig, BertEncoder, Embeddings, Norm};
 use crate::{Error, Result};
 
 /// A member-wise layer norm's scale and shift, `(members, hidden)`.
@@ -24,16 +23,6 @@ struct HydraLayer {
     intermediate: GroupedLinear,
     output: GroupedLinear,
     output_norm: GroupedNorm,
-}
-
-/// The shared embedding layer (computed once for all members).
-#[derive(Clone, Debug)]
-struct Embeddings {
-    word: Tensor,
-    position: Tensor,
-    token_type: Tensor,
-    norm_weight: Tensor,
-    norm_bias: Tensor,
 }
 
 /// Per-sequence gates on every head and neuron, for Taylor importance.
@@ -263,14 +252,18 @@ impl HydraClassifier {
             .map(|i| b.layer(i, head_dim))
             .collect::<Result<Vec<_>>>()?;
         let head = b.head()?;
-        let e = "embeddings";
-        let embeddings = Embeddings {
-            word: get(weights, &format!("{e}.word_embeddings.weight"))?.clone(),
-            position: get(weights, &format!("{e}.position_embeddings.weight"))?.clone(),
-            token_type: get(weights, &format!("{e}.token_type_embeddings.weight"))?.clone(),
-            norm_weight: get(weights, &format!("{e}.LayerNorm.weight"))?.clone(),
-            norm_bias: get(weights, &format!("{e}.LayerNorm.bias"))?.clone(),
-        };
+        let e = |name: &str| get(weights, &format!("embeddings.{name}")).cloned();
+        let norm = Norm::new(
+            e("LayerNorm.weight")?,
+            e("LayerNorm.bias")?,
+            config.layer_norm_eps,
+        );
+        let embeddings = Embeddings::new(
+            e("word_embeddings.weight")?,
+            e("position_embeddings.weight")?,
+            e("token_type_embeddings.weight")?,
+            norm,
+        )?;
         Ok(Self {
             embeddings,
             layers,
@@ -350,7 +343,7 @@ impl HydraClassifier {
 
     /// The dtype the network computes in (its embeddings').
     pub fn dtype(&self) -> DType {
-        self.embeddings.word.dtype()
+        self.embeddings.dtype()
     }
 
     /// The trainable tensors (empty unless built `trainable`): for an optimizer.
@@ -377,18 +370,19 @@ impl HydraClassifier {
         gates: Option<&Gates>,
     ) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
-        self.check_inputs(batch, seq, token_type_ids, attention_mask)?;
         let m = self.members();
         let h = self.config.hidden_size;
-        let mask = repeat_members(&attention_mask.ne(0u32)?, m)?;
-        let tokens = Tokens::new(&mask)?;
-        let x = repeat_members(&self.embed(input_ids, token_type_ids)?, m)?;
-        let x = tokens.pack(&x.reshape(((), h))?)?;
-        let mut x = x.reshape((m, (), h))?;
-        let key_bias = ((1. - mask.to_dtype(x.dtype())?)? * f64::from(f32::MIN))?;
+        let packed = self.embeddings.pack(
+            &self.config,
+            input_ids,
+            token_type_ids,
+            Some(attention_mask),
+            m,
+        )?;
+        let (tokens, mut x) = (&packed.tokens, packed.x.reshape((m, (), h))?);
         let at = Layout {
-            tokens: &tokens,
-            key_bias: &key_bias,
+            tokens,
+            key_bias: &packed.key_bias,
         };
         let sequence = match gates {
             Some(_) => Some(tokens.sequence_of_tokens(seq, x.device())?),
@@ -407,44 +401,6 @@ impl HydraClassifier {
             .reshape((m * batch, seq, h))?;
         let pooled = BertEncoder::mean_pool(&hidden, attention_mask)?.reshape((m, batch, h))?;
         self.head.forward(&pooled)
-    }
-
-    fn check_inputs(&self, batch: usize, seq: usize, types: &Tensor, mask: &Tensor) -> Result<()> {
-        if seq > self.config.max_position_embeddings {
-            return Err(Error::InvalidInput(format!(
-                "{seq} tokens, but the model has {} positions",
-                self.config.max_position_embeddings
-            )));
-        }
-        for (name, t) in [("token_type_ids", types), ("attention_mask", mask)] {
-            if t.dims() != [batch, seq] {
-                return Err(Error::InvalidInput(format!(
-                    "{name} of shape {:?} for input_ids of shape [{batch}, {seq}]",
-                    t.dims()
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// The shared embedding layer: `(batch, seq, hidden)`.
-    fn embed(&self, ids: &Tensor, types: &Tensor) -> Result<Tensor> {
-        let e = &self.embeddings;
-        let (batch, seq) = ids.dims2()?;
-        let h = self.config.hidden_size;
-        let positions = Tensor::arange(0u32, seq as u32, ids.device())?;
-        let x = (e.word.embedding(&ids.flatten_all()?)?
-            + e.token_type.embedding(&types.flatten_all()?)?)?
-        .reshape((batch, seq, h))?
-        .broadcast_add(&e.position.embedding(&positions)?)?;
-        let eps = self.config.layer_norm_eps as f32;
-        let x = layer_norm(
-            &x.reshape((batch * seq, h))?,
-            &e.norm_weight,
-            &e.norm_bias,
-            eps,
-        )?;
-        Ok(x.reshape((batch, seq, h))?)
     }
 
     /// One transformer layer on `(members, tokens, hidden)`.

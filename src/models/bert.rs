@@ -9,12 +9,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Module, ModuleT, Tensor, D};
-use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
+use candle_core::{ModuleT, Tensor, D};
+use candle_nn::{linear, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::input::{repeat_members, Embeddings, Packed, Tokens};
+use super::norm::Norm;
 use crate::ensemble::LoraEnsembleLinear;
-use crate::kernels::encoder::{gelu_erf, layer_norm, masked_softmax, FrozenLinear};
+use crate::kernels::encoder::{gelu_erf, masked_softmax, FrozenLinear};
 use crate::lora::{
     Adapter, AdapterBuilder, BayesianLoraLinear, BlobConfig, BlobLayerVars, BlobSampler,
     LoraConfig, LoraLinear, McDropout,
@@ -220,28 +222,6 @@ impl ModuleT for Proj {
     }
 }
 
-/// Layer norm from differentiable ops.
-#[derive(Clone, Debug)]
-struct Norm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f32,
-}
-
-impl Norm {
-    fn load(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get(size, "weight")?,
-            bias: vb.get(size, "bias")?,
-            eps: eps as f32,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        layer_norm(x, &self.weight, &self.bias, self.eps)
-    }
-}
-
 #[derive(Clone, Debug)]
 struct Layer {
     query: Proj,
@@ -259,10 +239,7 @@ struct Layer {
 /// `varmap.all_vars()` holds exactly the trainable tensors.
 #[derive(Clone, Debug)]
 pub struct BertEncoder {
-    word_embeddings: Embedding,
-    position_embeddings: Embedding,
-    token_type_embeddings: Embedding,
-    embedding_norm: Norm,
+    embeddings: Embeddings,
     layers: Vec<Layer>,
     config: BertConfig,
     members: usize,
@@ -285,7 +262,6 @@ impl BertEncoder {
             base
         };
         let h = config.hidden_size;
-        let emb = base.pp("embeddings");
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             let name = format!("encoder.layer.{i}");
@@ -329,18 +305,7 @@ impl BertEncoder {
             });
         }
         Ok(Self {
-            word_embeddings: embedding(config.vocab_size, h, emb.pp("word_embeddings"))?,
-            position_embeddings: embedding(
-                config.max_position_embeddings,
-                h,
-                emb.pp("position_embeddings"),
-            )?,
-            token_type_embeddings: embedding(
-                config.type_vocab_size,
-                h,
-                emb.pp("token_type_embeddings"),
-            )?,
-            embedding_norm: Norm::load(h, config.layer_norm_eps, emb.pp("LayerNorm"))?,
+            embeddings: Embeddings::load(config, base.pp("embeddings"))?,
             layers,
             config: config.clone(),
             members: adapter.map_or(1, |a| a.members()),
@@ -379,7 +344,7 @@ impl BertEncoder {
     /// The KL divergence of every Bayesian adapter from its prior, summed (0 without
     /// one): the term BLoB's training adds, f64 and differentiable.
     pub fn blob_kl(&self) -> Result<Tensor> {
-        let mut total = Tensor::new(0f64, self.word_embeddings.embeddings().device())?;
+        let mut total = Tensor::new(0f64, self.embeddings.device())?;
         for a in self.adapters() {
             if let Some(kl) = a.kl()? {
                 total = (total + kl)?;
@@ -429,14 +394,7 @@ impl BertEncoder {
     /// encoder. A LoRA-Ensemble, having no single model, gets an error.
     pub fn merged_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
-        for (name, e) in [
-            ("word_embeddings", &self.word_embeddings),
-            ("position_embeddings", &self.position_embeddings),
-            ("token_type_embeddings", &self.token_type_embeddings),
-        ] {
-            out.insert(format!("embeddings.{name}.weight"), e.embeddings().clone());
-        }
-        insert_norm(&mut out, "embeddings.LayerNorm", &self.embedding_norm);
+        self.embeddings.insert_into(&mut out);
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("encoder.layer.{i}");
             for (name, proj) in [
@@ -454,7 +412,7 @@ impl BertEncoder {
                 ("output.LayerNorm", &l.output_norm),
             ];
             for (name, norm) in norms {
-                insert_norm(&mut out, &format!("{p}.{name}"), norm);
+                norm.insert_into(&mut out, &format!("{p}.{name}"));
             }
         }
         Ok(out)
@@ -483,43 +441,20 @@ impl BertEncoder {
         train: bool,
     ) -> Result<Tensor> {
         let (batch, seq) = input_ids.dims2()?;
-        if seq > self.config.max_position_embeddings {
-            return Err(Error::InvalidInput(format!(
-                "{seq} tokens, but the model has {} positions",
-                self.config.max_position_embeddings
-            )));
-        }
-        for (name, t) in [
-            ("token_type_ids", Some(token_type_ids)),
-            ("attention_mask", attention_mask),
-        ] {
-            if let Some(t) = t {
-                if t.dims() != [batch, seq] {
-                    return Err(Error::InvalidInput(format!(
-                        "{name} of shape {:?} for input_ids of shape [{batch}, {seq}]",
-                        t.dims()
-                    )));
-                }
-            }
-        }
-        let positions = Tensor::arange(0u32, seq as u32, input_ids.device())?;
-        let x = (self.word_embeddings.forward(input_ids)?
-            + self.token_type_embeddings.forward(token_type_ids)?)?
-        .broadcast_add(&self.position_embeddings.forward(&positions)?)?;
-        let mask = match attention_mask {
-            Some(m) => m.ne(0u32)?,
-            None => input_ids.ones_like()?.to_dtype(DType::U8)?,
-        };
-        let mask = repeat_members(&mask, self.members)?;
-        let tokens = Tokens::new(&mask)?;
+        let Packed {
+            mut x,
+            tokens,
+            key_bias,
+        } = self.embeddings.pack(
+            &self.config,
+            input_ids,
+            token_type_ids,
+            attention_mask,
+            self.members,
+        )?;
         let h = self.config.hidden_size;
-        let x = repeat_members(&x, self.members)?.reshape(((), h))?;
-        let mut x = self.embedding_norm.forward(&tokens.pack(&x)?)?;
-        // (1 - mask) * min, per sentence and key: padded keys get no attention.
-        let dtype = x.dtype();
-        let bias = ((1. - mask.to_dtype(dtype)?)? * f64::from(f32::MIN))?;
         for layer in &self.layers {
-            x = self.layer(layer, &x, &bias, &tokens, train)?;
+            x = self.layer(layer, &x, &key_bias, &tokens, train)?;
         }
         Ok(tokens.unpack(&x)?.reshape((batch * self.members, seq, h))?)
     }
@@ -581,82 +516,5 @@ pub(crate) fn insert_linear(out: &mut HashMap<String, Tensor>, prefix: &str, l: 
     out.insert(format!("{prefix}.weight"), l.weight().clone());
     if let Some(b) = l.bias() {
         out.insert(format!("{prefix}.bias"), b.clone());
-    }
-}
-
-fn insert_norm(out: &mut HashMap<String, Tensor>, prefix: &str, n: &Norm) {
-    out.insert(format!("{prefix}.weight"), n.weight.clone());
-    out.insert(format!("{prefix}.bias"), n.bias.clone());
-}
-
-/// `x` `(batch, ...)` repeated `members` times, member-major: `(members * batch, ...)`.
-pub(crate) fn repeat_members(x: &Tensor, members: usize) -> Result<Tensor> {
-    if members == 1 {
-        return Ok(x.clone());
-    }
-    let mut dims = x.dims().to_vec();
-    let stacked = LoraEnsembleLinear::repeat_members(x, members)?;
-    dims[0] *= members;
-    Ok(stacked.reshape(dims)?)
-}
-
-/// The real tokens of a padded batch: the rows of the flattened `(batch * seq, hidden)`
-/// positions the mask keeps.
-pub(crate) struct Tokens {
-    /// Flat positions of the real tokens, ascending; `None` when there is no padding.
-    index: Option<Tensor>,
-    positions: usize,
-}
-
-impl Tokens {
-    pub(crate) fn new(mask: &Tensor) -> Result<Self> {
-        let keep = mask.flatten_all()?.to_vec1::<u8>()?;
-        let index: Vec<u32> = (0..keep.len() as u32)
-            .filter(|&i| keep[i as usize] != 0)
-            .collect();
-        let index = if index.len() == keep.len() {
-            None
-        } else {
-            let n = index.len();
-            Some(Tensor::from_vec(index, n, mask.device())?)
-        };
-        Ok(Self {
-            index,
-            positions: keep.len(),
-        })
-    }
-
-    /// `(batch * seq, hidden)` to the real tokens' rows.
-    pub(crate) fn pack(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match &self.index {
-            Some(i) => x.index_select(i, 0),
-            None => Ok(x.clone()),
-        }
-    }
-
-    /// The sequence (row of the mask) each real token belongs to, `(tokens,)` u32.
-    pub(crate) fn sequence_of_tokens(&self, seq: usize, dev: &Device) -> Result<Tensor> {
-        let seq = seq.max(1) as u32;
-        let flat: Vec<u32> = match &self.index {
-            Some(i) => i.to_vec1::<u32>()?,
-            None => (0..self.positions as u32).collect(),
-        };
-        let n = flat.len();
-        Ok(Tensor::from_vec(
-            flat.into_iter().map(|p| p / seq).collect::<Vec<_>>(),
-            n,
-            dev,
-        )?)
-    }
-
-    /// The real tokens' rows back to `(batch * seq, hidden)`, zero at padding.
-    pub(crate) fn unpack(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match &self.index {
-            Some(i) => {
-                let h = x.dim(1)?;
-                Tensor::zeros((self.positions, h), x.dtype(), x.device())?.index_add(i, x, 0)
-            }
-            None => Ok(x.clone()),
-        }
     }
 }

@@ -2,7 +2,10 @@
 
 mod bert;
 mod classifier;
+mod input;
+mod norm;
 
-pub(crate) use bert::{repeat_members, Tokens};
 pub use bert::{AdapterSpec, AdapterTargets, BertConfig, BertEncoder};
 pub use classifier::BertClassifier;
+pub(crate) use input::{Embeddings, Tokens};
+pub(crate) use norm::Norm;
