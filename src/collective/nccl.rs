@@ -4,7 +4,9 @@
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda::cudarc::nccl::safe::{Comm, Id, ReduceOp as NcclOp};
+use candle_core::cuda::cudarc::driver::{DeviceRepr, ValidAsZeroBits};
+use candle_core::cuda::cudarc::nccl::safe::{Comm, Id, NcclType, ReduceOp as NcclOp};
+use candle_core::cuda::CudaDType;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
 use super::{Collective, ReduceOp};
@@ -100,6 +102,26 @@ impl AllReduce<'_> {
     }
 }
 
+impl AllReduce<'_> {
+    /// The all-reduce of elements `range` of `s`, into a new buffer.
+    fn reduce<T>(
+        &self,
+        s: &CudaStorage,
+        range: std::ops::Range<usize>,
+    ) -> candle_core::Result<CudaStorage>
+    where
+        T: CudaDType + NcclType + DeviceRepr + ValidAsZeroBits,
+    {
+        let dev = s.device().clone();
+        let src = s.as_cuda_slice::<T>()?.slice(range);
+        let mut dst = dev.alloc_zeros::<T>(src.len())?;
+        self.comm
+            .all_reduce(&src, &mut dst, &self.nccl_op())
+            .map_err(|e| candle_core::Error::msg(format!("ncclAllReduce: {e:?}")))?;
+        Ok(CudaStorage::wrap_cuda_slice(dst, dev))
+    }
+}
+
 impl CustomOp1 for AllReduce<'_> {
     fn name(&self) -> &'static str {
         "nccl-all-reduce"
@@ -113,25 +135,9 @@ impl CustomOp1 for AllReduce<'_> {
         let Some((start, end)) = l.contiguous_offsets() else {
             candle_core::bail!("nccl-all-reduce needs a contiguous tensor")
         };
-        let dev = s.device().clone();
-        let err = |e| candle_core::Error::msg(format!("ncclAllReduce: {e:?}"));
         let out = match s.dtype() {
-            DType::F32 => {
-                let src = s.as_cuda_slice::<f32>()?.slice(start..end);
-                let mut dst = dev.alloc_zeros::<f32>(end - start)?;
-                self.comm
-                    .all_reduce(&src, &mut dst, &self.nccl_op())
-                    .map_err(err)?;
-                CudaStorage::wrap_cuda_slice(dst, dev)
-            }
-            DType::F64 => {
-                let src = s.as_cuda_slice::<f64>()?.slice(start..end);
-                let mut dst = dev.alloc_zeros::<f64>(end - start)?;
-                self.comm
-                    .all_reduce(&src, &mut dst, &self.nccl_op())
-                    .map_err(err)?;
-                CudaStorage::wrap_cuda_slice(dst, dev)
-            }
+            DType::F32 => self.reduce::<f32>(s, start..end)?,
+            DType::F64 => self.reduce::<f64>(s, start..end)?,
             other => candle_core::bail!("nccl-all-reduce of {other:?}: f32 or f64 only"),
         };
         Ok((out, l.shape().clone()))
