@@ -52,15 +52,7 @@ fn encoder_step(c: &mut Criterion) {
     let lora = LoraConfig::new(8).alpha(16.0).dropout(0.1);
     let adapters = VarMap::new();
     let model = model_of(&AdapterSpec::Lora(lora.clone()), &adapters, &dev);
-    let ids: Vec<u32> = (0..BATCH * TOKENS).map(|i| (i * 7 % 1000) as u32).collect();
-    let ids = Tensor::from_vec(ids, (BATCH, TOKENS), &dev).unwrap();
-    let types = ids.zeros_like().unwrap();
-    // Sentences of 8 to 48 tokens, padded to 48: about 40% padding (batches of 32 Pang &
-    // Lee sentences average 48%).
-    let mask: Vec<u32> = (0..BATCH * TOKENS)
-        .map(|i| u32::from(i % TOKENS < 8 + (i / TOKENS * 23) % 41))
-        .collect();
-    let mask = Tensor::from_vec(mask, (BATCH, TOKENS), &dev).unwrap();
+    let (ids, types, mask) = minilm_shape::padded_batch(BATCH, TOKENS, &dev).unwrap();
     let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % 2).collect();
     let labels = Tensor::new(labels, &dev).unwrap();
 

@@ -9,7 +9,7 @@
 #[path = "../examples/minilm_shape/mod.rs"]
 mod minilm_shape;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion};
 use varlora::hydra::{plan_members, HydraClassifier, Importance, PruneConfig, Selection};
@@ -40,13 +40,7 @@ fn hydra_forward(c: &mut Criterion) {
     let weights = model.merged_tensors().unwrap();
     let model = model.detach();
 
-    let ids: Vec<u32> = (0..BATCH * TOKENS).map(|i| (i * 7 % 1000) as u32).collect();
-    let ids = Tensor::from_vec(ids, (BATCH, TOKENS), &dev).unwrap();
-    let types = ids.zeros_like().unwrap();
-    let mask: Vec<u32> = (0..BATCH * TOKENS)
-        .map(|i| u32::from(i % TOKENS < 8 + (i / TOKENS * 23) % 41))
-        .collect();
-    let mask = Tensor::from_vec(mask, (BATCH, TOKENS), &dev).unwrap();
+    let (ids, types, mask) = minilm_shape::padded_batch(BATCH, TOKENS, &dev).unwrap();
 
     let dense = HydraClassifier::dense(&weights, &config, false).unwrap();
     let flat = |n: usize| vec![(0..n).map(|i| 1.0 + i as f64).collect::<Vec<_>>(); 6];
