@@ -119,8 +119,10 @@ impl Builder<'_> {
         Ok(t)
     }
 
-    /// One linear per member, `rows` of its output or `cols` of its input kept per
-    /// member (all of the other side), stacked `(members, out, in)`.
+    /// Layer `name` once per member, stacked `(members, out, in)`: each member keeps the
+    /// `unit`-wide blocks `keep` names, of the output (with the bias) or, with
+    /// `input_side`, of the input; widths are zero-padded to the widest member (at least
+    /// one unit).
     fn linear(
         &mut self,
         name: &str,
@@ -168,38 +170,20 @@ impl Builder<'_> {
         let p = format!("encoder.layer.{i}");
         let heads = move |plan: &MemberPlan| plan.heads[i].clone();
         let neurons = move |plan: &MemberPlan| plan.neurons[i].clone();
-        let kept_heads = self
-            .plans
-            .iter()
-            .map(|pl| pl.heads[i].len())
-            .max()
-            .unwrap_or(0)
-            .max(1);
-        let attention = GroupedAttention::new(
-            [
-                self.linear(
-                    &format!("{p}.attention.self.query"),
-                    &heads,
-                    head_dim,
-                    false,
-                )?,
-                self.linear(&format!("{p}.attention.self.key"), &heads, head_dim, false)?,
-                self.linear(
-                    &format!("{p}.attention.self.value"),
-                    &heads,
-                    head_dim,
-                    false,
-                )?,
-                self.linear(
-                    &format!("{p}.attention.output.dense"),
-                    &heads,
-                    head_dim,
-                    true,
-                )?,
-            ],
-            kept_heads,
-            head_dim,
-        )?;
+        let [query, key, value, output] = [
+            ("attention.self.query", false),
+            ("attention.self.key", false),
+            ("attention.self.value", false),
+            ("attention.output.dense", true),
+        ]
+        .map(|(name, input_side)| {
+            self.linear(&format!("{p}.{name}"), &heads, head_dim, input_side)
+        });
+        let query = query?;
+        // The padded head count is the widest member's, which `linear` padded to.
+        let kept_heads = query.weight().dim(1)? / head_dim;
+        let attention =
+            GroupedAttention::new([query, key?, value?, output?], kept_heads, head_dim)?;
         Ok(HydraLayer {
             attention,
             attention_norm: self.norm(&format!("{p}.attention.output.LayerNorm"))?,
