@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use candle_core::Tensor;
 use varlora::models::BertClassifier;
 use varlora::predict::{
     predictive, predictive_at_point, predictive_from_samples, Posterior, Predictive,
@@ -93,12 +94,16 @@ pub fn evaluate<P: Posterior>(
     concat(parts)
 }
 
-/// The predictive of a LoRA-Ensemble: its members' probabilities averaged, from one
-/// forward per batch.
-pub fn evaluate_members(model: &BertClassifier, data: &[Batch]) -> varlora::Result<Predictive> {
+/// The predictive of an ensemble run as one network (LoRA-Ensemble, Hydra): its
+/// members' probabilities averaged, from one forward per batch that `logits` gives as
+/// `(members, batch, classes)`.
+pub fn evaluate_members(
+    data: &[Batch],
+    logits: impl Fn(&Batch) -> varlora::Result<Tensor>,
+) -> varlora::Result<Predictive> {
     let parts = data
         .iter()
-        .map(|b| predictive_from_samples(&model.forward_t(&b.ids, &b.types, &b.mask, false)?, true))
+        .map(|b| predictive_from_samples(&logits(b)?, true))
         .collect::<varlora::Result<Vec<_>>>()?;
     concat(parts)
 }

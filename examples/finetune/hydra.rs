@@ -1,17 +1,16 @@
 //! Hydra: prune the fine-tuned LoRA model (merged) into differently pruned members, merge
 //! them into one grouped network, and fine-tune it briefly on the mean of their losses.
 
-use candle_nn::{loss, AdamW, Optimizer, ParamsAdamW};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use tokenizers::Tokenizer;
 use varlora::hydra::{plan_members, HydraClassifier, LabelledBatch, PruneConfig, Selection};
 use varlora::models::{BertClassifier, BertConfig};
 use varlora::optim::{Schedule, Scheduled};
-use varlora::predict::{predictive_from_samples, Predictive};
 
 use crate::data::{batches, Batch};
-use crate::report::concat;
+use crate::train::nll;
 
 /// How the members are made and trained.
 pub struct Recipe {
@@ -86,22 +85,9 @@ pub fn train(
         order.shuffle(rng);
         let rows = &order[..steps_per_epoch * recipe.batch];
         for b in batches(tokenizer, rows, recipe.batch, &dev)? {
-            let logits = net.forward(&b.ids, &b.types, &b.mask)?;
-            let (m, n, c) = logits.dims3()?;
-            let labels = b.labels.unsqueeze(0)?.repeat((m, 1))?.flatten_all()?;
-            let nll = loss::cross_entropy(&logits.reshape((m * n, c))?, &labels)?;
-            opt.backward_step(&nll)?;
+            opt.backward_step(&nll(&net.forward(&b.ids, &b.types, &b.mask)?, &b.labels)?)?;
         }
         println!("hydra fine-tuning epoch {} of {}", epoch + 1, recipe.epochs);
     }
     Ok(1e3 * start.elapsed().as_secs_f64() / total as f64)
-}
-
-/// The members' averaged predictive over `data`, one grouped forward per batch.
-pub fn evaluate(net: &HydraClassifier, data: &[Batch]) -> varlora::Result<Predictive> {
-    let parts = data
-        .iter()
-        .map(|b| predictive_from_samples(&net.forward(&b.ids, &b.types, &b.mask)?, true))
-        .collect::<varlora::Result<Vec<_>>>()?;
-    concat(parts)
 }

@@ -72,7 +72,9 @@ pub fn add_rows(
         }
         Method::LoraEnsemble => {
             let name = format!("LoRA-Ensemble M = {}", ctx.args.members);
-            rows.add(name, &mut |b| evaluate_members(ctx.model, b))?;
+            rows.add(name, &mut |b| {
+                evaluate_members(b, |b| ctx.model.forward_t(&b.ids, &b.types, &b.mask, false))
+            })?;
             Ok(Extras::default())
         }
         Method::Hydra => hydra_rows(ctx, rows, rng),
@@ -192,11 +194,13 @@ fn hydra_rows(ctx: &Ctx, rows: &mut Rows, rng: &mut StdRng) -> Res<Extras> {
     let m = args.members;
     let before = net.detach();
     rows.add(format!("Hydra M = {m} before fine-tuning"), &mut |b| {
-        hydra::evaluate(&before, b)
+        evaluate_members(b, |b| before.forward(&b.ids, &b.types, &b.mask))
     })?;
     let ms = hydra::train(&net, train, &recipe, ctx.tokenizer, rng)?;
     let net = net.detach();
-    rows.add(format!("Hydra M = {m}"), &mut |b| hydra::evaluate(&net, b))?;
+    rows.add(format!("Hydra M = {m}"), &mut |b| {
+        evaluate_members(b, |b| net.forward(&b.ids, &b.types, &b.mask))
+    })?;
     Ok(Extras {
         hydra_ms_per_step: Some(ms),
         ..Extras::default()

@@ -117,15 +117,10 @@ pub fn epochs(
         order.shuffle(rng);
         let rows = &order[..steps_per_epoch * args.batch];
         for b in batches(&inputs.tokenizer, rows, args.batch, &dev)? {
-            let logits = model.forward_t(&b.ids, &b.types, &b.mask, true)?;
-            let (logits, labels) = match logits.dims3() {
-                Ok((m, n, c)) => (
-                    logits.reshape((m * n, c))?,
-                    b.labels.unsqueeze(0)?.repeat((m, 1))?.flatten_all()?,
-                ),
-                Err(_) => (logits, b.labels.clone()),
-            };
-            let nll = loss::cross_entropy(&logits, &labels)?;
+            let nll = nll(
+                &model.forward_t(&b.ids, &b.types, &b.mask, true)?,
+                &b.labels,
+            )?;
             trainer.step(&nll)?;
             step += 1;
             let loss = nll.to_scalar::<f32>()?;
@@ -136,4 +131,16 @@ pub fn epochs(
     }
     bar.finish();
     Ok(1e3 * start.elapsed().as_secs_f64() / total.max(1) as f64)
+}
+
+/// The cross-entropy of `(batch, classes)` logits, or for an ensemble's `(members, batch,
+/// classes)` the mean of the members' cross-entropies.
+pub fn nll(logits: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor> {
+    match logits.dims3() {
+        Ok((m, n, c)) => {
+            let labels = labels.unsqueeze(0)?.repeat((m, 1))?.flatten_all()?;
+            loss::cross_entropy(&logits.reshape((m * n, c))?, &labels)
+        }
+        Err(_) => loss::cross_entropy(logits, labels),
+    }
 }
