@@ -5,7 +5,9 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use tokenizers::Tokenizer;
-use varlora::hydra::{plan_members, HydraClassifier, LabelledBatch, PruneConfig, Selection};
+use varlora::hydra::{
+    plan_members, HydraClassifier, Importance, LabelledBatch, PruneConfig, Selection,
+};
 use varlora::models::{BertClassifier, BertConfig};
 use varlora::optim::{Schedule, Scheduled};
 
@@ -17,33 +19,51 @@ pub struct Recipe {
     pub members: usize,
     /// Fraction of each layer's heads and neurons a member keeps.
     pub keep: f64,
-    pub selection: Selection,
     pub epochs: usize,
     pub lr: f64,
     pub batch: usize,
 }
 
-/// The merged network of `recipe.members` members pruned from `model`, their units chosen
-/// by Taylor importance on `calibration`.
-pub fn build(
-    model: &BertClassifier,
-    config: &BertConfig,
-    calibration: &[Batch],
-    recipe: &Recipe,
-) -> Result<HydraClassifier, Box<dyn std::error::Error>> {
-    let weights = model.merged_tensors()?;
-    let dense = HydraClassifier::dense(&weights, config, false)?;
-    let labelled: Vec<LabelledBatch> = calibration.iter().map(labelled).collect();
-    let importance = dense.taylor_importance(&labelled)?;
-    let keep = |n: usize| ((recipe.keep * n as f64).round() as usize).clamp(1, n);
-    let prune = PruneConfig {
-        members: recipe.members,
-        keep_heads: keep(config.num_attention_heads),
-        keep_neurons: keep(config.intermediate_size),
-        selection: recipe.selection,
-    };
-    let plans = plan_members(&[importance], &prune)?;
-    Ok(HydraClassifier::new(&weights, config, &plans, true)?)
+/// The dense merged `model` and its Taylor importance on `calibration`, from which every
+/// selection's members are pruned.
+pub struct Source {
+    weights: std::collections::HashMap<String, candle_core::Tensor>,
+    importance: Importance,
+}
+
+impl Source {
+    pub fn new(
+        model: &BertClassifier,
+        config: &BertConfig,
+        calibration: &[Batch],
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let weights = model.merged_tensors()?;
+        let dense = HydraClassifier::dense(&weights, config, false)?;
+        let labelled: Vec<LabelledBatch> = calibration.iter().map(labelled).collect();
+        let importance = dense.taylor_importance(&labelled)?;
+        Ok(Self {
+            weights,
+            importance,
+        })
+    }
+
+    /// The merged network of `recipe.members` members chosen by `selection`.
+    pub fn build(
+        &self,
+        config: &BertConfig,
+        recipe: &Recipe,
+        selection: Selection,
+    ) -> Result<HydraClassifier, Box<dyn std::error::Error>> {
+        let keep = |n: usize| ((recipe.keep * n as f64).round() as usize).clamp(1, n);
+        let prune = PruneConfig {
+            members: recipe.members,
+            keep_heads: keep(config.num_attention_heads),
+            keep_neurons: keep(config.intermediate_size),
+            selection,
+        };
+        let plans = plan_members(std::slice::from_ref(&self.importance), &prune)?;
+        Ok(HydraClassifier::new(&self.weights, config, &plans, true)?)
+    }
 }
 
 fn labelled(b: &Batch) -> LabelledBatch {

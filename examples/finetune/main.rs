@@ -169,9 +169,11 @@ struct Args {
     /// 1.3 models' cost).
     #[arg(long, default_value_t = 1.0 / 3.0)]
     hydra_keep: f64,
-    /// How Hydra's members choose their units.
-    #[arg(long, value_enum, default_value_t = HydraSelection::Weighted)]
-    hydra_selection: HydraSelection,
+    /// How Hydra's members choose their units; several, comma-separated (e.g.
+    /// `weighted,top-k`), build and report one merged network each from the same source
+    /// model and importance scores.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "weighted")]
+    hydra_selection: Vec<HydraSelection>,
     /// Epochs of fine-tuning the merged Hydra network (all its grouped weights) on the
     /// mean of the members' losses.
     #[arg(long, default_value_t = 2)]

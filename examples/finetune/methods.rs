@@ -166,7 +166,9 @@ fn posterior<P: Scalable>(
     Ok(Extras::default())
 }
 
-/// The source LoRA model, its Hydra members before and after their brief fine-tuning.
+/// The source LoRA model, and for each `--hydra-selection` its Hydra members before and
+/// after their brief fine-tuning; the members of all selections are pruned from one
+/// importance pass.
 fn hydra_rows(ctx: &Ctx, rows: &mut Rows, rng: &mut StdRng) -> Res<Extras> {
     let args = ctx.args;
     rows.add("LoRA (Hydra's source)".into(), &mut |b| {
@@ -175,10 +177,6 @@ fn hydra_rows(ctx: &Ctx, rows: &mut Rows, rng: &mut StdRng) -> Res<Extras> {
     let recipe = hydra::Recipe {
         members: args.members,
         keep: args.hydra_keep,
-        selection: match args.hydra_selection {
-            HydraSelection::Weighted => Selection::Weighted { seed: args.seed },
-            HydraSelection::TopK => Selection::TopK,
-        },
         epochs: args.hydra_epochs,
         lr: args.hydra_lr,
         batch: args.batch,
@@ -190,19 +188,25 @@ fn hydra_rows(ctx: &Ctx, rows: &mut Rows, rng: &mut StdRng) -> Res<Extras> {
         args.batch,
         ctx.dev,
     )?;
-    let net = hydra::build(ctx.model, ctx.config, &calibration, &recipe)?;
-    let m = args.members;
-    let before = net.detach();
-    rows.add(format!("Hydra M = {m} before fine-tuning"), &mut |b| {
-        evaluate_members(b, |b| before.forward(&b.ids, &b.types, &b.mask))
-    })?;
-    let ms = hydra::train(&net, train, &recipe, ctx.tokenizer, rng)?;
-    let net = net.detach();
-    rows.add(format!("Hydra M = {m}"), &mut |b| {
-        evaluate_members(b, |b| net.forward(&b.ids, &b.types, &b.mask))
-    })?;
-    Ok(Extras {
-        hydra_ms_per_step: Some(ms),
-        ..Extras::default()
-    })
+    let source = hydra::Source::new(ctx.model, ctx.config, &calibration)?;
+    let mut extras = Extras::default();
+    for &selection in &args.hydra_selection {
+        let (chosen, label) = match selection {
+            HydraSelection::Weighted => (Selection::Weighted { seed: args.seed }, ""),
+            HydraSelection::TopK => (Selection::TopK, ", naive (top-k)"),
+        };
+        let net = source.build(ctx.config, &recipe, chosen)?;
+        let name = format!("Hydra M = {}{label}", args.members);
+        let before = net.detach();
+        rows.add(format!("{name} before fine-tuning"), &mut |b| {
+            evaluate_members(b, |b| before.forward(&b.ids, &b.types, &b.mask))
+        })?;
+        let ms = hydra::train(&net, train, &recipe, ctx.tokenizer, rng)?;
+        let net = net.detach();
+        rows.add(name, &mut |b| {
+            evaluate_members(b, |b| net.forward(&b.ids, &b.types, &b.mask))
+        })?;
+        extras.hydra_ms_per_step.get_or_insert(ms);
+    }
+    Ok(extras)
 }
