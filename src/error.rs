@@ -65,6 +65,16 @@ pub enum Error {
     #[error("checkpoint: {0}")]
     Checkpoint(String),
 
+    /// A file the crate reads is corrupt (its checksum, kind or format version does not
+    /// match) or malformed.
+    #[error("{}: {problem}", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+
     /// The ranks of a [`crate::collective::Collective`] disagree or one stopped answering
     /// (a timeout, buffers of different shapes, a non-finite gradient on another rank).
     #[error("collective: {0}")]

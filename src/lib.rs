@@ -10,6 +10,7 @@
 //! - [`calibrate`]: temperature scaling, the post-hoc baseline a posterior has to beat.
 //! - [`alloc`]: allocator settings that halve a CPU training step's time on glibc.
 //! - [`ensemble`]: LoRA-Ensemble and ensemble distribution distillation.
+//! - [`files`]: checksummed files, and LoRA adapters PEFT can load.
 //! - [`lora`]: LoRA adapters on frozen linear layers, with merge and unmerge.
 //! - [`models`]: a BERT-family encoder (all-MiniLM-L6-v2) whose layers carry adapters.
 //! - [`noise`]: the seeded, checkpointable standard-normal draws behind the samples, and
@@ -46,6 +47,7 @@ pub mod calibrate;
 pub mod collective;
 pub mod ensemble;
 mod error;
+pub mod files;
 pub mod hydra;
 mod kernels;
 pub mod lora;

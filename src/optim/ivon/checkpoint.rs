@@ -1,5 +1,5 @@
-//! Saving and restoring IVON's whole state: one safetensors file whose metadata holds the
-//! configuration and counters as JSON.
+//! Saving and restoring IVON's whole state: one checksummed safetensors file (see
+//! [`crate::files`]) whose metadata holds the configuration and counters as JSON.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -9,14 +9,17 @@ use serde::{Deserialize, Serialize};
 
 use super::param::{HESS, MEAN, MOMENTUM, NOISE};
 use super::{GroupSettings, Ivon, IvonConfig, Position};
+use crate::files::sealed;
 use crate::{Error, Result};
 
-const FORMAT: &str = "varlora.ivon.v1";
+/// The file's kind, and its version: 2 added the checksum and moved the format out of
+/// the header.
+const KIND: &str = "ivon-checkpoint";
+const VERSION: u32 = 2;
 const HEADER_KEY: &str = "varlora.ivon";
 
 #[derive(Serialize, Deserialize)]
 struct Header {
-    format: String,
     config: IvonConfig,
     groups: Vec<GroupHeader>,
     step: u64,
@@ -67,7 +70,6 @@ impl Ivon {
             bad("the noise source cannot save its state; use the default PhiloxNormal to checkpoint")
         })?;
         let header = Header {
-            format: FORMAT.into(),
             config: self.config.clone(),
             groups: self
                 .groups
@@ -105,25 +107,21 @@ impl Ivon {
         }
         let json = serde_json::to_string(&header).map_err(|e| bad(e.to_string()))?;
         let meta = HashMap::from([(HEADER_KEY.to_string(), json)]);
-        let tmp = path.with_extension("safetensors.tmp");
-        safetensors::serialize_to_file(tensors, Some(meta), &tmp)
-            .map_err(|e| bad(format!("writing {}: {e}", tmp.display())))?;
-        std::fs::rename(&tmp, path)?;
-        Ok(())
+        sealed::write(path, KIND, VERSION, tensors, meta)
     }
 
     /// Restores a state written by [`Ivon::save`] into this optimizer, whose vars must have
     /// the saved groups' shapes and dtype, and their names where both sides have names
     /// (unnamed vars are matched by position). The vars are set to the saved position (mean or
     /// the very same sample), so training continues bit-identically to a run that never
-    /// stopped. Any mismatch or corruption is an error and changes nothing.
+    /// stopped. A mismatch is an [`Error::Checkpoint`], a corrupt file (any byte changed)
+    /// an [`Error::File`]; either changes nothing.
     pub fn load_state(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path)?;
-        let header = read_header(&bytes, path)?;
+        let file = sealed::read(path, KIND, VERSION, &self.device)?;
+        let header = read_header(&file.meta, path)?;
         self.check_header(&header)?;
-        let mut tensors = candle_core::safetensors::load_buffer(&bytes, &self.device)
-            .map_err(|e| bad(format!("unreadable tensors: {e}")))?;
+        let mut tensors = file.tensors;
         let mut restored = Vec::new();
         for (gi, gh) in header.groups.iter().enumerate() {
             self.check_group(gi, gh, header.config.debias)?;
@@ -265,22 +263,10 @@ struct Restored {
     avg_hess: Option<Tensor>,
 }
 
-/// The header of a checkpoint file, checked to be this format's.
-fn read_header(bytes: &[u8], path: &Path) -> Result<Header> {
-    let (_, meta) = safetensors::SafeTensors::read_metadata(bytes)
-        .map_err(|e| bad(format!("{} is not a safetensors file: {e}", path.display())))?;
+/// The IVON header of a checkpoint file's metadata.
+fn read_header(meta: &HashMap<String, String>, path: &Path) -> Result<Header> {
     let json = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(HEADER_KEY))
+        .get(HEADER_KEY)
         .ok_or_else(|| bad(format!("{} holds no IVON state", path.display())))?;
-    let header: Header =
-        serde_json::from_str(json).map_err(|e| bad(format!("unreadable header: {e}")))?;
-    if header.format != FORMAT {
-        return Err(bad(format!(
-            "format {:?}, expected {FORMAT:?}",
-            header.format
-        )));
-    }
-    Ok(header)
+    serde_json::from_str(json).map_err(|e| bad(format!("unreadable header: {e}")))
 }

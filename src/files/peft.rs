@@ -1,0 +1,403 @@
+//! LoRA adapters in the layout of Hugging Face's peft (`adapter_config.json` and
+//! `adapter_model.safetensors`), so that an adapter trained here loads into Python's
+//! `PeftModel.from_pretrained` on the same BERT-family base model, and one trained there
+//! loads here.
+//!
+//! Names map as peft writes them for a `BertModel`:
+//! `encoder.layer.0.attention.self.query.lora_a` here is
+//! `base_model.model.encoder.layer.0.attention.self.query.lora_A.weight` there, and a head
+//! trained whole (`classifier.weight`, `classifier.bias`) is saved as peft saves a module in
+//! `modules_to_save`: `base_model.model.classifier.weight`. peft's `BertModel` has no such
+//! head: apply it to the mean-pooled output, as [`crate::models::BertClassifier`] does.
+//!
+//! A BLoB adapter exports its mean (`lora_a` is the mean of `A`; its `lora_a_g` is left
+//! out). An IVON-trained adapter exports whatever its vars hold: save at the mean.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
+use serde_json::{json, Value};
+
+use super::sealed;
+use crate::lora::LoraConfig;
+use crate::models::AdapterTargets;
+use crate::{Error, Result};
+
+const CONFIG_FILE: &str = "adapter_config.json";
+const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+const KIND: &str = "peft-adapter";
+const VERSION: u32 = 1;
+const PREFIX: &str = "base_model.model.";
+
+/// The targets as peft's module-name suffixes, in [`AdapterTargets`]' field order.
+const MODULES: [&str; 6] = [
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+];
+
+/// A LoRA adapter's settings as `adapter_config.json` holds them.
+///
+/// ```
+/// use candle_core::{DType, Device};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use varlora::files::peft::PeftAdapter;
+/// use varlora::lora::LoraConfig;
+/// use varlora::models::AdapterTargets;
+///
+/// let varmap = VarMap::new();
+/// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+/// // What `BertEncoder::load` creates for rank-2 LoRA on query and value, hidden size 4.
+/// for module in ["query", "value"] {
+///     vb.get((2, 4), &format!("encoder.layer.0.attention.self.{module}.lora_a"))?;
+///     vb.get((4, 2), &format!("encoder.layer.0.attention.self.{module}.lora_b"))?;
+/// }
+/// let dir = std::env::temp_dir().join("varlora-doc-peft");
+/// let adapter = PeftAdapter::new(LoraConfig::new(2).alpha(16.0), AdapterTargets::default());
+/// adapter.save(&dir, &varmap)?;
+/// let loaded = PeftAdapter::load(&dir, &varmap)?;
+/// assert_eq!(loaded.lora.alpha, 16.0);
+/// # Ok::<(), varlora::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeftAdapter {
+    /// Rank, `lora_alpha` and `lora_dropout`.
+    pub lora: LoraConfig,
+    /// peft's `target_modules`.
+    pub targets: AdapterTargets,
+    /// peft's `base_model_name_or_path`, e.g. `sentence-transformers/all-MiniLM-L6-v2`.
+    pub base_model: Option<String>,
+}
+
+fn bad(path: &Path, problem: impl std::fmt::Display) -> Error {
+    Error::File {
+        path: path.to_path_buf(),
+        problem: problem.to_string(),
+    }
+}
+
+impl PeftAdapter {
+    /// An adapter with no base model recorded.
+    pub fn new(lora: LoraConfig, targets: AdapterTargets) -> Self {
+        Self {
+            lora,
+            targets,
+            base_model: None,
+        }
+    }
+
+    fn flags(t: AdapterTargets) -> [bool; 6] {
+        [
+            t.query,
+            t.key,
+            t.value,
+            t.attention_output,
+            t.intermediate,
+            t.output,
+        ]
+    }
+
+    /// peft's `target_modules`: a regular expression peft matches against whole module
+    /// names, because a list of suffixes cannot name `output.dense` without also
+    /// matching `attention.output.dense`.
+    fn target_regex(&self) -> String {
+        let chosen: Vec<String> = MODULES
+            .iter()
+            .zip(Self::flags(self.targets))
+            .filter(|(_, on)| *on)
+            .map(|(m, _)| m.replace('.', r"\."))
+            .collect();
+        format!(r".*\.layer\.\d+\.({})", chosen.join("|"))
+    }
+
+    /// Writes `dir/adapter_config.json` and `dir/adapter_model.safetensors` (with this
+    /// crate's checksum in its metadata, which peft ignores) from the adapter vars in
+    /// `adapters`, named as [`crate::models::BertEncoder::load`] names them. Every
+    /// targeted layer's `lora_a` and `lora_b` must be there with this rank; a head trained
+    /// whole (`classifier.weight`, `classifier.bias`) is saved as peft's
+    /// `modules_to_save`.
+    pub fn save(&self, dir: impl AsRef<Path>, adapters: &VarMap) -> Result<()> {
+        let dir = dir.as_ref();
+        self.lora.validate()?;
+        let tensors = self.peft_tensors(dir, adapters)?;
+        let head = tensors
+            .keys()
+            .any(|k| k.starts_with("base_model.model.classifier."));
+        std::fs::create_dir_all(dir)?;
+        let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+        let mut tensors: Vec<(String, Tensor)> = tensors.into_iter().collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        sealed::write(&dir.join(WEIGHTS_FILE), KIND, VERSION, tensors, meta)?;
+        let config = json!({
+            "peft_type": "LORA",
+            "task_type": null,
+            "base_model_name_or_path": self.base_model,
+            "r": self.lora.rank,
+            "lora_alpha": self.lora.alpha,
+            "lora_dropout": self.lora.dropout,
+            "target_modules": self.target_regex(),
+            "modules_to_save": if head { json!(["classifier"]) } else { Value::Null },
+            "bias": "none",
+            "fan_in_fan_out": false,
+            "use_rslora": false,
+            "use_dora": false,
+            "init_lora_weights": true,
+            "inference_mode": true,
+        });
+        let text = serde_json::to_string_pretty(&config).map_err(|e| bad(dir, e))?;
+        std::fs::write(dir.join(CONFIG_FILE), text)?;
+        Ok(())
+    }
+
+    /// The adapter tensors under peft's names, checked against the targets and rank.
+    fn peft_tensors(&self, dir: &Path, adapters: &VarMap) -> Result<HashMap<String, Tensor>> {
+        let vars = adapters
+            .data()
+            .lock()
+            .expect("a VarMap's lock is never poisoned");
+        let mut out = HashMap::new();
+        for (name, var) in vars.iter() {
+            if name.ends_with(".lora_a_g") {
+                continue;
+            }
+            let peft = peft_name(name).ok_or_else(|| {
+                bad(
+                    dir,
+                    format!("var {name} has no place in a peft LoRA adapter"),
+                )
+            })?;
+            out.insert(peft, head_as_peft(name, var.as_tensor())?);
+        }
+        let mut present = [false; 6];
+        for k in out.keys() {
+            let Some(module) = k.strip_suffix(".lora_A.weight") else {
+                continue;
+            };
+            let i = module_index(module)
+                .ok_or_else(|| bad(dir, format!("{k} is not on a BERT linear layer")))?;
+            present[i] = true;
+            if !out.contains_key(&format!("{module}.lora_B.weight")) {
+                return Err(bad(dir, format!("{module} has lora_a but no lora_b")));
+            }
+        }
+        if present != Self::flags(self.targets) {
+            return Err(bad(
+                dir,
+                format!(
+                    "the vars adapt {present:?} of {MODULES:?}, the targets say {:?}",
+                    self.targets
+                ),
+            ));
+        }
+        for (k, t) in &out {
+            let r = if k.ends_with(".lora_A.weight") {
+                t.dims().first()
+            } else if k.ends_with(".lora_B.weight") {
+                t.dims().get(1)
+            } else {
+                continue;
+            };
+            if t.rank() != 2 || r != Some(&self.lora.rank) {
+                return Err(bad(
+                    dir,
+                    format!(
+                        "{k} has shape {:?}, not a rank-{} LoRA factor",
+                        t.dims(),
+                        self.lora.rank
+                    ),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads `dir/adapter_config.json`, written here or by peft. Settings this crate's LoRA
+    /// does not implement (rsLoRA, DoRA, biases, per-layer ranks) are errors.
+    pub fn read_config(dir: impl AsRef<Path>) -> Result<Self> {
+        let path = dir.as_ref().join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path)?;
+        let c: Value = serde_json::from_str(&text).map_err(|e| bad(&path, e))?;
+        let field = |k: &str| c.get(k).unwrap_or(&Value::Null);
+        if field("peft_type").as_str() != Some("LORA") {
+            return Err(bad(
+                &path,
+                format!("peft_type {}, expected \"LORA\"", field("peft_type")),
+            ));
+        }
+        for (k, ok) in [
+            (
+                "use_rslora",
+                !field("use_rslora").as_bool().unwrap_or(false),
+            ),
+            ("use_dora", !field("use_dora").as_bool().unwrap_or(false)),
+            (
+                "fan_in_fan_out",
+                !field("fan_in_fan_out").as_bool().unwrap_or(false),
+            ),
+            (
+                "bias",
+                matches!(field("bias").as_str(), None | Some("none")),
+            ),
+            (
+                "rank_pattern",
+                field("rank_pattern")
+                    .as_object()
+                    .is_none_or(|m| m.is_empty()),
+            ),
+            (
+                "alpha_pattern",
+                field("alpha_pattern")
+                    .as_object()
+                    .is_none_or(|m| m.is_empty()),
+            ),
+        ] {
+            if !ok {
+                return Err(bad(&path, format!("{k} = {} is not supported", field(k))));
+            }
+        }
+        let number = |k: &str| {
+            field(k)
+                .as_f64()
+                .ok_or_else(|| bad(&path, format!("{k} is missing or not a number")))
+        };
+        let lora = LoraConfig {
+            rank: number("r")? as usize,
+            alpha: number("lora_alpha")?,
+            dropout: field("lora_dropout").as_f64().unwrap_or(0.0) as f32,
+        };
+        lora.validate()?;
+        Ok(Self {
+            lora,
+            targets: parse_targets(field("target_modules")).map_err(|e| bad(&path, e))?,
+            base_model: field("base_model_name_or_path").as_str().map(String::from),
+        })
+    }
+
+    /// Reads the adapter in `dir` and sets the vars of `adapters` (a model built with
+    /// [`PeftAdapter::read_config`]'s settings) to its tensors. Every var must find its
+    /// tensor with its shape, and every tensor its var; otherwise nothing is set. A file
+    /// written here is checked against its checksum; one written by peft has none.
+    pub fn load(dir: impl AsRef<Path>, adapters: &VarMap) -> Result<Self> {
+        let dir = dir.as_ref();
+        let adapter = Self::read_config(dir)?;
+        let path = dir.join(WEIGHTS_FILE);
+        let mut file = sealed::read_foreign(&path, KIND, VERSION, &Device::Cpu)?.tensors;
+        let vars = adapters
+            .data()
+            .lock()
+            .expect("a VarMap's lock is never poisoned");
+        let mut updates = Vec::new();
+        for (name, var) in vars.iter() {
+            if name.ends_with(".lora_a_g") {
+                continue;
+            }
+            let peft = peft_name(name)
+                .ok_or_else(|| bad(&path, format!("var {name} has no place in a peft adapter")))?;
+            let t = file
+                .remove(&peft)
+                .ok_or_else(|| bad(&path, format!("{peft} is missing (for var {name})")))?;
+            let t = t
+                .reshape(var.dims())
+                .map_err(|_| {
+                    bad(
+                        &path,
+                        format!(
+                            "{peft} has shape {:?}, var {name} {:?}",
+                            t.dims(),
+                            var.dims()
+                        ),
+                    )
+                })?
+                .to_dtype(var.dtype())?
+                .to_device(var.device())?;
+            updates.push((var, t));
+        }
+        if let Some(extra) = file.keys().next() {
+            return Err(bad(&path, format!("{extra} matches no var of the model")));
+        }
+        for (var, t) in updates {
+            var.set(&t)?;
+        }
+        Ok(adapter)
+    }
+}
+
+/// peft's name for an adapter var, or `None` for a var peft has no place for.
+fn peft_name(name: &str) -> Option<String> {
+    if let Some(module) = name.strip_suffix(".lora_a") {
+        return Some(format!("{PREFIX}{module}.lora_A.weight"));
+    }
+    if let Some(module) = name.strip_suffix(".lora_b") {
+        return Some(format!("{PREFIX}{module}.lora_B.weight"));
+    }
+    matches!(name, "classifier.weight" | "classifier.bias").then(|| format!("{PREFIX}{name}"))
+}
+
+/// Which of [`MODULES`] `module` (`...encoder.layer.N.attention.self.query`) is.
+fn module_index(module: &str) -> Option<usize> {
+    let (_, rest) = module.split_once("encoder.layer.")?;
+    let (layer, name) = rest.split_once('.')?;
+    layer.parse::<usize>().ok()?;
+    MODULES.iter().position(|m| *m == name)
+}
+
+/// A head trained whole is stored with a member axis of 1; peft's has none.
+fn head_as_peft(name: &str, t: &Tensor) -> Result<Tensor> {
+    if !name.starts_with("classifier.") {
+        return Ok(t.clone());
+    }
+    if t.dims().first() != Some(&1) {
+        return Err(Error::InvalidInput(format!(
+            "{name} has shape {:?}: a head per LoRA-Ensemble member has no peft layout",
+            t.dims()
+        )));
+    }
+    Ok(t.squeeze(0)?)
+}
+
+/// peft's `target_modules`: a list of module-name suffixes (peft matches `name` or
+/// `*.name`), or a regular expression of the form [`PeftAdapter::save`] writes.
+fn parse_targets(v: &Value) -> std::result::Result<AdapterTargets, String> {
+    let mut on = [false; 6];
+    if let Some(list) = v.as_array() {
+        for item in list {
+            let s = item.as_str().ok_or("target_modules holds a non-string")?;
+            let hits: Vec<usize> = (0..6)
+                .filter(|&i| MODULES[i] == s || MODULES[i].ends_with(&format!(".{s}")))
+                .collect();
+            if hits.is_empty() || (s == "dense") {
+                return Err(format!(
+                    "target module {s:?} names no single BERT linear layer"
+                ));
+            }
+            hits.into_iter().for_each(|i| on[i] = true);
+        }
+    } else if let Some(re) = v.as_str() {
+        let inner = re
+            .strip_prefix(r".*\.layer\.\d+\.(")
+            .and_then(|r| r.strip_suffix(')'))
+            .ok_or_else(|| format!("target_modules {re:?} is not a form this crate reads"))?;
+        for alt in inner.split('|') {
+            let i = MODULES
+                .iter()
+                .position(|m| m.replace('.', r"\.") == alt)
+                .ok_or_else(|| format!("target module {alt:?} is not a BERT linear layer"))?;
+            on[i] = true;
+        }
+    } else {
+        return Err("target_modules is missing".into());
+    }
+    Ok(AdapterTargets {
+        query: on[0],
+        key: on[1],
+        value: on[2],
+        attention_output: on[3],
+        intermediate: on[4],
+        output: on[5],
+    })
+}

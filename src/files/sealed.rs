@@ -1,0 +1,185 @@
+//! Safetensors files that name their kind and format version and carry a CRC-32 of every
+//! metadata entry and tensor, so that a flipped byte anywhere is an error on loading
+//! instead of different numbers.
+//!
+//! The checksum covers, in order: each metadata entry but the checksum itself, sorted by
+//! key (key, NUL, value, NUL); then each tensor sorted by name (name, NUL, dtype, NUL,
+//! each dimension as a little-endian u64, the data's bytes). Offsets are not covered: a
+//! corrupted offset already breaks safetensors' own layout check or moves the data the
+//! checksum reads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use safetensors::tensor::View;
+
+use crate::{Error, Result};
+
+const KIND: &str = "varlora.kind";
+const VERSION: &str = "varlora.version";
+const CHECKSUM: &str = "varlora.crc32";
+
+/// What [`read`] returns: the tensors and the caller's metadata entries.
+pub(crate) struct Sealed {
+    pub tensors: HashMap<String, Tensor>,
+    pub meta: HashMap<String, String>,
+}
+
+fn corrupt(path: &Path, problem: impl std::fmt::Display) -> Error {
+    Error::File {
+        path: path.to_path_buf(),
+        problem: problem.to_string(),
+    }
+}
+
+/// Feeds one tensor (name, dtype, shape, bytes) to the checksum.
+fn hash_tensor(h: &mut crc32fast::Hasher, name: &str, dtype: &str, shape: &[usize], data: &[u8]) {
+    h.update(name.as_bytes());
+    h.update(&[0]);
+    h.update(dtype.as_bytes());
+    h.update(&[0]);
+    for d in shape {
+        h.update(&(*d as u64).to_le_bytes());
+    }
+    h.update(data);
+}
+
+fn hash_meta(h: &mut crc32fast::Hasher, meta: &BTreeMap<&str, &str>) {
+    for (k, v) in meta.iter().filter(|(k, _)| **k != CHECKSUM) {
+        for part in [k, v] {
+            h.update(part.as_bytes());
+            h.update(&[0]);
+        }
+    }
+}
+
+/// Writes `tensors` and `meta` to `path` as a `kind` file of format `version`, with its
+/// checksum. The file is written beside `path` and renamed into place, so an interrupted
+/// write leaves any earlier file whole.
+pub(crate) fn write(
+    path: &Path,
+    kind: &str,
+    version: u32,
+    tensors: Vec<(String, Tensor)>,
+    mut meta: HashMap<String, String>,
+) -> Result<()> {
+    meta.insert(KIND.into(), kind.into());
+    meta.insert(VERSION.into(), version.to_string());
+    let mut h = crc32fast::Hasher::new();
+    hash_meta(
+        &mut h,
+        &meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+    );
+    let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, t) in sorted {
+        let dtype = format!("{:?}", View::dtype(t));
+        hash_tensor(&mut h, name, &dtype, t.dims(), &View::data(t));
+    }
+    meta.insert(CHECKSUM.into(), format!("{:08x}", h.finalize()));
+    let tmp = path.with_extension("tmp");
+    safetensors::serialize_to_file(tensors, Some(meta), &tmp)
+        .map_err(|e| corrupt(&tmp, format!("cannot write: {e}")))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// Reads a `kind` file of format `version` from `path` onto `device`, after checking its
+/// kind, version and checksum; any mismatch is an [`Error::File`] that names it.
+pub(crate) fn read(path: &Path, kind: &str, version: u32, device: &Device) -> Result<Sealed> {
+    let bytes = std::fs::read(path)?;
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| corrupt(path, format!("not a readable safetensors file: {e}")))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| corrupt(path, format!("not a readable safetensors file: {e}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    check_label(path, &meta, kind, version)?;
+    let mut h = crc32fast::Hasher::new();
+    hash_meta(
+        &mut h,
+        &meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+    );
+    let mut names = file.names();
+    names.sort();
+    for name in names {
+        let view = file
+            .tensor(name)
+            .map_err(|e| corrupt(path, format!("tensor {name}: {e}")))?;
+        let dtype = format!("{:?}", view.dtype());
+        hash_tensor(&mut h, name, &dtype, view.shape(), view.data());
+    }
+    let computed = format!("{:08x}", h.finalize());
+    if meta[CHECKSUM] != computed {
+        return Err(corrupt(
+            path,
+            format!(
+                "checksum mismatch (stored {}, computed {computed}): the file is corrupt; \
+                 write it again from its source",
+                meta[CHECKSUM]
+            ),
+        ));
+    }
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+    let meta = meta
+        .into_iter()
+        .filter(|(k, _)| ![KIND, VERSION, CHECKSUM].contains(&k.as_str()))
+        .collect();
+    Ok(Sealed { tensors, meta })
+}
+
+/// Reads a safetensors file that may come from elsewhere (e.g. Python's peft): checked as
+/// [`read`] does when it carries any entry of this crate's label (so that a label damaged
+/// in one place is still checked), read as it is otherwise.
+pub(crate) fn read_foreign(
+    path: &Path,
+    kind: &str,
+    version: u32,
+    device: &Device,
+) -> Result<Sealed> {
+    let bytes = std::fs::read(path)?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| corrupt(path, format!("not a readable safetensors file: {e}")))?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    if [KIND, VERSION, CHECKSUM].iter().any(|k| meta.contains_key(*k)) {
+        return read(path, kind, version, device);
+    }
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+        .map_err(|e| corrupt(path, format!("unreadable tensors: {e}")))?;
+    Ok(Sealed { tensors, meta })
+}
+
+/// The file says it is a `kind` file of format `version` and has a checksum.
+fn check_label(
+    path: &Path,
+    meta: &HashMap<String, String>,
+    kind: &str,
+    version: u32,
+) -> Result<()> {
+    let found = meta.get(KIND).ok_or_else(|| {
+        corrupt(
+            path,
+            format!(
+                "no {KIND} entry: not written by this version of varlora (expected a {kind} file)"
+            ),
+        )
+    })?;
+    if found != kind {
+        return Err(corrupt(
+            path,
+            format!("a {found} file, expected a {kind} file"),
+        ));
+    }
+    let v = meta.get(VERSION).map(String::as_str).unwrap_or("none");
+    if v != version.to_string() {
+        return Err(corrupt(
+            path,
+            format!("format version {v}, this varlora reads version {version} of {kind} files"),
+        ));
+    }
+    match meta.get(CHECKSUM) {
+        Some(c) if c.len() == 8 && c.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(()),
+        Some(c) => Err(corrupt(path, format!("malformed checksum {c:?}"))),
+        None => Err(corrupt(path, "no checksum")),
+    }
+}

@@ -1,0 +1,295 @@
+//! The crate's files: every byte of a checkpoint or adapter file is covered by its
+//! checksum, and LoRA adapters round-trip through peft's layout.
+
+mod common;
+
+use common::tiny_bert::{frozen_weights, inputs, TINY};
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{Optimizer, VarBuilder, VarMap};
+use candle_transformers::models::bert::Config;
+use varlora::files::peft::PeftAdapter;
+use varlora::lora::LoraConfig;
+use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
+use varlora::optim::{Ivon, IvonConfig};
+use varlora::Error;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("varlora-files-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Flips one bit of every byte of `path` in turn; `load` must return an `Error::File`
+/// for each. The file is restored afterwards.
+fn assert_every_byte_is_covered(path: &Path, mut load: impl FnMut() -> varlora::Result<()>) {
+    let original = std::fs::read(path).unwrap();
+    load().expect("the intact file loads");
+    for i in 0..original.len() {
+        let mut bytes = original.clone();
+        bytes[i] ^= 0x01;
+        std::fs::write(path, &bytes).unwrap();
+        match load() {
+            Err(Error::File { .. }) => {}
+            other => panic!("byte {i} of {} flipped: {other:?}", original.len()),
+        }
+    }
+    std::fs::write(path, &original).unwrap();
+}
+
+fn ivon_with_state() -> (Ivon, Vec<Var>) {
+    let dev = Device::Cpu;
+    let vars = vec![
+        Var::from_tensor(&common::randn(1, 1.0, &[3, 2], DType::F32)).unwrap(),
+        Var::from_tensor(&common::randn(2, 1.0, &[4], DType::F32)).unwrap(),
+    ];
+    let mut opt = Ivon::new(vars.clone(), IvonConfig::new(0.1, 100.0)).unwrap();
+    let x = Tensor::ones(2, DType::F32, &dev).unwrap();
+    for _ in 0..2 {
+        let loss = (vars[0]
+            .as_tensor()
+            .matmul(&x.unsqueeze(1).unwrap())
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            + vars[1].as_tensor().sqr().unwrap().sum_all().unwrap())
+        .unwrap();
+        opt.backward_step(&loss).unwrap();
+    }
+    (opt, vars)
+}
+
+#[test]
+fn every_byte_of_an_ivon_checkpoint_is_checked_and_a_failed_load_changes_nothing() {
+    let dir = scratch("ivon");
+    let path = dir.join("ivon.safetensors");
+    let (opt, _) = ivon_with_state();
+    opt.save(&path).unwrap();
+    let (mut target, vars) = ivon_with_state();
+    let before: Vec<Vec<f32>> = vars
+        .iter()
+        .map(|v| v.flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
+    assert_every_byte_is_covered(&path, || target.load_state(&path));
+    let after: Vec<Vec<f32>> = vars
+        .iter()
+        .map(|v| v.flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
+    assert_eq!(before, after);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn an_ivon_checkpoint_of_another_kind_or_version_is_named_as_such() {
+    let dir = scratch("kind");
+    let path = dir.join("other.safetensors");
+    let t = Tensor::zeros(2, DType::F32, &Device::Cpu).unwrap();
+    let meta = std::collections::HashMap::from([
+        ("varlora.kind".to_string(), "ivon-checkpoint".to_string()),
+        ("varlora.version".to_string(), "1".to_string()),
+    ]);
+    safetensors::serialize_to_file([("x", &t)], Some(meta), &path).unwrap();
+    let (mut opt, _) = ivon_with_state();
+    let err = opt.load_state(&path).unwrap_err().to_string();
+    assert!(err.contains("format version 1"), "{err}");
+    safetensors::serialize_to_file([("x", &t)], None, &path).unwrap();
+    let err = opt.load_state(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("not written by this version of varlora"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+const TARGETS: AdapterTargets = AdapterTargets {
+    query: true,
+    key: false,
+    value: true,
+    attention_output: false,
+    intermediate: false,
+    output: true,
+};
+
+/// A tiny classifier with rank-2 LoRA on `TARGETS` and a head trained whole, its adapters
+/// and head in the returned VarMap, initialised from `seed` with non-zero `B`s.
+fn classifier(seed: u64) -> (BertClassifier, VarMap) {
+    let dev = Device::Cpu;
+    let config: BertConfig = serde_json::from_str(TINY).unwrap();
+    let weights = frozen_weights(&serde_json::from_str::<Config>(TINY).unwrap());
+    let varmap = VarMap::new();
+    let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+    let spec = AdapterSpec::Lora(LoraConfig::new(2).alpha(4.0));
+    let encoder = BertEncoder::load(
+        VarBuilder::from_tensors(weights, DType::F32, &dev),
+        adapters.clone(),
+        &config,
+        Some(&spec),
+        TARGETS,
+    )
+    .unwrap();
+    let model = BertClassifier::new(encoder, 3, adapters).unwrap();
+    model.init(seed).unwrap();
+    for (i, (name, var)) in varmap.data().lock().unwrap().iter().enumerate() {
+        if name.ends_with("lora_b") {
+            var.set(&common::randn(
+                seed * 100 + i as u64,
+                0.1,
+                var.dims(),
+                DType::F32,
+            ))
+            .unwrap();
+        }
+    }
+    (model, varmap)
+}
+
+fn logits(model: &BertClassifier) -> Vec<Vec<f32>> {
+    let (ids, types, mask) = inputs();
+    model
+        .forward_t(&ids, &types, &mask, false)
+        .unwrap()
+        .to_vec2()
+        .unwrap()
+}
+
+#[test]
+fn a_lora_classifier_round_trips_through_peft_files() {
+    let dir = scratch("peft");
+    let (trained, trained_vars) = classifier(1);
+    let adapter = PeftAdapter {
+        base_model: Some("sentence-transformers/all-MiniLM-L6-v2".into()),
+        ..PeftAdapter::new(LoraConfig::new(2).alpha(4.0), TARGETS)
+    };
+    adapter.save(&dir, &trained_vars).unwrap();
+    let (fresh, fresh_vars) = classifier(2);
+    assert_ne!(logits(&fresh), logits(&trained));
+    assert_eq!(PeftAdapter::load(&dir, &fresh_vars).unwrap(), adapter);
+    assert_eq!(logits(&fresh), logits(&trained));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn peft_files_use_peft_names_shapes_and_config_fields() {
+    let dir = scratch("names");
+    let (_, vars) = classifier(1);
+    PeftAdapter::new(LoraConfig::new(2).alpha(4.0), TARGETS)
+        .save(&dir, &vars)
+        .unwrap();
+    let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let shape = |k: &str| file.tensor(k).unwrap().shape().to_vec();
+    let p = "base_model.model.encoder.layer.1.attention.self.query";
+    assert_eq!(shape(&format!("{p}.lora_A.weight")), [2, 16]);
+    assert_eq!(shape(&format!("{p}.lora_B.weight")), [16, 2]);
+    assert_eq!(
+        shape("base_model.model.encoder.layer.0.output.dense.lora_A.weight"),
+        [2, 32]
+    );
+    assert_eq!(shape("base_model.model.classifier.weight"), [3, 16]);
+    assert_eq!(shape("base_model.model.classifier.bias"), [3]);
+    // Two layers, three targets, A and B, plus the head's two.
+    assert_eq!(file.len(), 2 * 3 * 2 + 2);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 2);
+    assert_eq!(config["lora_alpha"], 4.0);
+    assert_eq!(config["modules_to_save"], serde_json::json!(["classifier"]));
+    // peft matches a string target with re.fullmatch: the attention output is not hit.
+    let re = config["target_modules"].as_str().unwrap();
+    assert_eq!(
+        re,
+        r".*\.layer\.\d+\.(attention\.self\.query|attention\.self\.value|output\.dense)"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn every_byte_of_a_peft_weights_file_written_here_is_checked() {
+    let dir = scratch("peft-bytes");
+    let (_, vars) = classifier(1);
+    PeftAdapter::new(LoraConfig::new(2).alpha(4.0), TARGETS)
+        .save(&dir, &vars)
+        .unwrap();
+    let (_, target) = classifier(2);
+    let path = dir.join("adapter_model.safetensors");
+    assert_every_byte_is_covered(&path, || PeftAdapter::load(&dir, &target).map(|_| ()));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_peft_file_without_our_checksum_loads_and_a_mismatched_one_changes_nothing() {
+    let dir = scratch("foreign");
+    let (trained, vars) = classifier(1);
+    PeftAdapter::new(LoraConfig::new(2).alpha(4.0), TARGETS)
+        .save(&dir, &vars)
+        .unwrap();
+    // Rewrite the weights as Python's peft would: the same tensors, only {"format": "pt"}.
+    let path = dir.join("adapter_model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(tensors.iter(), Some(meta.clone()), &path).unwrap();
+    let (fresh, fresh_vars) = classifier(2);
+    PeftAdapter::load(&dir, &fresh_vars).unwrap();
+    assert_eq!(logits(&fresh), logits(&trained));
+    // A file missing one tensor sets no var at all.
+    tensors.remove("base_model.model.encoder.layer.1.attention.self.value.lora_B.weight");
+    safetensors::serialize_to_file(tensors.iter(), Some(meta), &path).unwrap();
+    let (other, other_vars) = classifier(3);
+    let before = logits(&other);
+    let err = PeftAdapter::load(&dir, &other_vars)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("layer.1.attention.self.value.lora_B.weight is missing"),
+        "{err}"
+    );
+    assert_eq!(logits(&other), before);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn write_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let mut c = serde_json::json!({
+        "peft_type": "LORA", "r": 8, "lora_alpha": 16, "lora_dropout": 0.1,
+        "target_modules": ["query", "value"], "bias": "none", "use_rslora": false
+    });
+    edit(&mut c);
+    std::fs::write(dir.join("adapter_config.json"), c.to_string()).unwrap();
+}
+
+#[test]
+fn peft_configs_from_python_are_read_and_unsupported_settings_named() {
+    let dir = scratch("config");
+    write_config(&dir, |_| {});
+    let read = PeftAdapter::read_config(&dir).unwrap();
+    assert_eq!(read.lora, LoraConfig::new(8).alpha(16.0).dropout(0.1));
+    assert_eq!(read.targets, AdapterTargets::default());
+    write_config(&dir, |c| {
+        c["target_modules"] = serde_json::json!(["output.dense"])
+    });
+    let t = PeftAdapter::read_config(&dir).unwrap().targets;
+    // peft's suffix match: `output.dense` also hits `attention.output.dense`.
+    assert!(t.output && t.attention_output && !t.intermediate);
+    for (key, value, says) in [
+        ("use_rslora", serde_json::json!(true), "use_rslora"),
+        ("use_dora", serde_json::json!(true), "use_dora"),
+        ("bias", serde_json::json!("all"), "bias"),
+        ("peft_type", serde_json::json!("IA3"), "peft_type"),
+        ("target_modules", serde_json::json!(["dense"]), "dense"),
+        (
+            "r",
+            serde_json::json!("eight"),
+            "r is missing or not a number",
+        ),
+    ] {
+        write_config(&dir, |c| c[key] = value);
+        let err = PeftAdapter::read_config(&dir).unwrap_err().to_string();
+        assert!(err.contains(says), "{key}: {err}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
