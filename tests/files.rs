@@ -14,6 +14,7 @@ use varlora::files::peft::PeftAdapter;
 use varlora::lora::LoraConfig;
 use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
 use varlora::optim::{Ivon, IvonConfig};
+use varlora::predict::{sample_logits, GaussianPosterior, Posterior};
 use varlora::Error;
 
 fn scratch(name: &str) -> PathBuf {
@@ -291,5 +292,114 @@ fn peft_configs_from_python_are_read_and_unsupported_settings_named() {
         let err = PeftAdapter::read_config(&dir).unwrap_err().to_string();
         assert!(err.contains(says), "{key}: {err}");
     }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// IVON over the tiny classifier's adapters and head after a few steps, with a
+/// Hessian that has moved from its init.
+fn trained_ivon(model: &BertClassifier, vars: &VarMap) -> Ivon {
+    let config = IvonConfig::new(0.05, 50.0).hess_init(0.5).seed(3);
+    let mut opt = Ivon::from_varmap(vars, config).unwrap();
+    let (ids, types, mask) = inputs();
+    let y = Tensor::new(&[0u32, 2], &Device::Cpu).unwrap();
+    for _ in 0..3 {
+        let logits = model.forward_t(&ids, &types, &mask, false).unwrap();
+        opt.backward_step(&candle_nn::loss::cross_entropy(&logits, &y).unwrap())
+            .unwrap();
+    }
+    opt
+}
+
+fn sampled(posterior: &mut impl Posterior, model: &BertClassifier) -> Vec<f32> {
+    let (ids, types, mask) = inputs();
+    let z = sample_logits(posterior, 3, || {
+        Ok(model.forward_t(&ids, &types, &mask, false)?)
+    })
+    .unwrap();
+    z.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+#[test]
+fn a_saved_ivon_posterior_predicts_as_the_optimizer_in_another_model() {
+    let dir = scratch("posterior");
+    let path = dir.join("posterior.safetensors");
+    let (model, vars) = classifier(1);
+    let mut opt = trained_ivon(&model, &vars);
+    opt.set_prediction_scale(2.0).unwrap();
+    let theirs = sampled(&mut opt, &model);
+    let at_mean = opt
+        .with_point_estimate(|| {
+            Ok(model.forward_t(&inputs().0, &inputs().1, &inputs().2, false)?)
+        })
+        .unwrap();
+    opt.posterior().unwrap().save(&path).unwrap();
+    let (fresh, fresh_vars) = classifier(2);
+    let mut loaded = GaussianPosterior::load(&path, &fresh_vars).unwrap();
+    loaded.set_scale(2.0).unwrap();
+    let ours = sampled(&mut loaded, &fresh);
+    // Sample k is the optimizer's sample k; std * z against z / sqrt(precision) differs
+    // in the last bit.
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} against {b}");
+    }
+    assert_ne!(theirs[..6], theirs[6..12]);
+    let ours_mean = loaded
+        .with_point_estimate(|| {
+            Ok(fresh.forward_t(&inputs().0, &inputs().1, &inputs().2, false)?)
+        })
+        .unwrap();
+    assert_eq!(
+        ours_mean.to_vec2::<f32>().unwrap(),
+        at_mean.to_vec2::<f32>().unwrap()
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn an_untrained_ivon_posterior_has_the_closed_form_std() {
+    let (_, vars) = classifier(1);
+    let opt = Ivon::from_varmap(
+        &vars,
+        IvonConfig::new(0.1, 200.0)
+            .hess_init(0.3)
+            .weight_decay(1e-2),
+    )
+    .unwrap();
+    let posterior = opt.posterior().unwrap();
+    let expected = 1.0 / (200.0f64 * (0.3 + 1e-2)).sqrt();
+    let mut count = 0;
+    for (_, _, std) in posterior.entries() {
+        for s in std.flatten_all().unwrap().to_vec1::<f32>().unwrap() {
+            assert!((s as f64 - expected).abs() < 1e-7, "{s} against {expected}");
+            count += 1;
+        }
+    }
+    assert!(count > 100);
+}
+
+#[test]
+fn every_byte_of_a_posterior_file_is_checked_and_a_mismatched_model_is_named() {
+    let dir = scratch("posterior-bytes");
+    let path = dir.join("posterior.safetensors");
+    let (model, vars) = classifier(1);
+    trained_ivon(&model, &vars)
+        .posterior()
+        .unwrap()
+        .save(&path)
+        .unwrap();
+    let (_, target) = classifier(2);
+    assert_every_byte_is_covered(&path, || {
+        GaussianPosterior::load(&path, &target).map(|_| ())
+    });
+    // A model without the adapted value layers.
+    let dev = Device::Cpu;
+    let other = VarMap::new();
+    VarBuilder::from_varmap(&other, DType::F32, &dev)
+        .get((1, 3, 16), "classifier.weight")
+        .unwrap();
+    let err = GaussianPosterior::load(&path, &other)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("which the model lacks"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -141,7 +141,10 @@ pub(crate) fn read_foreign(
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| corrupt(path, format!("not a readable safetensors file: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
-    if [KIND, VERSION, CHECKSUM].iter().any(|k| meta.contains_key(*k)) {
+    if [KIND, VERSION, CHECKSUM]
+        .iter()
+        .any(|k| meta.contains_key(*k))
+    {
         return read(path, kind, version, device);
     }
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)

@@ -5,11 +5,8 @@ use candle_core::{DType, Device, Tensor};
 use super::param::{MEAN, NOISE};
 use super::{math, Group, Ivon, Position};
 use crate::noise::{NoiseSource, PhiloxNormal};
-use crate::predict::Posterior;
+use crate::predict::{GaussianPosterior, Posterior, PREDICTION_STREAM};
 use crate::{Error, Result};
-
-/// Salt that separates the prediction stream of [`Posterior`] samples from training draws.
-const PREDICTION_STREAM: u64 = 0x7072_6564_6963_7421;
 
 /// One noise tensor per var of `group`, from one draw of the group's size.
 fn group_noise(
@@ -183,6 +180,40 @@ impl Ivon {
     pub fn with_sample<R>(&mut self, f: impl FnOnce() -> candle_core::Result<R>) -> Result<R> {
         let noise = self.draw_noise()?;
         self.run_at(&noise, f)
+    }
+}
+
+impl Ivon {
+    /// The posterior as it stands, apart from the optimizer: every var's mean and standard
+    /// deviation `1 / sqrt(ess (h + wd))`, its group, the seed of the prediction samples
+    /// (sample `k` is this optimizer's sample `k`) and the configuration and group
+    /// settings. Save it with [`GaussianPosterior::save`] to serve predictions without the
+    /// optimizer. The vars must have names ([`Ivon::from_varmap`],
+    /// [`crate::optim::ParamGroup::from_varmap`]), by which a loaded posterior finds them.
+    pub fn posterior(&self) -> Result<GaussianPosterior> {
+        let mut groups = Vec::new();
+        for (gi, g) in self.groups.iter().enumerate() {
+            let mut group = Vec::new();
+            for (vi, p) in g.params.iter().enumerate() {
+                let name = p.name.clone().ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "group {gi}, var {vi} has no name: build the optimizer with \
+                         Ivon::from_varmap or ParamGroup::from_varmap to export its posterior"
+                    ))
+                })?;
+                let ones = p.var.ones_like()?;
+                let std = math::noise(&ones, &p.hess()?, &g.settings)?;
+                group.push((name, p.var.clone(), p.row(MEAN)?, std));
+            }
+            groups.push(group);
+        }
+        let settings = serde_json::json!({
+            "optimizer": "ivon",
+            "config": self.config,
+            "groups": self.groups.iter().map(|g| &g.settings).collect::<Vec<_>>(),
+            "step": self.step,
+        });
+        GaussianPosterior::new(groups, self.config.seed, settings)
     }
 }
 
