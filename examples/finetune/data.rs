@@ -160,20 +160,11 @@ pub fn batches(
     let mut out = Vec::new();
     for chunk in rows.chunks(size) {
         let texts: Vec<&str> = chunk.iter().map(|(t, _)| t.as_str()).collect();
-        let enc = tokenizer
-            .encode_batch(texts, true)
-            .map_err(|e| e.to_string())?;
-        let field = |f: &dyn Fn(&tokenizers::Encoding) -> &[u32]| -> candle_core::Result<Tensor> {
-            let rows: Vec<Tensor> = enc
-                .iter()
-                .map(|e| Tensor::new(f(e), dev))
-                .collect::<candle_core::Result<_>>()?;
-            Tensor::stack(&rows, 0)
-        };
+        let (ids, types, mask) = crate::minilm::encode(tokenizer, texts, dev)?;
         out.push(Batch {
-            ids: field(&|e| e.get_ids())?,
-            types: field(&|e| e.get_type_ids())?,
-            mask: field(&|e| e.get_attention_mask())?,
+            ids,
+            types,
+            mask,
             labels: Tensor::new(chunk.iter().map(|(_, y)| *y).collect::<Vec<_>>(), dev)?,
         });
     }

@@ -13,18 +13,21 @@ mod distill;
 mod evaluate;
 mod hydra;
 mod methods;
+#[path = "../minilm/mod.rs"]
+mod minilm;
 mod report;
+mod save;
 mod scale;
 mod train;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{DType, Device, Var};
 use candle_nn::{VarBuilder, VarMap};
 use clap::{Parser, ValueEnum};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tokenizers::{PaddingParams, Tokenizer, TruncationParams};
+use tokenizers::Tokenizer;
 use varlora::lora::{BlobConfig, BlobSampler, LoraConfig, McDropout};
 use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
 
@@ -207,6 +210,12 @@ struct Args {
     /// Leave out the OOD sets (their AUROCs), e.g. in a search that chooses on NLL alone.
     #[arg(long)]
     no_ood: bool,
+    /// Save the trained adapters here in peft's layout (`adapter_config.json`,
+    /// `adapter_model.safetensors`; IVON's and BLoB's at their mean) and, for IVON, the
+    /// posterior (`posterior.safetensors`), for `examples/predict`. Not for LoRA-Ensemble
+    /// or Hydra, nor with `--adapted-head`.
+    #[arg(long)]
+    save: Option<PathBuf>,
     /// Use only this many training and evaluation sentences (a smoke run).
     #[arg(long)]
     limit: Option<usize>,
@@ -389,7 +398,7 @@ impl Inputs {
                 .out
                 .join(format!("split-seed{}{}.json", args.seed, args.tag())),
         )?;
-        let tokenizer = tokenizer(&model_dir, args.max_tokens)?;
+        let tokenizer = minilm::tokenizer(&model_dir, args.max_tokens)?;
         let eval = batches(&tokenizer, &split.eval, 64, dev)?;
         let mut ood = Vec::new();
         if !args.no_ood {
@@ -419,25 +428,14 @@ impl Inputs {
     }
 }
 
-/// The model's tokenizer, truncating to `max_tokens` and padding each batch.
-fn tokenizer(model_dir: &Path, max_tokens: usize) -> Result<Tokenizer, Box<dyn std::error::Error>> {
-    let mut tokenizer =
-        Tokenizer::from_file(model_dir.join("tokenizer.json")).map_err(|e| e.to_string())?;
-    tokenizer
-        .with_truncation(Some(TruncationParams {
-            max_length: max_tokens,
-            ..Default::default()
-        }))
-        .map_err(|e| e.to_string())?;
-    tokenizer.with_padding(Some(PaddingParams::default()));
-    Ok(tokenizer)
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     // Reuse freed tensor memory instead of page-faulting it in again every step.
     varlora::alloc::keep_freed_memory();
     let method = args.method()?;
+    if args.save.is_some() {
+        save::check(method, args.adapted_head)?;
+    }
     let dev = Device::Cpu;
     let mut rng = StdRng::seed_from_u64(args.seed);
     let inputs = Inputs::load(&args, &mut rng, &dev)?;
@@ -458,6 +456,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         total_steps: total,
     })?;
     let ms_per_step = train::epochs(&model, &mut trainer, &inputs, &args, &mut rng)?;
+    if let Some(dir) = &args.save {
+        save::save(dir, &varmap, &lora, trainer.ivon_mut())?;
+    }
 
     // Evaluation with a detached copy of the model, so that forwards keep no graph.
     let model = model.detach();

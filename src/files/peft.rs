@@ -139,7 +139,8 @@ impl PeftAdapter {
             "base_model_name_or_path": self.base_model,
             "r": self.lora.rank,
             "lora_alpha": self.lora.alpha,
-            "lora_dropout": self.lora.dropout,
+            // Through its shortest decimal, so that 0.1f32 is written 0.1.
+            "lora_dropout": self.lora.dropout.to_string().parse::<f64>().unwrap_or(0.0),
             "target_modules": self.target_regex(),
             "modules_to_save": if head { json!(["classifier"]) } else { Value::Null },
             "bias": "none",
@@ -220,7 +221,8 @@ impl PeftAdapter {
     /// does not implement (rsLoRA, DoRA, biases, per-layer ranks) are errors.
     pub fn read_config(dir: impl AsRef<Path>) -> Result<Self> {
         let path = dir.as_ref().join(CONFIG_FILE);
-        let text = std::fs::read_to_string(&path)?;
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| bad(&path, format!("cannot read: {e}")))?;
         let c: Value = serde_json::from_str(&text).map_err(|e| bad(&path, e))?;
         let field = |k: &str| c.get(k).unwrap_or(&Value::Null);
         if field("peft_type").as_str() != Some("LORA") {

@@ -78,9 +78,10 @@ pub(crate) fn write(
         hash_tensor(&mut h, name, &dtype, t.dims(), &View::data(t));
     }
     meta.insert(CHECKSUM.into(), format!("{:08x}", h.finalize()));
+    let bytes = safetensors::serialize(tensors, Some(meta))
+        .map_err(|e| corrupt(path, format!("cannot serialise: {e}")))?;
     let tmp = path.with_extension("tmp");
-    safetensors::serialize_to_file(tensors, Some(meta), &tmp)
-        .map_err(|e| corrupt(&tmp, format!("cannot write: {e}")))?;
+    std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
@@ -88,7 +89,7 @@ pub(crate) fn write(
 /// Reads a `kind` file of format `version` from `path` onto `device`, after checking its
 /// kind, version and checksum; any mismatch is an [`Error::File`] that names it.
 pub(crate) fn read(path: &Path, kind: &str, version: u32, device: &Device) -> Result<Sealed> {
-    let bytes = std::fs::read(path)?;
+    let bytes = std::fs::read(path).map_err(|e| corrupt(path, format!("cannot read: {e}")))?;
     let file = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| corrupt(path, format!("not a readable safetensors file: {e}")))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
@@ -137,7 +138,7 @@ pub(crate) fn read_foreign(
     version: u32,
     device: &Device,
 ) -> Result<Sealed> {
-    let bytes = std::fs::read(path)?;
+    let bytes = std::fs::read(path).map_err(|e| corrupt(path, format!("cannot read: {e}")))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| corrupt(path, format!("not a readable safetensors file: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
