@@ -11,8 +11,11 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use candle_transformers::models::bert::Config;
 use varlora::files::peft::PeftAdapter;
-use varlora::lora::LoraConfig;
-use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
+use varlora::lora::{BlobConfig, BlobSampler, LoraConfig};
+use varlora::models::{
+    AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder, SavedAdapter,
+    SavedClassifier,
+};
 use varlora::optim::{Ivon, IvonConfig};
 use varlora::predict::{sample_logits, GaussianPosterior, Posterior};
 use varlora::Error;
@@ -118,20 +121,23 @@ const TARGETS: AdapterTargets = AdapterTargets {
 /// A tiny classifier with rank-2 LoRA on `TARGETS` and a head trained whole, its adapters
 /// and head in the returned VarMap, initialised from `seed` with non-zero `B`s.
 fn classifier(seed: u64) -> (BertClassifier, VarMap) {
-    let dev = Device::Cpu;
-    let config: BertConfig = serde_json::from_str(TINY).unwrap();
+    classifier_with(&AdapterSpec::Lora(LoraConfig::new(2).alpha(4.0)), seed)
+}
+
+/// The tiny pretrained weights and config.
+fn tiny_base() -> (VarBuilder<'static>, BertConfig) {
     let weights = frozen_weights(&serde_json::from_str::<Config>(TINY).unwrap());
+    let base = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
+    (base, serde_json::from_str(TINY).unwrap())
+}
+
+/// As [`classifier`], with the adapter `spec` makes.
+fn classifier_with(spec: &AdapterSpec, seed: u64) -> (BertClassifier, VarMap) {
+    let dev = Device::Cpu;
+    let (base, config) = tiny_base();
     let varmap = VarMap::new();
     let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
-    let spec = AdapterSpec::Lora(LoraConfig::new(2).alpha(4.0));
-    let encoder = BertEncoder::load(
-        VarBuilder::from_tensors(weights, DType::F32, &dev),
-        adapters.clone(),
-        &config,
-        Some(&spec),
-        TARGETS,
-    )
-    .unwrap();
+    let encoder = BertEncoder::load(base, adapters.clone(), &config, Some(spec), TARGETS).unwrap();
     let model = BertClassifier::new(encoder, 3, adapters).unwrap();
     model.init(seed).unwrap();
     for (i, (name, var)) in varmap.data().lock().unwrap().iter().enumerate() {
@@ -401,5 +407,46 @@ fn every_byte_of_a_posterior_file_is_checked_and_a_mismatched_model_is_named() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("which the model lacks"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_saved_blob_classifier_is_its_posterior_again() {
+    let dir = scratch("blob");
+    let path = dir.join("classifier.safetensors");
+    let blob = BlobConfig::new(LoraConfig::new(2).alpha(4.0));
+    let mut sampler = BlobSampler::new(5);
+    let (model, vars) = classifier_with(&AdapterSpec::Blob(blob.clone(), sampler.clone()), 1);
+    let saved = SavedClassifier {
+        adapter: SavedAdapter::Blob { blob, seed: 5 },
+        targets: TARGETS,
+        classes: 3,
+    };
+    saved.save(&path, &vars).unwrap();
+    let (base, config) = tiny_base();
+    let loaded = SavedClassifier::load(&path, base, &config).unwrap();
+    assert_eq!(loaded.saved, saved);
+    let mut their_sampler = loaded.sampler.clone().unwrap();
+    let theirs = sampled(&mut their_sampler, &loaded.model);
+    assert_eq!(sampled(&mut sampler, &model), theirs);
+    assert_ne!(theirs[..6], theirs[6..12], "the samples differ");
+    let (base, config) = tiny_base();
+    assert_every_byte_is_covered(&path, || {
+        SavedClassifier::load(&path, base.clone(), &config).map(|_| ())
+    });
+    // A file for another model: one var fewer.
+    vars.data()
+        .lock()
+        .unwrap()
+        .retain(|k, _| !k.ends_with("layer.1.output.dense.lora_b"));
+    saved.save(&path, &vars).unwrap();
+    let err = SavedClassifier::load(&path, base, &config)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("layer.1.output.dense.lora_b is missing"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }

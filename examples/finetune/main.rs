@@ -210,7 +210,8 @@ struct Args {
     /// Leave out the OOD sets (their AUROCs), e.g. in a search that chooses on NLL alone.
     #[arg(long)]
     no_ood: bool,
-    /// Save the trained adapters here in peft's layout (`adapter_config.json`,
+    /// Save the trained classifier here (`classifier.safetensors`, for BLoB its
+    /// posterior), its adapters in peft's layout (`adapter_config.json`,
     /// `adapter_model.safetensors`; IVON's and BLoB's at their mean) and, for IVON, the
     /// posterior (`posterior.safetensors`), for `examples/predict`. Not for LoRA-Ensemble
     /// or Hydra, nor with `--adapted-head`.
@@ -457,7 +458,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     })?;
     let ms_per_step = train::epochs(&model, &mut trainer, &inputs, &args, &mut rng)?;
     if let Some(dir) = &args.save {
-        save::save(dir, &varmap, &lora, trainer.ivon_mut())?;
+        save::save(dir, method, (&varmap, &lora, args.seed), trainer.ivon_mut())?;
     }
 
     // Evaluation with a detached copy of the model, so that forwards keep no graph.

@@ -1,12 +1,13 @@
-//! `--save DIR`: the trained adapters in peft's layout and, for IVON, the posterior file
-//! that `examples/predict` serves.
+//! `--save DIR`: the trained classifier in one file (`classifier.safetensors`; for BLoB,
+//! its posterior), its adapters in peft's layout, and for IVON the posterior file, all
+//! of which `examples/predict` serves.
 
 use std::path::Path;
 
 use candle_nn::VarMap;
 use varlora::files::peft::PeftAdapter;
-use varlora::lora::LoraConfig;
-use varlora::models::AdapterTargets;
+use varlora::lora::{BlobConfig, LoraConfig};
+use varlora::models::{AdapterTargets, SavedAdapter, SavedClassifier};
 use varlora::optim::Ivon;
 
 use crate::Method;
@@ -28,21 +29,46 @@ pub fn check(method: Method, adapted_head: bool) -> Res<()> {
     Ok(())
 }
 
-/// Writes `dir/adapter_config.json` and `dir/adapter_model.safetensors` (IVON's and
-/// BLoB's at their mean) and, for IVON, `dir/posterior.safetensors`.
-pub fn save(dir: &Path, varmap: &VarMap, lora: &LoraConfig, ivon: Option<&mut Ivon>) -> Res<()> {
+/// Writes `dir/classifier.safetensors`, `dir/adapter_config.json` and
+/// `dir/adapter_model.safetensors` (IVON's at its mean, BLoB's peft adapter at its mean)
+/// and, for IVON, `dir/posterior.safetensors`.
+pub fn save(
+    dir: &Path,
+    method: Method,
+    (varmap, lora, seed): (&VarMap, &LoraConfig, u64),
+    ivon: Option<&mut Ivon>,
+) -> Res<()> {
     std::fs::create_dir_all(dir)?;
-    let adapter = PeftAdapter {
+    let peft = PeftAdapter {
         base_model: Some("sentence-transformers/all-MiniLM-L6-v2".into()),
         ..PeftAdapter::new(lora.clone(), AdapterTargets::default())
+    };
+    let adapter = match method {
+        Method::Blob => SavedAdapter::Blob {
+            blob: BlobConfig::new(lora.clone()),
+            seed,
+        },
+        _ => SavedAdapter::Lora { lora: lora.clone() },
+    };
+    let classifier = SavedClassifier {
+        adapter,
+        targets: AdapterTargets::default(),
+        classes: 2,
+    };
+    let write = || -> varlora::Result<()> {
+        peft.save(dir, varmap)?;
+        classifier.save(dir.join("classifier.safetensors"), varmap)
     };
     match ivon {
         Some(opt) => {
             opt.posterior()?.save(dir.join("posterior.safetensors"))?;
-            opt.with_mean(|| adapter.save(dir, varmap).map_err(candle_core::Error::wrap))?;
+            opt.with_mean(|| write().map_err(candle_core::Error::wrap))?;
         }
-        None => adapter.save(dir, varmap)?,
+        None => write()?,
     }
-    println!("adapters and posterior saved in {}", dir.display());
+    println!(
+        "classifier, adapters and posterior saved in {}",
+        dir.display()
+    );
     Ok(())
 }

@@ -9,9 +9,11 @@
 //!     --adapter runs/ivon --posterior runs/ivon/posterior.safetensors --samples 10
 //! ```
 //!
-//! The adapter directory is peft's layout (`adapter_config.json`,
-//! `adapter_model.safetensors`), as `finetune --save` writes it; without `--posterior`
-//! the adapter's weights give one deterministic prediction (epistemic 0).
+//! The model is either `--adapter DIR`, peft's layout (`adapter_config.json`,
+//! `adapter_model.safetensors`), or `--classifier FILE` (`classifier.safetensors`), both
+//! as `finetune --save` writes them. A BLoB classifier file is its own posterior; an
+//! IVON adapter takes `--posterior`; otherwise the weights give one deterministic
+//! prediction (epistemic 0).
 
 mod input;
 
@@ -27,7 +29,8 @@ use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokenizers::Tokenizer;
 use varlora::files::peft::PeftAdapter;
-use varlora::models::{AdapterSpec, BertClassifier, BertConfig, BertEncoder};
+use varlora::lora::BlobSampler;
+use varlora::models::{AdapterSpec, BertClassifier, BertConfig, BertEncoder, SavedClassifier};
 use varlora::predict::{predictive, GaussianPosterior, PointMass, Posterior, Predictive};
 
 use input::{Format, Sentence};
@@ -35,21 +38,26 @@ use input::{Format, Sentence};
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 #[derive(Parser, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["adapter", "classifier"])))]
 struct Args {
     /// The base model: a directory with config.json, model.safetensors and tokenizer.json.
     #[arg(long, default_value = "assets/all-minilm-l6-v2")]
     model: PathBuf,
     /// The fine-tuned LoRA adapter, a directory in peft's layout.
     #[arg(long)]
-    adapter: PathBuf,
-    /// A posterior file (`finetune --optimizer ivon --save`) to average `--samples`
-    /// samples over.
+    adapter: Option<PathBuf>,
+    /// The fine-tuned classifier, one file (`classifier.safetensors`); a BLoB one is
+    /// sampled `--samples` times.
+    #[arg(long)]
+    classifier: Option<PathBuf>,
+    /// IVON's posterior file (`finetune --optimizer ivon --save`) to average `--samples`
+    /// samples over, with `--adapter` or a LoRA `--classifier`.
     #[arg(long)]
     posterior: Option<PathBuf>,
-    /// Posterior samples per sentence (with `--posterior`).
+    /// Posterior samples per sentence (with `--posterior` or a BLoB classifier).
     #[arg(long, default_value_t = 10)]
     samples: usize,
-    /// Number of classes of the adapter's head.
+    /// Number of classes of the adapter's head (with `--adapter`).
     #[arg(long, default_value_t = 2)]
     classes: usize,
     /// Sentences to read (default: stdin).
@@ -94,9 +102,16 @@ fn sentences(args: &Args) -> Res<Vec<Sentence>> {
     Ok(ok)
 }
 
-/// The classifier with the adapter in `args.adapter` on the base model, its adapter vars
-/// in the returned VarMap.
-fn load_model(args: &Args, dev: &Device) -> Res<(BertClassifier, VarMap, Tokenizer)> {
+/// The classifier of `--adapter` or `--classifier` on the base model, its adapter vars,
+/// the tokenizer and, for a BLoB classifier, its posterior.
+struct Served {
+    model: BertClassifier,
+    varmap: VarMap,
+    tokenizer: Tokenizer,
+    blob: Option<BlobSampler>,
+}
+
+fn load_model(args: &Args, dev: &Device) -> Res<Served> {
     let need = |name: &str| -> Res<PathBuf> {
         let path = args.model.join(name);
         if path.exists() {
@@ -112,9 +127,22 @@ fn load_model(args: &Args, dev: &Device) -> Res<(BertClassifier, VarMap, Tokeniz
     let config: BertConfig = serde_json::from_str(&std::fs::read_to_string(need("config.json")?)?)?;
     let weights = need("model.safetensors")?;
     let tokenizer = minilm::tokenizer(&args.model, args.max_tokens)?;
-    let adapter = PeftAdapter::read_config(&args.adapter)?;
     // SAFETY: the weights file is not modified while mapped.
     let base = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, dev)? };
+    if let Some(path) = &args.classifier {
+        let loaded = SavedClassifier::load(path, base, &config)?;
+        return Ok(Served {
+            model: loaded.model,
+            varmap: loaded.varmap,
+            tokenizer,
+            blob: loaded.sampler,
+        });
+    }
+    let dir = args
+        .adapter
+        .as_deref()
+        .ok_or("give --adapter or --classifier")?;
+    let adapter = PeftAdapter::read_config(dir)?;
     let varmap = VarMap::new();
     let adapters = VarBuilder::from_varmap(&varmap, DType::F32, dev);
     let spec = AdapterSpec::Lora(adapter.lora.clone());
@@ -126,8 +154,13 @@ fn load_model(args: &Args, dev: &Device) -> Res<(BertClassifier, VarMap, Tokeniz
         adapter.targets,
     )?;
     let model = BertClassifier::new(encoder, args.classes, adapters)?;
-    PeftAdapter::load(&args.adapter, &varmap)?;
-    Ok((model, varmap, tokenizer))
+    PeftAdapter::load(dir, &varmap)?;
+    Ok(Served {
+        model,
+        varmap,
+        tokenizer,
+        blob: None,
+    })
 }
 
 /// One JSON line per sentence of the batch.
@@ -206,15 +239,19 @@ fn predict(args: &Args) -> Res<()> {
     }
     let dev = Device::Cpu;
     let sentences = sentences(args)?;
-    let (model, varmap, tokenizer) = load_model(args, &dev)?;
-    let model = model.detach();
-    let parts = (&model, &tokenizer);
-    match &args.posterior {
-        Some(path) => {
-            let mut posterior = GaussianPosterior::load(path, &varmap)?;
+    let served = load_model(args, &dev)?;
+    let model = served.model.detach();
+    let parts = (&model, &served.tokenizer);
+    match (served.blob, &args.posterior) {
+        (Some(_), Some(_)) => {
+            Err("a BLoB classifier is its own posterior: leave out --posterior".into())
+        }
+        (Some(mut sampler), None) => run(args, &mut sampler, args.samples, parts, &sentences, &dev),
+        (None, Some(path)) => {
+            let mut posterior = GaussianPosterior::load(path, &served.varmap)?;
             run(args, &mut posterior, args.samples, parts, &sentences, &dev)
         }
-        None => run(args, &mut PointMass, 1, parts, &sentences, &dev),
+        (None, None) => run(args, &mut PointMass, 1, parts, &sentences, &dev),
     }
 }
 
@@ -236,6 +273,14 @@ mod tests {
             err.contains("/nonexistent/minilm/config.json is missing"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_model_comes_from_an_adapter_or_a_classifier_file_not_both() {
+        assert!(Args::try_parse_from(["predict"]).is_err());
+        let both = ["predict", "--adapter", "a", "--classifier", "c.safetensors"];
+        assert!(Args::try_parse_from(both).is_err());
+        assert!(Args::try_parse_from(["predict", "--classifier", "c.safetensors"]).is_ok());
     }
 
     #[test]

@@ -1,0 +1,158 @@
+//! A fine-tuned classifier in one checksummed file: its adapters and head, and what it
+//! takes to rebuild the model around them on the pretrained weights. For BLoB, that is
+//! the posterior (`M`, `G`, `B` and the config).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::DType;
+use candle_nn::{VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use super::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
+use crate::files::sealed;
+use crate::lora::{BlobConfig, BlobSampler, LoraConfig};
+use crate::{Error, Result};
+
+const KIND: &str = "classifier";
+const VERSION: u32 = 1;
+const HEADER_KEY: &str = "varlora.classifier";
+
+/// The adapter a saved classifier carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "adapter", rename_all = "lowercase")]
+pub enum SavedAdapter {
+    /// LoRA (trained with AdamW, or IVON at its mean; IVON's posterior is a
+    /// [`crate::predict::GaussianPosterior`] file of its own).
+    Lora {
+        /// Rank, alpha and dropout.
+        lora: LoraConfig,
+    },
+    /// BLoB: the saved vars are its posterior, sampled by a [`BlobSampler`] of `seed`.
+    Blob {
+        /// BLoB's settings.
+        blob: BlobConfig,
+        /// The sampler's seed.
+        seed: u64,
+    },
+}
+
+/// How to rebuild a [`BertClassifier`] (head trained whole) around saved adapters.
+///
+/// ```no_run
+/// use candle_core::{DType, Device};
+/// use candle_nn::VarBuilder;
+/// use varlora::models::{BertConfig, SavedClassifier};
+/// # fn config() -> BertConfig { unimplemented!() }
+/// # let varmap = candle_nn::VarMap::new();
+/// # let saved: SavedClassifier = unimplemented!();
+/// // After training: the adapters and head live in `varmap`.
+/// saved.save("runs/blob/classifier.safetensors", &varmap)?;
+/// // To serve: the pretrained weights, and the file.
+/// let base = VarBuilder::zeros(DType::F32, &Device::Cpu);
+/// let loaded = SavedClassifier::load("runs/blob/classifier.safetensors", base, &config())?;
+/// # Ok::<(), varlora::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SavedClassifier {
+    /// The adapter and its settings.
+    pub adapter: SavedAdapter,
+    /// The layers that carry it.
+    pub targets: AdapterTargets,
+    /// The head's outputs.
+    pub classes: usize,
+}
+
+/// A classifier rebuilt from a file.
+pub struct LoadedClassifier {
+    /// The model, its vars set from the file.
+    pub model: BertClassifier,
+    /// Its adapter and head vars.
+    pub varmap: VarMap,
+    /// The posterior to predict with, for BLoB.
+    pub sampler: Option<BlobSampler>,
+    /// What the file said.
+    pub saved: SavedClassifier,
+}
+
+impl SavedClassifier {
+    /// Writes every var of `adapters` (the adapters and the head, as
+    /// [`BertClassifier::new`] names them) and these settings to `path`, checksummed.
+    pub fn save(&self, path: impl AsRef<Path>, adapters: &VarMap) -> Result<()> {
+        let vars = adapters
+            .data()
+            .lock()
+            .expect("a VarMap's lock is never poisoned");
+        let mut tensors: Vec<_> = vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let json = serde_json::to_string(self).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let meta = HashMap::from([(HEADER_KEY.to_string(), json)]);
+        sealed::write(path.as_ref(), KIND, VERSION, tensors, meta)
+    }
+
+    /// Rebuilds the classifier on the pretrained weights `base` and sets its vars from the
+    /// file at `path`. Every var must find its tensor with its shape, and every tensor its
+    /// var.
+    pub fn load(
+        path: impl AsRef<Path>,
+        base: VarBuilder,
+        config: &BertConfig,
+    ) -> Result<LoadedClassifier> {
+        let path = path.as_ref();
+        let dev = base.device().clone();
+        let mut file = sealed::read(path, KIND, VERSION, &dev)?;
+        let bad = |problem: String| Error::File {
+            path: path.to_path_buf(),
+            problem,
+        };
+        let json = file
+            .meta
+            .get(HEADER_KEY)
+            .ok_or_else(|| bad("holds no classifier header".into()))?;
+        let saved: SavedClassifier =
+            serde_json::from_str(json).map_err(|e| bad(format!("unreadable header: {e}")))?;
+        let (spec, sampler) = match &saved.adapter {
+            SavedAdapter::Lora { lora } => (AdapterSpec::Lora(lora.clone()), None),
+            SavedAdapter::Blob { blob, seed } => {
+                let s = BlobSampler::new(*seed);
+                (AdapterSpec::Blob(blob.clone(), s.clone()), Some(s))
+            }
+        };
+        let varmap = VarMap::new();
+        let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let encoder =
+            BertEncoder::load(base, adapters.clone(), config, Some(&spec), saved.targets)?;
+        let model = BertClassifier::new(encoder, saved.classes, adapters)?;
+        for (name, var) in varmap
+            .data()
+            .lock()
+            .expect("a VarMap's lock is never poisoned")
+            .iter()
+        {
+            let t = file
+                .tensors
+                .remove(name)
+                .ok_or_else(|| bad(format!("{name} is missing")))?;
+            if t.dims() != var.dims() {
+                return Err(bad(format!(
+                    "{name} has shape {:?}, the model {:?}",
+                    t.dims(),
+                    var.dims()
+                )));
+            }
+            var.set(&t.to_dtype(var.dtype())?)?;
+        }
+        if let Some(extra) = file.tensors.keys().next() {
+            return Err(bad(format!("{extra} matches no var of the model")));
+        }
+        Ok(LoadedClassifier {
+            model,
+            varmap,
+            sampler,
+            saved,
+        })
+    }
+}
