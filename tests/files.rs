@@ -260,6 +260,58 @@ fn a_peft_file_without_our_checksum_loads_and_a_mismatched_one_changes_nothing()
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+#[test]
+fn adapters_of_a_sequence_classification_model_load_and_its_pooler_head_is_refused() {
+    let dir = scratch("seqcls");
+    let (trained, vars) = classifier(1);
+    PeftAdapter::new(LoraConfig::new(2).alpha(4.0), TARGETS)
+        .save(&dir, &vars)
+        .unwrap();
+    // Rename as peft names a BertForSequenceClassification's encoder.
+    let path = dir.join("adapter_model.safetensors");
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let renamed = |keep_head: bool| {
+        tensors
+            .iter()
+            .filter(|(k, _)| keep_head || !k.contains("classifier"))
+            .map(|(k, v)| {
+                let k = k.replace(
+                    "base_model.model.encoder.",
+                    "base_model.model.bert.encoder.",
+                );
+                (k, v.clone())
+            })
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    safetensors::serialize_to_file(renamed(true).iter(), None, &path).unwrap();
+    let (_, fresh_vars) = classifier(2);
+    let err = PeftAdapter::load(&dir, &fresh_vars)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("reads the pooler output"), "{err}");
+    safetensors::serialize_to_file(renamed(false).iter(), None, &path).unwrap();
+    let (fresh, fresh_vars) = classifier(2);
+    fresh_vars
+        .data()
+        .lock()
+        .unwrap()
+        .retain(|k, _| !k.starts_with("classifier"));
+    PeftAdapter::load(&dir, &fresh_vars).unwrap();
+    // The encoder's adapters are the trained ones: only the heads differ.
+    let (ids, types, mask) = inputs();
+    let hidden = |m: &BertClassifier| {
+        m.encoder()
+            .forward_t(&ids, &types, Some(&mask), false)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    assert_eq!(hidden(&fresh), hidden(&trained));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 fn write_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let mut c = serde_json::json!({
         "peft_type": "LORA", "r": 8, "lora_alpha": 16, "lora_dropout": 0.1,

@@ -288,7 +288,8 @@ impl PeftAdapter {
         let dir = dir.as_ref();
         let adapter = Self::read_config(dir)?;
         let path = dir.join(WEIGHTS_FILE);
-        let mut file = sealed::read_foreign(&path, KIND, VERSION, &Device::Cpu)?.tensors;
+        let file = sealed::read_foreign(&path, KIND, VERSION, &Device::Cpu)?.tensors;
+        let mut file = from_sequence_classification(file).map_err(|e| bad(&path, e))?;
         let vars = adapters
             .data()
             .lock()
@@ -327,6 +328,30 @@ impl PeftAdapter {
         }
         Ok(adapter)
     }
+}
+
+/// The tensors of an adapter trained on a `BertForSequenceClassification` (peft names
+/// its encoder `base_model.model.bert.encoder...`) under a `BertModel`'s names. Its head
+/// reads the pooler's output, which [`crate::models::BertClassifier`] does not have, so
+/// such a file with a head is an error rather than a model that predicts wrongly.
+fn from_sequence_classification(
+    file: HashMap<String, Tensor>,
+) -> std::result::Result<HashMap<String, Tensor>, String> {
+    let nested = format!("{PREFIX}bert.");
+    if !file.keys().any(|k| k.starts_with(&nested)) {
+        return Ok(file);
+    }
+    if let Some(head) = file.keys().find(|k| !k.starts_with(&nested)) {
+        return Err(format!(
+            "{head}: a BertForSequenceClassification head reads the pooler output, which \
+             BertClassifier (a head on the mean-pooled output) does not have; load the \
+             encoder's adapters alone"
+        ));
+    }
+    Ok(file
+        .into_iter()
+        .map(|(k, v)| (k.replacen(&nested, PREFIX, 1), v))
+        .collect())
 }
 
 /// peft's name for an adapter var, or `None` for a var peft has no place for.
