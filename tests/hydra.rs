@@ -340,6 +340,37 @@ fn taylor_importance_equals_a_finite_difference_of_the_units_output_scale() {
 }
 
 #[test]
+fn a_pruned_members_importance_is_indexed_by_unit_id() {
+    let w = weights(DType::F64);
+    let plan = plans()[1].clone();
+    let pruned = HydraClassifier::new(&w, &config(), std::slice::from_ref(&plan), false).unwrap();
+    // The same member as a dense model whose pruned units write nothing: its pruned
+    // units' gates get no gradient, its kept units' the same as the pruned network's.
+    let zeroed = HydraClassifier::dense(&pruned_weights(&w, &plan), &config(), false).unwrap();
+    let (ids, types, mask) = inputs();
+    let batch = LabelledBatch {
+        input_ids: ids,
+        token_type_ids: types,
+        attention_mask: mask,
+        labels: Tensor::new(&[1u32, 0], &Device::Cpu).unwrap(),
+    };
+    let got = pruned
+        .taylor_importance(std::slice::from_ref(&batch))
+        .unwrap();
+    let want = zeroed.taylor_importance(&[batch]).unwrap();
+    for (g, w) in [(&got.heads, &want.heads), (&got.neurons, &want.neurons)] {
+        for (gl, wl) in g.iter().zip(w) {
+            assert_eq!(gl.len(), wl.len());
+            for (a, b) in gl.iter().zip(wl) {
+                assert!((a - b).abs() <= 1e-9 + 1e-6 * b.abs(), "{a} against {b}");
+            }
+        }
+    }
+    assert_eq!(got.heads[0][0], 0.0, "head 0 of layer 0 is pruned");
+    assert!(got.heads[0][1] > 0.0, "head 1 of layer 0 is kept");
+}
+
+#[test]
 fn invalid_plans_and_weights_get_errors() {
     let w = weights(DType::F32);
     let mut bad = plans();

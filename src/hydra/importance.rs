@@ -26,7 +26,9 @@ impl HydraClassifier {
     /// [`Self::dense`]): for a head with output `a`, the mean over sentences `i` of
     /// `|sum(a * dL_i/da)|`, the first-order change of sentence `i`'s cross-entropy when
     /// the head is removed (Michel et al., 2019); for a feed-forward neuron the same with
-    /// its activation. Computed as the gradient of a gate of 1 on each unit.
+    /// its activation. Computed as the gradient of a gate of 1 on each unit. Scores are
+    /// indexed by unit id over the full width (`num_attention_heads`,
+    /// `intermediate_size`); units the member has pruned score 0.
     pub fn taylor_importance(&self, batches: &[LabelledBatch]) -> Result<Importance> {
         if self.members() != 1 {
             return Err(Error::InvalidInput(format!(
@@ -58,7 +60,11 @@ impl HydraClassifier {
         };
         mean(&mut heads);
         mean(&mut neurons);
-        Ok(Importance { heads, neurons })
+        let c = self.config();
+        Ok(Importance {
+            heads: by_unit_id(heads, &plan.heads, c.num_attention_heads),
+            neurons: by_unit_id(neurons, &plan.neurons, c.intermediate_size),
+        })
     }
 
     /// The gradients of the summed cross-entropy with respect to per-sentence gates of 1
@@ -107,6 +113,22 @@ impl HydraClassifier {
         };
         Ok((grad_of(&heads)?, grad_of(&neurons)?))
     }
+}
+
+/// Per layer, the scores of the kept units (in the plan's order) placed at their unit ids
+/// in a vector of `width` zeros.
+fn by_unit_id(scores: Vec<Vec<f64>>, ids: &[Vec<usize>], width: usize) -> Vec<Vec<f64>> {
+    scores
+        .into_iter()
+        .zip(ids)
+        .map(|(s, ids)| {
+            let mut full = vec![0.0; width];
+            for (v, &u) in s.into_iter().zip(ids) {
+                full[u] = v;
+            }
+            full
+        })
+        .collect()
 }
 
 /// `acc[u] += sum over rows of |g[row, u]|`.
