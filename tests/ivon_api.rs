@@ -473,7 +473,10 @@ fn bad_checkpoints_are_errors_that_change_nothing() {
         assert_eq!(snapshot(&opt), before, "{what} changed the state");
         std::fs::remove_file(p).unwrap();
     }
-    assert!(matches!(opt.load_state(temp("missing")), Err(Error::Io(_))));
+    // A missing file is named.
+    let missing = opt.load_state(temp("missing")).unwrap_err();
+    assert!(matches!(missing, Error::File { .. }), "{missing:?}");
+    assert!(missing.to_string().contains("missing: cannot read"), "{missing}");
 
     // Vars of other shapes.
     let dev = Device::Cpu;
