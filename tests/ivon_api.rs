@@ -476,7 +476,10 @@ fn bad_checkpoints_are_errors_that_change_nothing() {
     // A missing file is named.
     let missing = opt.load_state(temp("missing")).unwrap_err();
     assert!(matches!(missing, Error::File { .. }), "{missing:?}");
-    assert!(missing.to_string().contains("missing: cannot read"), "{missing}");
+    assert!(
+        missing.to_string().contains("missing: cannot read"),
+        "{missing}"
+    );
 
     // Vars of other shapes.
     let dev = Device::Cpu;
