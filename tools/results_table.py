@@ -2,6 +2,9 @@
 row that `examples/finetune` or `tools/reference/finetune.py` wrote, as a Markdown table.
 
     python3 tools/results_table.py results/test/*/*.json results/reference/*.json
+    python3 tools/results_table.py --keys=accuracy,nll,ece results/overconfident/*/*.json
+
+`--keys` keeps those columns (names as in METRICS), in that order.
 """
 
 import json
@@ -22,7 +25,10 @@ METRICS = [
     ("auroc_mi_multiemo", "MultiEmo AUROC MI", lambda v: f"{v:.3f}"),
     ("ms_per_step", "ms / step", lambda v: f"{v:.0f}"),
     ("ms_per_sentence", "ms / sentence", lambda v: f"{v:.1f}"),
+    ("peak_rss_mb", "peak MB", lambda v: f"{v:.0f}"),
 ]
+# Columns that are the run's, not the row's.
+RUN_LEVEL = {"ms_per_step", "peak_rss_mb"}
 
 
 def cell(values, fmt):
@@ -33,7 +39,12 @@ def cell(values, fmt):
     return f"{fmt(statistics.mean(values))} ± {fmt(statistics.stdev(values))}"
 
 
-def main(paths):
+def main(args):
+    keys = None
+    if args and args[0].startswith("--keys="):
+        keys = args[0].split("=", 1)[1].split(",")
+        args = args[1:]
+    paths = args
     rows = defaultdict(lambda: defaultdict(list))
     seeds = defaultdict(set)
     order = []
@@ -48,11 +59,14 @@ def main(paths):
                 order.append(name)
             seeds[name].add(run["seed"])
             for key, _, _ in METRICS:
-                value = r.get(key, run.get(key) if key == "ms_per_step" else None)
+                value = r.get(key, run.get(key) if key in RUN_LEVEL else None)
                 if value is not None:
                     rows[name][key].append(value)
     # Only the columns some run has (MultiEmo only where it was fetched).
     metrics = [m for m in METRICS if any(rows[name][m[0]] for name in order)]
+    if keys is not None:
+        by_key = {m[0]: m for m in metrics}
+        metrics = [by_key[k] for k in keys if k in by_key]
     print("| model | seeds | " + " | ".join(label for _, label, _ in metrics) + " |")
     print("|---|---|" + "---|" * len(metrics))
     for name in order:
