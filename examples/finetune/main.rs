@@ -429,8 +429,18 @@ impl Inputs {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = Args::parse();
+fn main() -> std::process::ExitCode {
+    // Errors print their message ("error: file: what is wrong"), not their Debug form.
+    match run(Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Reuse freed tensor memory instead of page-faulting it in again every step.
     varlora::alloc::keep_freed_memory();
     let method = args.method()?;
