@@ -130,8 +130,7 @@ impl PeftAdapter {
             .any(|k| k.starts_with("base_model.model.classifier."));
         std::fs::create_dir_all(dir)?;
         let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-        let mut tensors: Vec<(String, Tensor)> = tensors.into_iter().collect();
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let tensors = tensors.into_iter().collect();
         sealed::write(&dir.join(WEIGHTS_FILE), KIND, VERSION, tensors, meta)?;
         let config = json!({
             "peft_type": "LORA",

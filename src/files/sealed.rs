@@ -8,11 +8,13 @@
 //! corrupted offset already breaks safetensors' own layout check or moves the data the
 //! checksum reads.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use candle_core::safetensors::Load;
 use candle_core::{Device, Tensor};
-use safetensors::tensor::View;
+use safetensors::tensor::{Dtype, TensorView, View};
 
 use crate::{Error, Result};
 
@@ -33,25 +35,32 @@ fn corrupt(path: &Path, problem: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Feeds one tensor (name, dtype, shape, bytes) to the checksum.
-fn hash_tensor(h: &mut crc32fast::Hasher, name: &str, dtype: &str, shape: &[usize], data: &[u8]) {
-    h.update(name.as_bytes());
-    h.update(&[0]);
-    h.update(dtype.as_bytes());
-    h.update(&[0]);
-    for d in shape {
-        h.update(&(*d as u64).to_le_bytes());
-    }
-    h.update(data);
-}
+/// One tensor as the checksum reads it: name, dtype, shape and bytes.
+type Part<'a> = (&'a str, Dtype, &'a [usize], Cow<'a, [u8]>);
 
-fn hash_meta(h: &mut crc32fast::Hasher, meta: &BTreeMap<&str, &str>) {
-    for (k, v) in meta.iter().filter(|(k, _)| **k != CHECKSUM) {
+/// The checksum of `meta` (all but the checksum entry itself, by key) and of `tensors`
+/// (name, dtype, shape, bytes; by name), as 8 hex digits.
+fn checksum(meta: &HashMap<String, String>, mut tensors: Vec<Part>) -> String {
+    let mut h = crc32fast::Hasher::new();
+    let sorted: BTreeMap<&String, &String> = meta.iter().filter(|(k, _)| *k != CHECKSUM).collect();
+    for (k, v) in sorted {
         for part in [k, v] {
             h.update(part.as_bytes());
             h.update(&[0]);
         }
     }
+    tensors.sort_by(|a, b| a.0.cmp(b.0));
+    for (name, dtype, shape, data) in tensors {
+        h.update(name.as_bytes());
+        h.update(&[0]);
+        h.update(format!("{dtype:?}").as_bytes());
+        h.update(&[0]);
+        for d in shape {
+            h.update(&(*d as u64).to_le_bytes());
+        }
+        h.update(&data);
+    }
+    format!("{:08x}", h.finalize())
 }
 
 /// Writes `tensors` and `meta` to `path` as a `kind` file of format `version`, with its
@@ -66,18 +75,11 @@ pub(crate) fn write(
 ) -> Result<()> {
     meta.insert(KIND.into(), kind.into());
     meta.insert(VERSION.into(), version.to_string());
-    let mut h = crc32fast::Hasher::new();
-    hash_meta(
-        &mut h,
-        &meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
-    );
-    let mut sorted: Vec<&(String, Tensor)> = tensors.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, t) in sorted {
-        let dtype = format!("{:?}", View::dtype(t));
-        hash_tensor(&mut h, name, &dtype, t.dims(), &View::data(t));
-    }
-    meta.insert(CHECKSUM.into(), format!("{:08x}", h.finalize()));
+    let parts = tensors
+        .iter()
+        .map(|(name, t)| (name.as_str(), View::dtype(t), t.dims(), View::data(t)))
+        .collect();
+    meta.insert(CHECKSUM.into(), checksum(&meta, parts));
     let bytes = safetensors::serialize(tensors, Some(meta))
         .map_err(|e| corrupt(path, format!("cannot serialise: {e}")))?;
     let tmp = path.with_extension("tmp");
@@ -86,31 +88,39 @@ pub(crate) fn write(
     Ok(())
 }
 
-/// Reads a `kind` file of format `version` from `path` onto `device`, after checking its
-/// kind, version and checksum; any mismatch is an [`Error::File`] that names it.
-pub(crate) fn read(path: &Path, kind: &str, version: u32, device: &Device) -> Result<Sealed> {
+/// The file's bytes, and its metadata entries.
+fn open(path: &Path) -> Result<(Vec<u8>, HashMap<String, String>)> {
     let bytes = std::fs::read(path).map_err(|e| corrupt(path, format!("cannot read: {e}")))?;
-    let file = safetensors::SafeTensors::deserialize(&bytes)
-        .map_err(|e| corrupt(path, format!("not a readable safetensors file: {e}")))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| corrupt(path, format!("not a readable safetensors file: {e}")))?;
     let meta = header.metadata().clone().unwrap_or_default();
+    Ok((bytes, meta))
+}
+
+/// Reads a `kind` file of format `version` from `path` onto `device`, after checking its
+/// kind, version and checksum; any mismatch is an [`Error::File`] that names it.
+pub(crate) fn read(path: &Path, kind: &str, version: u32, device: &Device) -> Result<Sealed> {
+    let (bytes, meta) = open(path)?;
+    read_checked(path, &bytes, meta, kind, version, device)
+}
+
+fn read_checked(
+    path: &Path,
+    bytes: &[u8],
+    meta: HashMap<String, String>,
+    kind: &str,
+    version: u32,
+    device: &Device,
+) -> Result<Sealed> {
     check_label(path, &meta, kind, version)?;
-    let mut h = crc32fast::Hasher::new();
-    hash_meta(
-        &mut h,
-        &meta.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
-    );
-    let mut names = file.names();
-    names.sort();
-    for name in names {
-        let view = file
-            .tensor(name)
-            .map_err(|e| corrupt(path, format!("tensor {name}: {e}")))?;
-        let dtype = format!("{:?}", view.dtype());
-        hash_tensor(&mut h, name, &dtype, view.shape(), view.data());
-    }
-    let computed = format!("{:08x}", h.finalize());
+    let file = safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| corrupt(path, format!("not a readable safetensors file: {e}")))?;
+    let views: Vec<(&str, TensorView)> = file.iter().collect();
+    let parts = views
+        .iter()
+        .map(|(name, v)| (*name, v.dtype(), v.shape(), Cow::Borrowed(v.data())))
+        .collect();
+    let computed = checksum(&meta, parts);
     if meta[CHECKSUM] != computed {
         return Err(corrupt(
             path,
@@ -121,7 +131,10 @@ pub(crate) fn read(path: &Path, kind: &str, version: u32, device: &Device) -> Re
             ),
         ));
     }
-    let tensors = candle_core::safetensors::load_buffer(&bytes, device)?;
+    let tensors = views
+        .iter()
+        .map(|(name, v)| Ok((name.to_string(), v.load(device)?)))
+        .collect::<Result<_>>()?;
     let meta = meta
         .into_iter()
         .filter(|(k, _)| ![KIND, VERSION, CHECKSUM].contains(&k.as_str()))
@@ -138,15 +151,12 @@ pub(crate) fn read_foreign(
     version: u32,
     device: &Device,
 ) -> Result<Sealed> {
-    let bytes = std::fs::read(path).map_err(|e| corrupt(path, format!("cannot read: {e}")))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| corrupt(path, format!("not a readable safetensors file: {e}")))?;
-    let meta = header.metadata().clone().unwrap_or_default();
+    let (bytes, meta) = open(path)?;
     if [KIND, VERSION, CHECKSUM]
         .iter()
         .any(|k| meta.contains_key(*k))
     {
-        return read(path, kind, version, device);
+        return read_checked(path, &bytes, meta, kind, version, device);
     }
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)
         .map_err(|e| corrupt(path, format!("unreadable tensors: {e}")))?;

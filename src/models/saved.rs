@@ -83,11 +83,10 @@ impl SavedClassifier {
             .data()
             .lock()
             .expect("a VarMap's lock is never poisoned");
-        let mut tensors: Vec<_> = vars
+        let tensors = vars
             .iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
             .collect();
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
         let json = serde_json::to_string(self).map_err(|e| Error::InvalidInput(e.to_string()))?;
         let meta = HashMap::from([(HEADER_KEY.to_string(), json)]);
         sealed::write(path.as_ref(), KIND, VERSION, tensors, meta)
