@@ -28,6 +28,27 @@ pub(crate) struct Sealed {
     pub meta: HashMap<String, String>,
 }
 
+impl Sealed {
+    /// The JSON header stored under metadata `key` (as [`header_meta`] writes it).
+    pub fn header<T: serde::de::DeserializeOwned>(&self, key: &str, path: &Path) -> Result<T> {
+        let json = self
+            .meta
+            .get(key)
+            .ok_or_else(|| corrupt(path, format!("holds no {key} header")))?;
+        serde_json::from_str(json)
+            .map_err(|e| corrupt(path, format!("unreadable {key} header: {e}")))
+    }
+}
+
+/// Metadata holding `header` as JSON under `key`, for [`write`].
+pub(crate) fn header_meta(
+    key: &str,
+    header: &impl serde::Serialize,
+) -> Result<HashMap<String, String>> {
+    let json = serde_json::to_string(header).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    Ok(HashMap::from([(key.to_string(), json)]))
+}
+
 fn corrupt(path: &Path, problem: impl std::fmt::Display) -> Error {
     Error::File {
         path: path.to_path_buf(),

@@ -2,7 +2,6 @@
 //! takes to rebuild the model around them on the pretrained weights. For BLoB, that is
 //! the posterior (`M`, `G`, `B` and the config).
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::DType;
@@ -87,8 +86,7 @@ impl SavedClassifier {
             .iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
             .collect();
-        let json = serde_json::to_string(self).map_err(|e| Error::InvalidInput(e.to_string()))?;
-        let meta = HashMap::from([(HEADER_KEY.to_string(), json)]);
+        let meta = sealed::header_meta(HEADER_KEY, self)?;
         sealed::write(path.as_ref(), KIND, VERSION, tensors, meta)
     }
 
@@ -107,12 +105,7 @@ impl SavedClassifier {
             path: path.to_path_buf(),
             problem,
         };
-        let json = file
-            .meta
-            .get(HEADER_KEY)
-            .ok_or_else(|| bad("holds no classifier header".into()))?;
-        let saved: SavedClassifier =
-            serde_json::from_str(json).map_err(|e| bad(format!("unreadable header: {e}")))?;
+        let saved: SavedClassifier = file.header(HEADER_KEY, path)?;
         let (spec, sampler) = match &saved.adapter {
             SavedAdapter::Lora { lora } => (AdapterSpec::Lora(lora.clone()), None),
             SavedAdapter::Blob { blob, seed } => {

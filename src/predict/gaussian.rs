@@ -1,7 +1,6 @@
 //! A diagonal Gaussian over named vars, apart from any optimizer: what IVON learned, saved
 //! to a file and loaded into a model for prediction.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{Tensor, Var};
@@ -154,8 +153,7 @@ impl GaussianPosterior {
             seed: self.seed,
             settings: self.settings.clone(),
         };
-        let json = serde_json::to_string(&header).map_err(|e| invalid(e.to_string()))?;
-        let meta = HashMap::from([(HEADER_KEY.to_string(), json)]);
+        let meta = sealed::header_meta(HEADER_KEY, &header)?;
         sealed::write(path.as_ref(), KIND, VERSION, tensors, meta)
     }
 
@@ -166,14 +164,7 @@ impl GaussianPosterior {
     pub fn load(path: impl AsRef<Path>, varmap: &VarMap) -> Result<Self> {
         let path = path.as_ref();
         let mut file = sealed::read(path, KIND, VERSION, &candle_core::Device::Cpu)?;
-        let json = file.meta.get(HEADER_KEY).ok_or_else(|| Error::File {
-            path: path.to_path_buf(),
-            problem: "holds no posterior header".into(),
-        })?;
-        let header: Header = serde_json::from_str(json).map_err(|e| Error::File {
-            path: path.to_path_buf(),
-            problem: format!("unreadable posterior header: {e}"),
-        })?;
+        let header: Header = file.header(HEADER_KEY, path)?;
         let vars = varmap
             .data()
             .lock()

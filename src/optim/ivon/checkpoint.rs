@@ -105,9 +105,13 @@ impl Ivon {
                 }
             }
         }
-        let json = serde_json::to_string(&header).map_err(|e| bad(e.to_string()))?;
-        let meta = HashMap::from([(HEADER_KEY.to_string(), json)]);
-        sealed::write(path, KIND, VERSION, tensors, meta)
+        sealed::write(
+            path,
+            KIND,
+            VERSION,
+            tensors,
+            sealed::header_meta(HEADER_KEY, &header)?,
+        )
     }
 
     /// Restores a state written by [`Ivon::save`] into this optimizer, whose vars must have
@@ -119,7 +123,7 @@ impl Ivon {
     pub fn load_state(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let file = sealed::read(path, KIND, VERSION, &self.device)?;
-        let header = read_header(&file.meta, path)?;
+        let header: Header = file.header(HEADER_KEY, path)?;
         self.check_header(&header)?;
         let mut tensors = file.tensors;
         let mut restored = Vec::new();
@@ -261,12 +265,4 @@ struct Restored {
     noise: Option<Tensor>,
     avg_grad: Option<Tensor>,
     avg_hess: Option<Tensor>,
-}
-
-/// The IVON header of a checkpoint file's metadata.
-fn read_header(meta: &HashMap<String, String>, path: &Path) -> Result<Header> {
-    let json = meta
-        .get(HEADER_KEY)
-        .ok_or_else(|| bad(format!("{} holds no IVON state", path.display())))?;
-    serde_json::from_str(json).map_err(|e| bad(format!("unreadable header: {e}")))
 }
