@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
@@ -12,9 +12,8 @@ use crate::files::sealed;
 use crate::noise::{NoiseSource, PhiloxNormal};
 use crate::{Error, Result};
 
-/// Salt that separates the prediction stream of posterior samples from training draws;
-/// [`crate::optim::Ivon`]'s samples use it too, so both give the same sample `k`.
-pub(crate) const PREDICTION_STREAM: u64 = 0x7072_6564_6963_7421;
+/// Salt that separates the prediction stream of posterior samples from training draws.
+const PREDICTION_STREAM: u64 = 0x7072_6564_6963_7421;
 
 const KIND: &str = "gaussian-posterior";
 const VERSION: u32 = 1;
@@ -206,39 +205,41 @@ impl GaussianPosterior {
         Ok(())
     }
 
-    /// The weights of sample `k`, group by group as the noise is drawn.
-    fn sample(&self, k: usize) -> Result<Vec<Tensor>> {
-        let numel = |g: &Vec<Entry>| g.iter().map(|e| e.mean.elem_count()).sum::<usize>();
-        let blocks: u64 = self
+    /// The weights of sample `k`, group by group and entry by entry.
+    fn sample(&self, k: usize) -> Result<Vec<Vec<Tensor>>> {
+        let shapes: Vec<Vec<Shape>> = self
             .groups
             .iter()
-            .map(|g| numel(g).div_ceil(4) as u64)
-            .sum();
-        let mut source = PhiloxNormal::at(self.seed ^ PREDICTION_STREAM, k as u64 * blocks);
-        let mut out = Vec::new();
-        for g in self.groups.iter().filter(|g| numel(g) > 0) {
-            let first = &g[0].mean;
-            let z = source.standard_normal(numel(g), first.dtype(), first.device())?;
-            let mut offset = 0;
-            for e in g {
-                let n = e.mean.elem_count();
-                let zp = z.narrow(0, offset, n)?.reshape(e.mean.shape())?;
-                let noise = (zp * &e.std)?;
-                let noise = if self.scale == 1.0 {
-                    noise
-                } else {
-                    (noise * self.scale)?
-                };
-                out.push((&e.mean + noise)?);
-                offset += n;
-            }
-        }
-        Ok(out)
+            .map(|g| g.iter().map(|e| e.mean.shape().clone()).collect())
+            .collect();
+        let Some(first) = self.groups.iter().flatten().next() else {
+            return Ok(Vec::new());
+        };
+        let (dtype, device) = (first.mean.dtype(), first.mean.device());
+        let z = prediction_normals(self.seed, k, &shapes, dtype, device)?;
+        self.groups
+            .iter()
+            .zip(z)
+            .map(|(g, zs)| {
+                g.iter()
+                    .zip(zs)
+                    .map(|(e, z)| {
+                        let noise = (z * &e.std)?;
+                        let noise = if self.scale == 1.0 {
+                            noise
+                        } else {
+                            (noise * self.scale)?
+                        };
+                        Ok((&e.mean + noise)?)
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     fn run_with<R>(
         &self,
-        weights: &[Tensor],
+        weights: &[Vec<Tensor>],
         f: impl FnOnce() -> candle_core::Result<R>,
     ) -> Result<R> {
         struct Restore<'a>(&'a GaussianPosterior);
@@ -249,18 +250,51 @@ impl GaussianPosterior {
             }
         }
         let guard = Restore(self);
-        let entries = self
-            .groups
-            .iter()
-            .flatten()
-            .filter(|e| e.mean.elem_count() > 0);
-        for (e, w) in entries.zip(weights) {
+        for (e, w) in self.groups.iter().flatten().zip(weights.iter().flatten()) {
             e.var.set(w)?;
         }
         let out = f();
         drop(guard);
         Ok(out?)
     }
+}
+
+/// The standard-normal draws of prediction sample `k` from the stream of `seed`, one
+/// tensor of each shape, group by group: each group is one draw of its total size, and
+/// sample `k` starts where the draws of samples `0..k` end, so it is the same draws
+/// whenever it is asked for. [`crate::optim::Ivon`]'s samples and a
+/// [`GaussianPosterior`]'s both come from here, which makes their sample `k` the same.
+pub(crate) fn prediction_normals(
+    seed: u64,
+    k: usize,
+    groups: &[Vec<Shape>],
+    dtype: DType,
+    device: &Device,
+) -> Result<Vec<Vec<Tensor>>> {
+    let numel = |g: &[Shape]| g.iter().map(Shape::elem_count).sum::<usize>();
+    let blocks: u64 = groups.iter().map(|g| numel(g).div_ceil(4) as u64).sum();
+    let mut source = PhiloxNormal::at(seed ^ PREDICTION_STREAM, k as u64 * blocks);
+    groups
+        .iter()
+        .map(|g| {
+            let n = numel(g);
+            if n == 0 {
+                return g
+                    .iter()
+                    .map(|s| Ok(Tensor::zeros(s, dtype, device)?))
+                    .collect();
+            }
+            let z = source.standard_normal(n, dtype, device)?;
+            let mut offset = 0;
+            g.iter()
+                .map(|s| {
+                    let part = z.narrow(0, offset, s.elem_count())?.reshape(s)?;
+                    offset += s.elem_count();
+                    Ok(part)
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// The mean and std fit their var.

@@ -5,8 +5,8 @@ mod gaussian;
 mod posterior;
 mod predictive;
 
+pub(crate) use gaussian::prediction_normals;
 pub use gaussian::GaussianPosterior;
-pub(crate) use gaussian::PREDICTION_STREAM;
 pub use posterior::{PointMass, Posterior};
 pub use predictive::{
     predictive, predictive_at_point, predictive_from_samples, sample_logits, Predictive,

@@ -1,11 +1,11 @@
 //! Drawing weight samples and moving the vars between the mean and samples.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Shape, Tensor};
 
 use super::param::{MEAN, NOISE};
 use super::{math, Group, Ivon, Position};
-use crate::noise::{NoiseSource, PhiloxNormal};
-use crate::predict::{GaussianPosterior, Posterior, PREDICTION_STREAM};
+use crate::noise::NoiseSource;
+use crate::predict::{prediction_normals, GaussianPosterior, Posterior};
 use crate::{Error, Result};
 
 /// One noise tensor per var of `group`, from one draw of the group's size.
@@ -74,11 +74,22 @@ impl Ivon {
     /// positioned by `k`, so that sample `k` is the same weights every time it is asked for
     /// (while the posterior does not change) and training draws are untouched.
     fn prediction_noise(&self, k: usize) -> Result<Vec<Vec<Tensor>>> {
-        let blocks = self.blocks_per_sample();
-        let mut source = PhiloxNormal::at(self.config.seed ^ PREDICTION_STREAM, k as u64 * blocks);
+        let shapes: Vec<Vec<Shape>> = self
+            .groups
+            .iter()
+            .map(|g| g.params.iter().map(|p| p.var.shape().clone()).collect())
+            .collect();
+        let z = prediction_normals(self.config.seed, k, &shapes, self.dtype, &self.device)?;
         self.groups
             .iter()
-            .map(|g| group_noise(g, &mut source, self.dtype, &self.device))
+            .zip(z)
+            .map(|(g, zs)| {
+                g.params
+                    .iter()
+                    .zip(zs)
+                    .map(|(p, z)| math::noise(&z, &p.hess()?, &g.settings))
+                    .collect()
+            })
             .collect()
     }
 
