@@ -312,6 +312,29 @@ fn adapters_of_a_sequence_classification_model_load_and_its_pooler_head_is_refus
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+#[test]
+fn a_transposed_lora_factor_is_refused_not_reshaped() {
+    let dir = scratch("transposed");
+    let (_, vars) = classifier(1);
+    PeftAdapter::new(LoraConfig::new(2).alpha(4.0), TARGETS)
+        .save(&dir, &vars)
+        .unwrap();
+    let path = dir.join("adapter_model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let key = "base_model.model.encoder.layer.0.attention.self.query.lora_A.weight";
+    let transposed = tensors[key].t().unwrap().contiguous().unwrap();
+    tensors.insert(key.to_string(), transposed);
+    safetensors::serialize_to_file(tensors.iter(), None, &path).unwrap();
+    let (other, other_vars) = classifier(2);
+    let before = logits(&other);
+    let err = PeftAdapter::load(&dir, &other_vars)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("{key} has shape [16, 2]")), "{err}");
+    assert_eq!(logits(&other), before);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 fn write_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let mut c = serde_json::json!({
         "peft_type": "LORA", "r": 8, "lora_alpha": 16, "lora_dropout": 0.1,

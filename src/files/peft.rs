@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 use serde_json::{json, Value};
 
@@ -161,16 +161,7 @@ impl PeftAdapter {
             .lock()
             .expect("a VarMap's lock is never poisoned");
         let mut out = HashMap::new();
-        for (name, var) in vars.iter() {
-            if name.ends_with(".lora_a_g") {
-                continue;
-            }
-            let peft = peft_name(name).ok_or_else(|| {
-                bad(
-                    dir,
-                    format!("var {name} has no place in a peft LoRA adapter"),
-                )
-            })?;
+        for (peft, name, var) in peft_vars(&vars).map_err(|e| bad(dir, e))? {
             out.insert(peft, head_as_peft(name, var.as_tensor())?);
         }
         let mut present = [false; 6];
@@ -294,30 +285,22 @@ impl PeftAdapter {
             .lock()
             .expect("a VarMap's lock is never poisoned");
         let mut updates = Vec::new();
-        for (name, var) in vars.iter() {
-            if name.ends_with(".lora_a_g") {
-                continue;
-            }
-            let peft = peft_name(name)
-                .ok_or_else(|| bad(&path, format!("var {name} has no place in a peft adapter")))?;
+        for (peft, name, var) in peft_vars(&vars).map_err(|e| bad(&path, e))? {
             let t = file
                 .remove(&peft)
                 .ok_or_else(|| bad(&path, format!("{peft} is missing (for var {name})")))?;
-            let t = t
-                .reshape(var.dims())
-                .map_err(|_| {
-                    bad(
-                        &path,
-                        format!(
-                            "{peft} has shape {:?}, var {name} {:?}",
-                            t.dims(),
-                            var.dims()
-                        ),
-                    )
-                })?
-                .to_dtype(var.dtype())?
-                .to_device(var.device())?;
-            updates.push((var, t));
+            let t = head_from_peft(name, t)?;
+            if t.dims() != var.dims() {
+                return Err(bad(
+                    &path,
+                    format!(
+                        "{peft} has shape {:?}, var {name} {:?}",
+                        t.dims(),
+                        var.dims()
+                    ),
+                ));
+            }
+            updates.push((var, t.to_dtype(var.dtype())?.to_device(var.device())?));
         }
         if let Some(extra) = file.keys().next() {
             return Err(bad(&path, format!("{extra} matches no var of the model")));
@@ -353,6 +336,22 @@ fn from_sequence_classification(
         .collect())
 }
 
+/// Every var of `vars` a peft adapter holds, with its peft name: all but BLoB's
+/// `lora_a_g` (the std, which peft has no place for). Any other var without a peft name
+/// is an error.
+fn peft_vars(
+    vars: &HashMap<String, Var>,
+) -> std::result::Result<Vec<(String, &str, &Var)>, String> {
+    vars.iter()
+        .filter(|(name, _)| !name.ends_with(".lora_a_g"))
+        .map(|(name, var)| {
+            let peft = peft_name(name)
+                .ok_or_else(|| format!("var {name} has no place in a peft LoRA adapter"))?;
+            Ok((peft, name.as_str(), var))
+        })
+        .collect()
+}
+
 /// peft's name for an adapter var, or `None` for a var peft has no place for.
 fn peft_name(name: &str) -> Option<String> {
     if let Some(module) = name.strip_suffix(".lora_a") {
@@ -384,6 +383,15 @@ fn head_as_peft(name: &str, t: &Tensor) -> Result<Tensor> {
         )));
     }
     Ok(t.squeeze(0)?)
+}
+
+/// The inverse of [`head_as_peft`]: peft's head gets back its member axis of 1.
+fn head_from_peft(name: &str, t: Tensor) -> Result<Tensor> {
+    if name.starts_with("classifier.") {
+        Ok(t.unsqueeze(0)?)
+    } else {
+        Ok(t)
+    }
 }
 
 /// peft's `target_modules`: a list of module-name suffixes (peft matches `name` or
