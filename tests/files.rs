@@ -416,6 +416,8 @@ fn a_saved_ivon_posterior_predicts_as_the_optimizer_in_another_model() {
     opt.posterior().unwrap().save(&path).unwrap();
     let (fresh, fresh_vars) = classifier(2);
     let mut loaded = GaussianPosterior::load(&path, &fresh_vars).unwrap();
+    assert!(loaded.set_scale(-1.0).is_err() && loaded.set_scale(f64::INFINITY).is_err());
+    assert!(opt.set_prediction_scale(f64::NAN).is_err());
     loaded.set_scale(2.0).unwrap();
     let ours = sampled(&mut loaded, &fresh);
     // Sample k is the optimizer's sample k; std * z against z / sqrt(precision) differs

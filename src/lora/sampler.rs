@@ -62,13 +62,7 @@ impl SampleSwitch {
     /// Sets the factor on the noise of prediction samples; errors unless finite and
     /// >= 0.
     pub(crate) fn set_prediction_scale(&self, scale: f64) -> Result<()> {
-        if !(scale.is_finite() && scale >= 0.0) {
-            return Err(Error::InvalidConfig {
-                field: "prediction_scale",
-                value: scale.to_string(),
-                expected: "finite, >= 0",
-            });
-        }
+        crate::predict::check_prediction_scale(scale)?;
         self.lock()?.prediction_scale = scale;
         Ok(())
     }

@@ -124,13 +124,7 @@ impl GaussianPosterior {
     /// Multiplies the standard deviation of later samples by `scale` (a test-time
     /// temperature of the posterior; 1 is the learned posterior, 0 the mean).
     pub fn set_scale(&mut self, scale: f64) -> Result<()> {
-        if !(scale.is_finite() && scale >= 0.0) {
-            return Err(Error::InvalidConfig {
-                field: "scale",
-                value: scale.to_string(),
-                expected: "a finite number >= 0",
-            });
-        }
+        crate::predict::check_prediction_scale(scale)?;
         self.scale = scale;
         Ok(())
     }

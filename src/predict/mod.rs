@@ -7,6 +7,7 @@ mod predictive;
 
 pub(crate) use gaussian::prediction_normals;
 pub use gaussian::GaussianPosterior;
+pub(crate) use posterior::check_prediction_scale;
 pub use posterior::{PointMass, Posterior};
 pub use predictive::{
     predictive, predictive_at_point, predictive_from_samples, sample_logits, Predictive,

@@ -22,6 +22,18 @@ pub trait Posterior {
     fn with_point_estimate<R>(&mut self, f: impl FnOnce() -> candle_core::Result<R>) -> Result<R>;
 }
 
+/// A test-time scale of a posterior's standard deviation must be finite and >= 0.
+pub(crate) fn check_prediction_scale(scale: f64) -> Result<()> {
+    if scale.is_finite() && scale >= 0.0 {
+        return Ok(());
+    }
+    Err(crate::Error::InvalidConfig {
+        field: "prediction_scale",
+        value: scale.to_string(),
+        expected: "finite, >= 0",
+    })
+}
+
 /// A deterministic model as a posterior: every sample is the model itself, so its
 /// epistemic uncertainty is zero. For baselines such as AdamW.
 ///

@@ -330,13 +330,7 @@ impl Ivon {
     /// # Ok::<(), varlora::Error>(())
     /// ```
     pub fn set_prediction_scale(&mut self, scale: f64) -> Result<()> {
-        if !(scale.is_finite() && scale >= 0.0) {
-            return Err(Error::InvalidConfig {
-                field: "prediction_scale",
-                value: scale.to_string(),
-                expected: "finite, >= 0",
-            });
-        }
+        crate::predict::check_prediction_scale(scale)?;
         self.prediction_scale = scale;
         Ok(())
     }
