@@ -15,8 +15,13 @@ fn run(config: &IvonConfig, fused: bool, steps: usize) -> (Vec<Vec<u32>>, u64) {
 }
 
 fn check(config: IvonConfig) {
-    let (fused, n_fused) = run(&config, true, 4);
-    let (plain, n_plain) = run(&config, false, 4);
+    check_groups(config, GROUPS);
+}
+
+fn check_groups(config: IvonConfig, groups: [&[usize]; 2]) {
+    let trajectory = |fused| common::ivon_trajectory(&config, groups, &Device::Cpu, fused, 4);
+    let (fused, n_fused) = trajectory(true);
+    let (plain, n_plain) = trajectory(false);
     assert_eq!(n_fused, 4, "the fused kernel was not used");
     assert_eq!(n_plain, 0);
     for (i, (a, b)) in fused.iter().zip(&plain).enumerate() {
@@ -43,6 +48,16 @@ fn price_clip_no_debias_no_rescale() {
 #[test]
 fn gradsq_clip_wd0() {
     check(common::gradsq_clip_wd0());
+}
+
+/// A zero-size var (an empty bias, a rank-0 adapter) has nothing to update; the fused
+/// step skips it, and its neighbours' draws stay where the tensor-op path puts them.
+#[test]
+fn zero_size_vars() {
+    check_groups(
+        common::price_debias_rescale_no_clip(),
+        [&[37, 0, 70_001], &[0, 3]],
+    );
 }
 
 /// Where the kernel does not apply, the tensor-op path runs and the results still agree.

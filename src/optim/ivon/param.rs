@@ -55,6 +55,10 @@ impl ParamState {
 
     /// Overwrites row `i` of the state with `t` (the var's shape, a storage of its own).
     pub(super) fn set_row(&self, i: usize, t: &Tensor) -> Result<()> {
+        // An empty row has nothing to write, and candle's `slice_set` refuses one.
+        if self.var.elem_count() == 0 {
+            return Ok(());
+        }
         Ok(self
             .state
             .slice_set(&t.flatten_all()?.unsqueeze(0)?, 0, i)?)

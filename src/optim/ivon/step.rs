@@ -236,7 +236,13 @@ impl Ivon {
             let (seed, block) = (philox.seed(), philox.skip(numel));
             let coeffs = math::coeffs_f32(&group.settings, &self.config, t, price);
             let mut offset = 0;
-            for (p, g) in group.params.iter().zip(gs) {
+            // candle refuses an in-place op on an empty tensor, and it has nothing to update.
+            for (p, g) in group
+                .params
+                .iter()
+                .zip(gs)
+                .filter(|(p, _)| p.var.elem_count() > 0)
+            {
                 let draws = Draws {
                     seed,
                     block,
