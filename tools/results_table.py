@@ -1,5 +1,5 @@
 """Summarises fine-tuning results: mean and sample standard deviation over seeds of every
-row that `examples/finetune` or `tools/reference/finetune.py` wrote, as a Markdown table.
+row that `benchmark/examples/finetune` or `tools/reference/finetune.py` wrote, as a Markdown table.
 
     python3 tools/results_table.py results/test/*/*.json results/reference/*.json
     python3 tools/results_table.py --keys=accuracy,nll,ece results/overconfident/*/*.json

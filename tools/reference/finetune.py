@@ -1,4 +1,4 @@
-"""The PyTorch reference for `examples/finetune.rs`: the same LoRA fine-tune of
+"""The PyTorch reference for `benchmark/examples/finetune`: the same LoRA fine-tune of
 all-MiniLM-L6-v2 on Pang & Lee sentence polarity, with torch's AdamW or ivon-opt's IVON,
 on the split that the Rust run wrote.
 

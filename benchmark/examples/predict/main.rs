@@ -17,8 +17,7 @@
 
 mod input;
 
-#[path = "../minilm/mod.rs"]
-mod minilm;
+use varlora_benchmark::minilm;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;

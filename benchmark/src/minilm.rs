@@ -1,4 +1,4 @@
-//! What the MiniLM examples (finetune, predict) share: the tokenizer and its batches.
+//! all-MiniLM-L6-v2's tokenizer and its batches.
 
 use std::path::Path;
 
