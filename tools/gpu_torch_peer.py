@@ -6,17 +6,26 @@ official IVON (ivon-opt, when importable) with one sample per step.
 
 Each figure is the median over 50 steps, timed with CUDA events after 10 warm-up steps,
 on f32 parameters drawn from N(0, 0.1^2) with gradients from N(0, 0.01^2).
+tools/cpu_speed_table.py times the same steps on the CPU.
 """
 
 import statistics
 import sys
+import time
 
 import torch
 
 
-def median_us(step, reps=50, warmup=10):
+def median_us(step, reps=50, warmup=10, device="cuda"):
     for _ in range(warmup):
         step()
+    if device == "cpu":
+        times = []
+        for _ in range(reps):
+            start = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - start) * 1e6)
+        return statistics.median(times)
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -28,28 +37,28 @@ def median_us(step, reps=50, warmup=10):
     return statistics.median(times)
 
 
-def params(n):
-    p = torch.nn.Parameter(torch.randn(n, device="cuda") * 0.1)
-    g = torch.randn(n, device="cuda") * 0.01
+def params(n, device="cuda"):
+    p = torch.nn.Parameter(torch.randn(n, device=device) * 0.1)
+    g = torch.randn(n, device=device) * 0.01
     return p, g
 
 
-def copy(n):
-    src, dst = torch.randn(n, device="cuda"), torch.empty(n, device="cuda")
+def copy(n, device="cuda"):
+    src, dst = torch.randn(n, device=device), torch.empty(n, device=device)
     return lambda: dst.copy_(src)
 
 
-def adamw(n, **kw):
-    p, g = params(n)
+def adamw(n, device="cuda", **kw):
+    p, g = params(n, device)
     p.grad = g
     opt = torch.optim.AdamW([p], lr=1e-3, **kw)
     return opt.step
 
 
-def ivon_opt(n):
+def ivon_opt(n, device="cuda"):
     import ivon
 
-    p, g = params(n)
+    p, g = params(n, device)
     opt = ivon.IVON([p], lr=0.1, ess=1e4, hess_init=0.5)
 
     def step():
