@@ -142,6 +142,11 @@ struct Args {
     /// a few hundred steps barely moves h from hess_init with it).
     #[arg(long, default_value_t = 0.99999)]
     beta2: f64,
+    /// IVON's Hessian decay for the classification head alone (default: `--beta2`), in a
+    /// parameter group of its own: with `--beta2 0.99 --head-beta2 0.99999`, h adapts on
+    /// the adapters while the head keeps its initial width.
+    #[arg(long)]
+    head_beta2: Option<f64>,
     /// LoRA dropout (default 0.1; 0 for BLoB, as its reference; LoRA-Ensemble has none).
     /// candle draws dropout masks from an unseeded generator on the CPU, so only runs
     /// with 0 repeat exactly.

@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use varlora::lora::BlobLayerVars;
 use varlora::models::BertClassifier;
-use varlora::optim::{Blob, BlobOptimConfig, Ivon, IvonConfig, Schedule, Scheduled};
+use varlora::optim::{Blob, BlobOptimConfig, Ivon, IvonConfig, ParamGroup, Schedule, Scheduled};
 
 use super::{progress, sorted_vars, Args, Inputs, Method};
 use crate::data::batches;
@@ -52,7 +52,8 @@ impl Trainer {
                     .clip_radius(args.clip_radius)
                     .beta2(args.beta2)
                     .seed(args.seed);
-                Trainer::Ivon(Scheduled::new(Ivon::from_varmap(s.varmap, c)?, schedule)?)
+                let groups = ivon_groups(s.varmap, args.head_beta2)?;
+                Trainer::Ivon(Scheduled::new(Ivon::with_groups(groups, c)?, schedule)?)
             }
             Method::Blob => {
                 let c = BlobOptimConfig::new(s.n_train, args.batch)
@@ -143,4 +144,22 @@ pub fn nll(logits: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor> {
         }
         Err(_) => loss::cross_entropy(logits, labels),
     }
+}
+
+/// IVON's parameter groups: every var in one, or with `head_beta2` the adapters in one and
+/// the classification head in another with that Hessian decay.
+fn ivon_groups(varmap: &VarMap, head_beta2: Option<f64>) -> varlora::Result<Vec<ParamGroup>> {
+    let all = ParamGroup::from_varmap(varmap)?;
+    let Some(beta2) = head_beta2 else {
+        return Ok(vec![all]);
+    };
+    let (head, adapters): (Vec<_>, Vec<_>) = all
+        .names
+        .into_iter()
+        .zip(all.vars)
+        .partition(|(name, _)| name.starts_with("classifier."));
+    Ok(vec![
+        ParamGroup::named(adapters),
+        ParamGroup::named(head).beta2(beta2),
+    ])
 }
