@@ -1,17 +1,17 @@
-//! The adapter-carrying BERT encoder against candle-transformers' BertModel, and the
-//! gradient reaching every adapter through the layer norms.
+//! The adapter-carrying BERT encoder: the gradient reaching every adapter through the
+//! layer norms, padding, ensembles and BLoB. Its forward against candle-transformers'
+//! BertModel is `benchmark/tests/bert_reference.rs`.
 
 mod common;
 
-use common::tiny_bert::{frozen_weights, inputs, rel_error, TINY};
+use common::tiny_bert::{frozen_weights, inputs, rel_error, tiny_config};
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, IndexOp, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use candle_transformers::models::bert::{BertModel, Config};
 use varlora::lora::{AdapterBuilder, BlobConfig, BlobSampler, LoraConfig};
-use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
+use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertEncoder};
 use varlora::predict::Posterior;
 
 /// An adapter on every linear layer of every transformer layer.
@@ -26,9 +26,8 @@ const ALL_TARGETS: AdapterTargets = AdapterTargets {
 
 /// An encoder over fresh random frozen weights, its adapters in the returned VarMap.
 fn tiny_encoder(spec: Option<&AdapterSpec>, targets: AdapterTargets) -> (BertEncoder, VarMap) {
-    let theirs_config: Config = serde_json::from_str(TINY).unwrap();
-    let config: BertConfig = serde_json::from_str(TINY).unwrap();
-    let weights = frozen_weights(&theirs_config);
+    let config = tiny_config();
+    let weights = frozen_weights(&config);
     let dev = Device::Cpu;
     let varmap = VarMap::new();
     let base = VarBuilder::from_tensors(weights, DType::F32, &dev);
@@ -64,70 +63,6 @@ fn assert_every_var_has_a_gradient(
     }
 }
 
-/// BertModel's hidden states at the real tokens, zero at padding (as ours are).
-fn at_tokens(hidden: &Tensor, mask: &Tensor) -> Tensor {
-    let mask = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
-    hidden.broadcast_mul(&mask).unwrap()
-}
-
-#[test]
-fn matches_candle_transformers_bert_with_inert_adapters() {
-    let theirs_config: Config = serde_json::from_str(TINY).unwrap();
-    let ours_config: BertConfig = serde_json::from_str(TINY).unwrap();
-    let weights = frozen_weights(&theirs_config);
-    let dev = Device::Cpu;
-    let reference = BertModel::load(
-        VarBuilder::from_tensors(weights.clone(), DType::F32, &dev),
-        &theirs_config,
-    )
-    .unwrap();
-    let (ids, types, mask) = inputs();
-    let expected = at_tokens(
-        &reference.forward(&ids, &types, Some(&mask)).unwrap(),
-        &mask,
-    );
-    let specs = [
-        None,
-        Some(AdapterSpec::Lora(LoraConfig::new(4))),
-        Some(AdapterSpec::Blob(
-            BlobConfig::new(LoraConfig::new(4)),
-            BlobSampler::new(0),
-        )),
-    ];
-    for spec in specs {
-        let varmap = VarMap::new();
-        let base = VarBuilder::from_tensors(weights.clone(), DType::F32, &dev);
-        let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
-        let encoder = BertEncoder::load(
-            base,
-            adapters,
-            &ours_config,
-            spec.as_ref().map(|s| s as &dyn AdapterBuilder),
-            AdapterTargets::default(),
-        )
-        .unwrap();
-        if let Some(AdapterSpec::Blob(_, sampler)) = &spec {
-            // With B = 0 even the sampled BLoB update is zero; check at the mean too.
-            sampler.set_sampling(false).unwrap();
-        }
-        let ours = encoder.forward_t(&ids, &types, Some(&mask), false).unwrap();
-        let err = rel_error(&ours, &expected);
-        assert!(err < 1e-5, "{spec:?}: relative error {err}");
-        // Padding is skipped: its hidden states are exactly zero.
-        assert_eq!(
-            ours.i((0, 4..))
-                .unwrap()
-                .abs()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap(),
-            0.
-        );
-    }
-}
-
 #[test]
 fn gradient_reaches_every_adapter_of_every_layer() {
     let dev = Device::Cpu;
@@ -156,9 +91,8 @@ fn gradient_reaches_every_adapter_of_every_layer() {
 #[test]
 fn fused_kernels_give_the_gradients_of_candles_ops() {
     let dev = Device::Cpu;
-    let theirs_config: Config = serde_json::from_str(TINY).unwrap();
-    let config: BertConfig = serde_json::from_str(TINY).unwrap();
-    let weights = frozen_weights(&theirs_config);
+    let config = tiny_config();
+    let weights = frozen_weights(&config);
     let tracked: HashMap<String, Tensor> = weights
         .iter()
         .map(|(k, v)| (k.clone(), Var::from_tensor(v).unwrap().as_tensor().clone()))
@@ -223,51 +157,12 @@ fn padding_does_not_change_the_pooled_output() {
         .is_err());
 }
 
-/// The real all-MiniLM-L6-v2 against BertModel, when `scripts/fetch-assets.sh` (or the
-/// user) has put its files in `assets/all-minilm-l6-v2/`.
-#[test]
-fn minilm_matches_bert_model_when_present() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/all-minilm-l6-v2");
-    let (weights, config_path) = (dir.join("model.safetensors"), dir.join("config.json"));
-    if !weights.exists() || !config_path.exists() {
-        eprintln!("skipped: no model files in {}", dir.display());
-        return;
-    }
-    let dev = Device::Cpu;
-    let json = std::fs::read_to_string(config_path).unwrap();
-    let theirs_config: Config = serde_json::from_str(&json).unwrap();
-    let config: BertConfig = serde_json::from_str(&json).unwrap();
-    // SAFETY: the file is not modified while mapped.
-    let vb =
-        || unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &dev).unwrap() };
-    let reference = BertModel::load(vb(), &theirs_config).unwrap();
-    let varmap = VarMap::new();
-    let encoder = BertEncoder::load(
-        vb(),
-        VarBuilder::from_varmap(&varmap, DType::F32, &dev),
-        &config,
-        Some(&AdapterSpec::Lora(LoraConfig::new(8))),
-        AdapterTargets::default(),
-    )
-    .unwrap();
-    let (ids, types, mask) = inputs();
-    let expected = at_tokens(
-        &reference.forward(&ids, &types, Some(&mask)).unwrap(),
-        &mask,
-    );
-    let ours = encoder.forward_t(&ids, &types, Some(&mask), false).unwrap();
-    let err = rel_error(&ours, &expected);
-    eprintln!("all-MiniLM-L6-v2 against BertModel: relative error {err:e}");
-    assert!(err < 1e-4, "relative error {err}");
-}
-
 /// LoRA-Ensemble on the encoder: member m of the one batched forward equals a LoRA model
 /// with member m's adapters (scale 1) and head.
 #[test]
 fn ensemble_members_equal_separate_lora_models() {
-    let theirs_config: Config = serde_json::from_str(TINY).unwrap();
-    let config: BertConfig = serde_json::from_str(TINY).unwrap();
-    let weights = frozen_weights(&theirs_config);
+    let config = tiny_config();
+    let weights = frozen_weights(&config);
     let dev = Device::Cpu;
     let (members, rank) = (3, 2);
     let targets = AdapterTargets {

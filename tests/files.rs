@@ -3,13 +3,12 @@
 
 mod common;
 
-use common::tiny_bert::{frozen_weights, inputs, TINY};
+use common::tiny_bert::{frozen_weights, inputs, tiny_config};
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
-use candle_transformers::models::bert::Config;
 use varlora::files::peft::PeftAdapter;
 use varlora::lora::{BlobConfig, BlobSampler, LoraConfig};
 use varlora::models::{
@@ -126,9 +125,9 @@ fn classifier(seed: u64) -> (BertClassifier, VarMap) {
 
 /// The tiny pretrained weights and config.
 fn tiny_base() -> (VarBuilder<'static>, BertConfig) {
-    let weights = frozen_weights(&serde_json::from_str::<Config>(TINY).unwrap());
-    let base = VarBuilder::from_tensors(weights, DType::F32, &Device::Cpu);
-    (base, serde_json::from_str(TINY).unwrap())
+    let config = tiny_config();
+    let base = VarBuilder::from_tensors(frozen_weights(&config), DType::F32, &Device::Cpu);
+    (base, config)
 }
 
 /// As [`classifier`], with the adapter `spec` makes.

@@ -7,8 +7,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor, Var};
 use candle_nn::{Linear, VarBuilder, VarMap};
-use candle_transformers::models::bert::Config;
-use common::tiny_bert::{frozen_weights, inputs, rel_error, TINY};
+use common::tiny_bert::{frozen_weights, inputs, rel_error, tiny_config};
 use varlora::hydra::{
     grouped_layer_norm, plan_members, GroupedLinear, HydraClassifier, Importance, LabelledBatch,
     MemberPlan, PruneConfig, Selection,
@@ -19,13 +18,12 @@ use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, B
 const CLASSES: usize = 3;
 
 fn config() -> BertConfig {
-    serde_json::from_str(TINY).unwrap()
+    tiny_config()
 }
 
 /// The tiny model's frozen weights plus a random head, in `dtype`.
 fn weights(dtype: DType) -> HashMap<String, Tensor> {
-    let theirs: Config = serde_json::from_str(TINY).unwrap();
-    let mut w = frozen_weights(&theirs);
+    let mut w = frozen_weights(&config());
     let h = config().hidden_size;
     w.insert(
         "classifier.weight".into(),
@@ -251,8 +249,7 @@ fn abs_sum(t: &Tensor) -> f32 {
 #[test]
 fn dense_network_of_merged_lora_tensors_equals_the_lora_classifier() {
     let dev = Device::Cpu;
-    let theirs: Config = serde_json::from_str(TINY).unwrap();
-    let base = VarBuilder::from_tensors(frozen_weights(&theirs), DType::F32, &dev);
+    let base = VarBuilder::from_tensors(frozen_weights(&config()), DType::F32, &dev);
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let spec = AdapterSpec::Lora(LoraConfig::new(2).alpha(4.0));

@@ -7,17 +7,16 @@
 
 mod common;
 
-use common::tiny_bert::{frozen_weights, inputs, rel_error, TINY};
+use common::tiny_bert::{frozen_weights, inputs, rel_error, tiny_config, TINY};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use candle_transformers::models::bert::Config;
 use varlora::files::peft::PeftAdapter;
 use varlora::lora::LoraConfig;
-use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
+use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertEncoder};
 
 /// Query, value and the feed-forward output: `output.dense` is the target a list of
 /// peft suffixes cannot name without `attention.output.dense`.
@@ -41,7 +40,7 @@ fn lora() -> PeftAdapter {
 /// A classifier over `base` with empty adapters and head, in the returned VarMap.
 fn classifier(base: HashMap<String, Tensor>) -> (BertClassifier, VarMap) {
     let dev = Device::Cpu;
-    let config: BertConfig = serde_json::from_str(TINY).unwrap();
+    let config = tiny_config();
     let varmap = VarMap::new();
     let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let base = VarBuilder::from_tensors(base, DType::F32, &dev);
@@ -123,7 +122,7 @@ fn the_fixture_adapter_is_what_we_write() {
 fn record() {
     let dir = fixture();
     std::fs::create_dir_all(&dir).unwrap();
-    let base = frozen_weights(&serde_json::from_str::<Config>(TINY).unwrap());
+    let base = frozen_weights(&tiny_config());
     candle_core::safetensors::save(&base, dir.join("base.safetensors")).unwrap();
     std::fs::write(dir.join("config.json"), TINY).unwrap();
     let (ids, types, mask) = inputs();

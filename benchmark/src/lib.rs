@@ -1,10 +1,10 @@
-//! What the fine-tuning benchmark's programs (`examples/finetune`, `examples/predict`)
-//! share: all-MiniLM-L6-v2's tokenizer and its batches. The programs themselves are this
-//! package's examples:
+//! varlora's fine-tuning benchmark on all-MiniLM-L6-v2. Its programs are this package's
+//! examples, run from the workspace root:
 //!
 //! ```sh
 //! cargo run --release --example finetune -- --preset overconfident --optimizer ivon
 //! cargo run --release --example predict -- --adapter runs/ivon --input sentences.txt
 //! ```
-
-pub mod minilm;
+//!
+//! This library is empty: the programs' dependencies are dev-dependencies, so that
+//! building the core crate's examples at the root does not compile them.

@@ -1,10 +1,12 @@
 //! A tiny random BERT (BertModel's names and shapes) and inputs, for the encoder tests.
+//! `benchmark/tests/bert_reference.rs` checks that these are the names and shapes
+//! candle-transformers' `BertModel` reads.
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use candle_transformers::models::bert::{BertModel, Config};
+use varlora::models::{AdapterTargets, BertConfig, BertEncoder};
 
 /// The config, readable both as candle-transformers' `Config` and as our `BertConfig`.
 pub const TINY: &str = r#"{
@@ -15,15 +17,19 @@ pub const TINY: &str = r#"{
     "classifier_dropout": null
 }"#;
 
-/// Random frozen weights with BertModel's names (layer norms randomised too).
-pub fn frozen_weights(config: &Config) -> HashMap<String, Tensor> {
-    let varmap = VarMap::new();
-    BertModel::load(
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        config,
-    )
-    .unwrap();
-    let data = varmap.data().lock().unwrap();
+/// The tiny config as ours.
+pub fn tiny_config() -> BertConfig {
+    serde_json::from_str(TINY).unwrap()
+}
+
+/// Random frozen weights with BertModel's names (layer norms randomised too): every
+/// tensor the encoder reads from its base model.
+pub fn frozen_weights(config: &BertConfig) -> HashMap<String, Tensor> {
+    let (base, adapters) = (VarMap::new(), VarMap::new());
+    let vb = |m: &VarMap| VarBuilder::from_varmap(m, DType::F32, &Device::Cpu);
+    let targets = AdapterTargets::default();
+    BertEncoder::load(vb(&base), vb(&adapters), config, None, targets).unwrap();
+    let data = base.data().lock().unwrap();
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();
     // Seeded draws in place of candle's unseeded initialisers, at their scales:

@@ -13,12 +13,12 @@ mod distill;
 mod evaluate;
 mod hydra;
 mod methods;
+#[path = "../minilm/mod.rs"]
+mod minilm;
 mod report;
 mod save;
 mod scale;
 mod train;
-
-use varlora_benchmark::minilm;
 
 use std::path::PathBuf;
 

@@ -16,8 +16,8 @@
 //! prediction (epistemic 0).
 
 mod input;
-
-use varlora_benchmark::minilm;
+#[path = "../minilm/mod.rs"]
+mod minilm;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! all-MiniLM-L6-v2's tokenizer and its batches.
+//! What the MiniLM programs (finetune, predict) share: the tokenizer and its batches.
 
 use std::path::Path;
 
