@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::tiny_bert::{frozen_weights, inputs, tiny_config};
+use common::tiny_bert::{frozen_weights, inputs, tiny_config, QUERY_VALUE_OUTPUT as TARGETS};
 
 use std::path::{Path, PathBuf};
 
@@ -107,15 +107,6 @@ fn an_ivon_checkpoint_of_another_kind_or_version_is_named_as_such() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
-
-const TARGETS: AdapterTargets = AdapterTargets {
-    query: true,
-    key: false,
-    value: true,
-    attention_output: false,
-    intermediate: false,
-    output: true,
-};
 
 /// A tiny classifier with rank-2 LoRA on `TARGETS` and a head trained whole, its adapters
 /// and head in the returned VarMap, initialised from `seed` with non-zero `B`s.

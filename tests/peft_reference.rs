@@ -7,7 +7,9 @@
 
 mod common;
 
-use common::tiny_bert::{frozen_weights, inputs, rel_error, tiny_config, TINY};
+use common::tiny_bert::{
+    frozen_weights, inputs, rel_error, tiny_config, QUERY_VALUE_OUTPUT as TARGETS, TINY,
+};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -16,18 +18,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use varlora::files::peft::PeftAdapter;
 use varlora::lora::LoraConfig;
-use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertEncoder};
-
-/// Query, value and the feed-forward output: `output.dense` is the target a list of
-/// peft suffixes cannot name without `attention.output.dense`.
-const TARGETS: AdapterTargets = AdapterTargets {
-    query: true,
-    key: false,
-    value: true,
-    attention_output: false,
-    intermediate: false,
-    output: true,
-};
+use varlora::models::{AdapterSpec, BertClassifier, BertEncoder};
 
 fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peft")

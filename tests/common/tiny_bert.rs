@@ -17,6 +17,17 @@ pub const TINY: &str = r#"{
     "classifier_dropout": null
 }"#;
 
+/// LoRA on query, value and the feed-forward output: `output.dense` is the target a list
+/// of peft suffixes cannot name without `attention.output.dense`.
+pub const QUERY_VALUE_OUTPUT: AdapterTargets = AdapterTargets {
+    query: true,
+    key: false,
+    value: true,
+    attention_output: false,
+    intermediate: false,
+    output: true,
+};
+
 /// The tiny config as ours.
 pub fn tiny_config() -> BertConfig {
     serde_json::from_str(TINY).unwrap()
