@@ -144,6 +144,14 @@ fn classifier_with(spec: &AdapterSpec, seed: u64) -> (BertClassifier, VarMap) {
     (model, varmap)
 }
 
+/// Saves `vars` as `classifier`'s rank-2 peft adapter in `dir`; the weights file's path.
+fn save_peft(dir: &Path, vars: &VarMap) -> PathBuf {
+    PeftAdapter::new(LoraConfig::new(2).alpha(4.0), TARGETS)
+        .save(dir, vars)
+        .unwrap();
+    dir.join("adapter_model.safetensors")
+}
+
 fn logits(model: &BertClassifier) -> Vec<Vec<f32>> {
     let (ids, types, mask) = inputs();
     model
@@ -173,10 +181,8 @@ fn a_lora_classifier_round_trips_through_peft_files() {
 fn peft_files_use_peft_names_shapes_and_config_fields() {
     let dir = scratch("names");
     let (_, vars) = classifier(1);
-    PeftAdapter::new(LoraConfig::new(2).alpha(4.0), TARGETS)
-        .save(&dir, &vars)
-        .unwrap();
-    let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
+    let path = save_peft(&dir, &vars);
+    let bytes = std::fs::read(&path).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let shape = |k: &str| file.tensor(k).unwrap().shape().to_vec();
     let p = "base_model.model.encoder.layer.1.attention.self.query";
@@ -210,11 +216,8 @@ fn peft_files_use_peft_names_shapes_and_config_fields() {
 fn every_byte_of_a_peft_weights_file_written_here_is_checked() {
     let dir = scratch("peft-bytes");
     let (_, vars) = classifier(1);
-    PeftAdapter::new(LoraConfig::new(2).alpha(4.0), TARGETS)
-        .save(&dir, &vars)
-        .unwrap();
+    let path = save_peft(&dir, &vars);
     let (_, target) = classifier(2);
-    let path = dir.join("adapter_model.safetensors");
     assert_every_byte_is_covered(&path, || PeftAdapter::load(&dir, &target).map(|_| ()));
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -223,11 +226,8 @@ fn every_byte_of_a_peft_weights_file_written_here_is_checked() {
 fn a_peft_file_without_our_checksum_loads_and_a_mismatched_one_changes_nothing() {
     let dir = scratch("foreign");
     let (trained, vars) = classifier(1);
-    PeftAdapter::new(LoraConfig::new(2).alpha(4.0), TARGETS)
-        .save(&dir, &vars)
-        .unwrap();
+    let path = save_peft(&dir, &vars);
     // Rewrite the weights as Python's peft would: the same tensors, only {"format": "pt"}.
-    let path = dir.join("adapter_model.safetensors");
     let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
     let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(tensors.iter(), Some(meta.clone()), &path).unwrap();
@@ -254,11 +254,8 @@ fn a_peft_file_without_our_checksum_loads_and_a_mismatched_one_changes_nothing()
 fn adapters_of_a_sequence_classification_model_load_and_its_pooler_head_is_refused() {
     let dir = scratch("seqcls");
     let (trained, vars) = classifier(1);
-    PeftAdapter::new(LoraConfig::new(2).alpha(4.0), TARGETS)
-        .save(&dir, &vars)
-        .unwrap();
+    let path = save_peft(&dir, &vars);
     // Rename as peft names a BertForSequenceClassification's encoder.
-    let path = dir.join("adapter_model.safetensors");
     let tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
     let renamed = |keep_head: bool| {
         tensors
@@ -306,10 +303,7 @@ fn adapters_of_a_sequence_classification_model_load_and_its_pooler_head_is_refus
 fn a_transposed_lora_factor_is_refused_not_reshaped() {
     let dir = scratch("transposed");
     let (_, vars) = classifier(1);
-    PeftAdapter::new(LoraConfig::new(2).alpha(4.0), TARGETS)
-        .save(&dir, &vars)
-        .unwrap();
-    let path = dir.join("adapter_model.safetensors");
+    let path = save_peft(&dir, &vars);
     let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
     let key = "base_model.model.encoder.layer.0.attention.self.query.lora_A.weight";
     let transposed = tensors[key].t().unwrap().contiguous().unwrap();
