@@ -44,15 +44,17 @@ fn all_reduce_in_a_world_of_one_returns_the_buffer() {
     );
 }
 
-/// m, h and the momentum after 3 steps of IVON on the GPU through `c`.
-fn trajectory(c: Arc<dyn Collective>, dev: &Device) -> Vec<Vec<f32>> {
+/// m, h and the momentum after 3 steps of IVON on the GPU through `c`, and how many of
+/// the steps ran the fused kernel.
+fn trajectory(c: Arc<dyn Collective>, dev: &Device, fused: bool) -> (Vec<Vec<f32>>, u64) {
     let w = Var::from_tensor(
         &common::randn(1, 0.5, &[64, 33], DType::F32)
             .to_device(dev)
             .unwrap(),
     )
     .unwrap();
-    let mut opt = Ivon::new(vec![w.clone()], IvonConfig::new(0.1, 100.0).seed(4)).unwrap();
+    let config = IvonConfig::new(0.1, 100.0).seed(4).fused(fused);
+    let mut opt = Ivon::new(vec![w.clone()], config).unwrap();
     opt.set_collective(c).unwrap();
     for t in 0..3 {
         let x = common::randn(10 + t, 1.0, &[8, 64], DType::F32)
@@ -68,16 +70,21 @@ fn trajectory(c: Arc<dyn Collective>, dev: &Device) -> Vec<Vec<f32>> {
         opt.try_step(&loss.backward().unwrap()).unwrap();
     }
     let p = &opt.group_params(0).unwrap()[0];
-    [p.mean(), p.hess(), p.momentum()]
+    let state = [p.mean(), p.hess(), p.momentum()]
         .into_iter()
         .map(|t| t.unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
-        .collect()
+        .collect();
+    (state, opt.fused_steps())
 }
 
 #[test]
 fn ivon_through_nccl_equals_ivon_through_the_thread_backend() {
     let dev = gpu();
-    let nccl = trajectory(Arc::new(world_of_one(&dev)), &dev);
-    let thread = ThreadGroup::new(1).unwrap().into_ranks().remove(0);
-    assert_eq!(nccl, trajectory(Arc::new(thread), &dev));
+    let thread = || Arc::new(ThreadGroup::new(1).unwrap().into_ranks().remove(0));
+    let nccl = trajectory(Arc::new(world_of_one(&dev)), &dev, true);
+    assert_eq!(nccl.1, 3, "the CUDA kernel ran the synced steps");
+    assert_eq!(nccl, trajectory(thread(), &dev, true));
+    // The fused kernel reading the averaged statistics gives the tensor ops' bits.
+    let unfused = trajectory(thread(), &dev, false);
+    assert_eq!((nccl.0, 0), unfused);
 }

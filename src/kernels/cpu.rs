@@ -82,12 +82,19 @@ impl InplaceOp2 for VarPass<'_> {
     ) -> candle_core::Result<()> {
         let theta = f32_slice_mut(s1, l1)?;
         let grad = f32_slice(s2, l2)?;
-        if grad.len() != theta.len() {
-            candle_core::bail!("gradient and var sizes differ");
-        }
+        let n = theta.len();
+        let (grad, hess_sample) = match self.c.averaged {
+            false if grad.len() == n => (grad, None),
+            true if grad.len() == 2 * n => {
+                let (g, h) = grad.split_at(n);
+                (g, Some(h))
+            }
+            _ => candle_core::bail!("gradient and var sizes differ"),
+        };
         self.state.inplace_op1(&StatePass {
             theta: Cell::new(Some(theta)),
             grad,
+            hess_sample,
             draws: self.draws,
             c: self.c,
         })
@@ -97,6 +104,7 @@ impl InplaceOp2 for VarPass<'_> {
 struct StatePass<'a> {
     theta: Cell<Option<&'a mut [f32]>>,
     grad: &'a [f32],
+    hess_sample: Option<&'a [f32]>,
     draws: Draws,
     c: &'a IvonCoeffs,
 }
@@ -121,6 +129,7 @@ impl InplaceOp1 for StatePass<'_> {
         let slices = Slices {
             theta,
             grad: self.grad,
+            hess_sample: self.hess_sample,
             mean,
             hess,
             momentum,
@@ -153,10 +162,11 @@ impl InplaceOp1 for StatePass<'_> {
     }
 }
 
-/// The six streams of one chunk.
+/// The streams of one chunk: six, and the ranks' mean Hessian statistic when averaged.
 struct Slices<'a> {
     theta: &'a mut [f32],
     grad: &'a [f32],
+    hess_sample: Option<&'a [f32]>,
     mean: &'a mut [f32],
     hess: &'a mut [f32],
     momentum: &'a mut [f32],
@@ -167,6 +177,13 @@ impl<'a> Slices<'a> {
     fn split_at(self, k: usize) -> (Slices<'a>, Slices<'a>) {
         let (t0, t1) = self.theta.split_at_mut(k);
         let (g0, g1) = self.grad.split_at(k);
+        let (s0, s1) = match self.hess_sample {
+            Some(h) => {
+                let (a, b) = h.split_at(k);
+                (Some(a), Some(b))
+            }
+            None => (None, None),
+        };
         let (m0, m1) = self.mean.split_at_mut(k);
         let (h0, h1) = self.hess.split_at_mut(k);
         let (p0, p1) = self.momentum.split_at_mut(k);
@@ -175,6 +192,7 @@ impl<'a> Slices<'a> {
             Slices {
                 theta: t0,
                 grad: g0,
+                hess_sample: s0,
                 mean: m0,
                 hess: h0,
                 momentum: p0,
@@ -183,6 +201,7 @@ impl<'a> Slices<'a> {
             Slices {
                 theta: t1,
                 grad: g1,
+                hess_sample: s1,
                 mean: m1,
                 hess: h1,
                 momentum: p1,
@@ -241,81 +260,122 @@ fn chunk(s: Slices<'_>, idx: usize, draws: Draws, c: &IvonCoeffs) {
         let lane = at - window * BATCH;
         let len = (BATCH - lane).min(n - done);
         let r = done..done + len;
-        elements(
-            &mut s.theta[r.clone()],
-            &s.grad[r.clone()],
-            &mut s.mean[r.clone()],
-            &mut s.hess[r.clone()],
-            &mut s.momentum[r.clone()],
-            &mut s.noise[r],
-            &z[lane..lane + len],
-            c,
-        );
+        let rows = Rows {
+            theta: &mut s.theta[r.clone()],
+            grad: &s.grad[r.clone()],
+            mean: &mut s.mean[r.clone()],
+            hess: &mut s.hess[r.clone()],
+            momentum: &mut s.momentum[r.clone()],
+            noise: &mut s.noise[r.clone()],
+            z: &z[lane..lane + len],
+        };
+        match s.hess_sample {
+            None => elements(rows, c),
+            Some(h) => averaged_elements(rows, &h[r], c),
+        }
         done += len;
     }
 }
 
-/// The update of each element, mirroring `optim::ivon::math` operation for operation.
+/// One window of a chunk: the state rows and the window's draws.
+struct Rows<'a> {
+    theta: &'a mut [f32],
+    grad: &'a [f32],
+    mean: &'a mut [f32],
+    hess: &'a mut [f32],
+    momentum: &'a mut [f32],
+    noise: &'a mut [f32],
+    z: &'a [f32],
+}
+
+/// Each element's update with its own Hessian statistic: the current noise times the
+/// gradient (price) or the squared gradient (gradsq).
+#[inline(always)]
+fn elements(r: Rows<'_>, c: &IvonCoeffs) {
+    let it = r
+        .theta
+        .iter_mut()
+        .zip(r.grad)
+        .zip(r.mean.iter_mut())
+        .zip(r.hess.iter_mut())
+        .zip(r.momentum.iter_mut())
+        .zip(r.noise.iter_mut())
+        .zip(r.z);
+    for ((((((theta, &g), m), h), mom), n), &z) in it {
+        let hess_sample = if c.price { *n * g } else { g * g };
+        element(theta, g, hess_sample, m, h, mom, n, z, c);
+    }
+}
+
+/// Each element's update with the ranks' mean Hessian statistic.
+#[inline(always)]
+fn averaged_elements(r: Rows<'_>, hess_sample: &[f32], c: &IvonCoeffs) {
+    let it = r
+        .theta
+        .iter_mut()
+        .zip(r.grad)
+        .zip(hess_sample)
+        .zip(r.mean.iter_mut())
+        .zip(r.hess.iter_mut())
+        .zip(r.momentum.iter_mut())
+        .zip(r.noise.iter_mut())
+        .zip(r.z);
+    for (((((((theta, &g), &hs), m), h), mom), n), &z) in it {
+        element(theta, g, hs, m, h, mom, n, z, c);
+    }
+}
+
+/// The update of one element, mirroring `optim::ivon::math` operation for operation.
 /// `x * k + 0.0` is candle's scalar multiply (`affine(k, 0)`), kept so that even the sign
 /// of a zero agrees.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn elements(
-    theta: &mut [f32],
-    grad: &[f32],
-    mean: &mut [f32],
-    hess: &mut [f32],
-    momentum: &mut [f32],
-    noise: &mut [f32],
-    z: &[f32],
+fn element(
+    theta: &mut f32,
+    g: f32,
+    hess_sample: f32,
+    m: &mut f32,
+    h: &mut f32,
+    mom: &mut f32,
+    n: &mut f32,
+    z: f32,
     c: &IvonCoeffs,
 ) {
-    let it = theta
-        .iter_mut()
-        .zip(grad)
-        .zip(mean.iter_mut())
-        .zip(hess.iter_mut())
-        .zip(momentum.iter_mut())
-        .zip(noise.iter_mut())
-        .zip(z);
-    for ((((((theta, &g), m), h), mom), n), &z) in it {
-        let hess_sample = if c.price { *n * g } else { g * g };
-        let new_mom = (*mom * c.beta1 + 0.0) + (g * c.one_minus_beta1 + 0.0);
-        let h_wd = *h + c.weight_decay;
-        let f = if c.price {
-            (hess_sample * h_wd) * c.ess + 0.0
+    let new_mom = (*mom * c.beta1 + 0.0) + (g * c.one_minus_beta1 + 0.0);
+    let h_wd = *h + c.weight_decay;
+    let f = if c.price {
+        (hess_sample * h_wd) * c.ess + 0.0
+    } else {
+        hess_sample * c.ess + 0.0
+    };
+    let d = *h - f;
+    let correction = ((d * d) * c.correction + 0.0) / h_wd;
+    let new_h = ((*h * c.beta2 + 0.0) + (f * c.one_minus_beta2 + 0.0)) + correction;
+    let g_bc = match c.debias {
+        Some(bc) => new_mom / bc,
+        None => new_mom,
+    };
+    let mut step = (g_bc + (*m * c.weight_decay + 0.0)) / (new_h + c.weight_decay);
+    if c.clip_radius.is_finite() {
+        // candle's clamp: maximum(-r), then minimum(r).
+        step = if step < -c.clip_radius {
+            -c.clip_radius
         } else {
-            hess_sample * c.ess + 0.0
+            step
         };
-        let d = *h - f;
-        let correction = ((d * d) * c.correction + 0.0) / h_wd;
-        let new_h = ((*h * c.beta2 + 0.0) + (f * c.one_minus_beta2 + 0.0)) + correction;
-        let g_bc = match c.debias {
-            Some(bc) => new_mom / bc,
-            None => new_mom,
+        step = if step > c.clip_radius {
+            c.clip_radius
+        } else {
+            step
         };
-        let mut step = (g_bc + (*m * c.weight_decay + 0.0)) / (new_h + c.weight_decay);
-        if c.clip_radius.is_finite() {
-            // candle's clamp: maximum(-r), then minimum(r).
-            step = if step < -c.clip_radius {
-                -c.clip_radius
-            } else {
-                step
-            };
-            step = if step > c.clip_radius {
-                c.clip_radius
-            } else {
-                step
-            };
-        }
-        let new_m = *m - (step * c.lr + 0.0);
-        let new_n = z / ((new_h + c.weight_decay) * c.ess + 0.0).sqrt();
-        *mom = new_mom;
-        *h = new_h;
-        *m = new_m;
-        *n = new_n;
-        *theta = new_m + new_n;
     }
+    let new_m = *m - (step * c.lr + 0.0);
+    let new_n = z / ((new_h + c.weight_decay) * c.ess + 0.0).sqrt();
+    *mom = new_mom;
+    *h = new_h;
+    *m = new_m;
+    *n = new_n;
+    *theta = new_m + new_n;
 }
 
 #[cfg(test)]
@@ -345,6 +405,7 @@ mod tests {
         let s = Slices {
             theta: &mut theta,
             grad: &grad,
+            hess_sample: None,
             mean: &mut mean,
             hess: &mut hess,
             momentum: &mut momentum,

@@ -37,6 +37,7 @@ struct VlCoeffs {
     clip_radius: f32,
     has_debias: i32,
     price: i32,
+    averaged: i32,
 }
 
 // SAFETY: a plain `repr(C)` struct of f32 and i32, laid out as the kernel's `VlCoeffs`.
@@ -57,6 +58,7 @@ impl From<&IvonCoeffs> for VlCoeffs {
             clip_radius: c.clip_radius,
             has_debias: i32::from(c.debias.is_some()),
             price: i32::from(c.price),
+            averaged: i32::from(c.averaged),
         }
     }
 }
@@ -138,7 +140,9 @@ impl InplaceOp2 for VarPass<'_> {
     ) -> candle_core::Result<()> {
         let (a1, b1) = contiguous(l1)?;
         let (a2, b2) = contiguous(l2)?;
-        if b1 - a1 != b2 - a2 {
+        // The ranks' mean gradient and mean Hessian statistic when averaged.
+        let per_element = if self.coeffs.averaged != 0 { 2 } else { 1 };
+        if per_element * (b1 - a1) != b2 - a2 {
             candle_core::bail!("gradient and var sizes differ");
         }
         let theta = s1.as_cuda_slice_mut::<f32>()?.slice_mut(a1..b1);
@@ -209,7 +213,8 @@ impl InplaceOp1 for StatePass<'_> {
             .arg(&offset)
             .arg(&self.coeffs);
         // SAFETY: the arguments match `ivon_step` in ivon.cu: three f32 buffers of n, n
-        // and 4n elements (checked above), four u64 and the `repr(C)` coefficients.
+        // (2n when averaged) and 4n elements (checked above), four u64 and the `repr(C)`
+        // coefficients.
         unsafe { launch.launch(cfg) }.w()?;
         Ok(())
     }

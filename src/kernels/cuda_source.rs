@@ -17,8 +17,9 @@ const HARNESS: &str = r#"
 #include <stdlib.h>
 #include KERNEL
 
-/* in: n, seed, block, offset (u64), 10 f32 and 2 i32 coefficients, then theta, grad and
-   the 4n state values (f32); out: theta, state, then draws 0..n of the request. */
+/* in: n, seed, block, offset (u64), 10 f32 and 3 i32 coefficients, then theta, grad (2n
+   values when averaged) and the 4n state values (f32); out: theta, state, then draws
+   0..n of the request. */
 int main(int argc, char** argv) {
     FILE* in = fopen(argv[1], "rb");
     FILE* out = fopen(argv[2], "wb");
@@ -26,14 +27,16 @@ int main(int argc, char** argv) {
     VlCoeffs c;
     if (!in || !out || fread(hdr, 8, 4, in) != 4 || fread(&c, sizeof c, 1, in) != 1) return 1;
     vl_u64 n = hdr[0];
+    vl_u64 gn = c.averaged ? 2 * n : n;
     float* theta = malloc(4 * n);
-    float* grad = malloc(4 * n);
+    float* grad = malloc(4 * gn);
     float* state = malloc(16 * n);
-    if (fread(theta, 4, n, in) != n || fread(grad, 4, n, in) != n ||
+    if (fread(theta, 4, n, in) != n || fread(grad, 4, gn, in) != gn ||
         fread(state, 4, 4 * n, in) != 4 * n) return 2;
     for (vl_u64 i = 0; i < n; ++i) {
         float z = vl_normal(hdr[1], hdr[2], hdr[3] + i);
-        vl_element(&theta[i], grad[i], &state[i], &state[n + i], &state[2 * n + i],
+        float hs = c.averaged ? grad[n + i] : vl_hess_sample(state[3 * n + i], grad[i], &c);
+        vl_element(&theta[i], grad[i], hs, &state[i], &state[n + i], &state[2 * n + i],
                    &state[3 * n + i], z, &c);
     }
     fwrite(theta, 4, n, out);
@@ -95,18 +98,27 @@ fn cuda_source_gives_the_cpu_kernels_bits() {
     std::fs::create_dir_all(&dir).unwrap();
     let exe = compile(&dir);
     let n = 3000;
-    for (price, debias, clip) in [
-        (true, Some(0.19f32), 0.05f32),
-        (false, None, f32::INFINITY),
-        (true, None, 1e-3),
+    for (price, debias, clip, averaged) in [
+        (true, Some(0.19f32), 0.05f32, false),
+        (false, None, f32::INFINITY, false),
+        (true, None, 1e-3, false),
+        (true, Some(0.19), 0.05, true),
+        (false, None, f32::INFINITY, true),
     ] {
-        let c = IvonCoeffs::for_tests(price, debias, clip);
+        let c = IvonCoeffs {
+            averaged,
+            ..IvonCoeffs::for_tests(price, debias, clip)
+        };
         let draws = Draws {
             seed: 0x1234_5678_9abc,
             block: 7,
             offset: 13,
         };
-        let (theta, grad, state) = inputs(n);
+        let (theta, mut grad, state) = inputs(n);
+        if averaged {
+            // The ranks' mean Hessian statistic: its own values, unlike any local one.
+            grad.extend((0..n).map(|i| (i as f32 * 0.29).cos() * 0.3));
+        }
 
         let mut input = Vec::new();
         for v in [n as u64, draws.seed, draws.block, draws.offset as u64] {
@@ -127,6 +139,7 @@ fn cuda_source_gives_the_cpu_kernels_bits() {
         input.extend(bytes(&f));
         input.extend(i32::from(c.debias.is_some()).to_le_bytes());
         input.extend(i32::from(c.price).to_le_bytes());
+        input.extend(i32::from(c.averaged).to_le_bytes());
         input.extend(bytes(&theta));
         input.extend(bytes(&grad));
         input.extend(bytes(&state));

@@ -127,13 +127,19 @@ typedef struct {
     float clip_radius;  // infinite for no clipping
     int has_debias;
     int price;  // the price estimator, else gradsq
+    int averaged;  // grad holds 2n values: the ranks' mean gradient, then mean statistic
 } VlCoeffs;
+
+// This rank's Hessian statistic of one sample: noise times gradient (price) or the
+// squared gradient (gradsq).
+VL_FN float vl_hess_sample(float n, float g, const VlCoeffs* c) {
+    return c->price ? n * g : g * g;
+}
 
 // One element: `x * k + 0.0f` is candle's scalar multiply (affine(k, 0)), kept so that
 // even the sign of a zero agrees.
-VL_FN void vl_element(float* theta, float g, float* m, float* h, float* mom, float* n, float z,
-                      const VlCoeffs* c) {
-    float hess_sample = c->price ? *n * g : g * g;
+VL_FN void vl_element(float* theta, float g, float hess_sample, float* m, float* h, float* mom,
+                      float* n, float z, const VlCoeffs* c) {
     float new_mom = (*mom * c->beta1 + 0.0f) + (g * c->one_minus_beta1 + 0.0f);
     float h_wd = *h + c->weight_decay;
     float f = c->price ? (hess_sample * h_wd) * c->ess + 0.0f : hess_sample * c->ess + 0.0f;
@@ -159,7 +165,8 @@ VL_FN void vl_element(float* theta, float g, float* m, float* h, float* mom, flo
 // One thread per Philox block, grid-stride: the block's four draws go to the (up to) four
 // elements that take them, so one Philox and two logarithms serve four elements. `state`
 // holds the rows mean, h, momentum and noise of `n` elements each; element i takes draw
-// `offset + i` of the request at `block`.
+// `offset + i` of the request at `block`. `grad` holds n gradients, or with `c.averaged`
+// the ranks' n mean gradients followed by their n mean Hessian statistics.
 extern "C" __global__ void ivon_step(float* theta, const float* grad, float* state, vl_u64 n,
                                      vl_u64 seed, vl_u64 block, vl_u64 offset, VlCoeffs c) {
     vl_u64 first = offset / 4, last = (offset + n - 1) / 4;
@@ -173,7 +180,9 @@ extern "C" __global__ void ivon_step(float* theta, const float* grad, float* sta
             vl_u64 draw = 4 * j + lane;
             if (draw < offset || draw - offset >= n) continue;
             vl_u64 i = draw - offset;
-            vl_element(&theta[i], grad[i], &state[i], &state[n + i], &state[2 * n + i],
+            float g = grad[i];
+            float hs = c.averaged ? grad[n + i] : vl_hess_sample(state[3 * n + i], g, &c);
+            vl_element(&theta[i], g, hs, &state[i], &state[n + i], &state[2 * n + i],
                        &state[3 * n + i], z[lane], &c);
         }
     }

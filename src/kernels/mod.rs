@@ -58,6 +58,9 @@ pub(crate) struct IvonCoeffs {
     pub clip_radius: f32,
     /// The price estimator (else gradsq).
     pub price: bool,
+    /// The gradient buffer holds `2n` values: the ranks' mean gradient, then their mean
+    /// Hessian statistic (data-parallel IVON), instead of this rank's `n` gradients.
+    pub averaged: bool,
 }
 
 #[cfg(test)]
@@ -76,6 +79,7 @@ impl IvonCoeffs {
             debias,
             clip_radius,
             price,
+            averaged: false,
         }
     }
 }

@@ -30,6 +30,7 @@ pub(super) fn coeffs_f32(
     config: &IvonConfig,
     t: u64,
     price: bool,
+    averaged: bool,
 ) -> IvonCoeffs {
     let (lr, debias) = step_scalars(s, config, t);
     IvonCoeffs {
@@ -44,6 +45,7 @@ pub(super) fn coeffs_f32(
         debias: debias.map(|bc| bc as f32),
         clip_radius: s.clip_radius as f32,
         price,
+        averaged,
     }
 }
 

@@ -200,7 +200,8 @@ impl Ivon {
                 if !self.check_finite(&collected)? {
                     return self.resample();
                 }
-                return self.fused_step(&collected);
+                let stats = self.fused_stats(collected)?;
+                return self.fused_step(&stats);
             }
         }
         let skipped = self.skipped_steps;
@@ -220,13 +221,49 @@ impl Ivon {
             && kernels::fused_on(&self.device)
             && self.params_mut().all(|p| p.sampled)
             && self.noise.as_philox().is_some()
-            && self.peers().is_none()
     }
 
-    /// The fused step: validated, finite gradients in; every var updated and resampled.
+    /// What the fused kernel reads beside each var: its gradient alone, or, in a
+    /// data-parallel run, the ranks' mean gradient followed by their mean Hessian
+    /// statistic (the statistics of one sample are the Welford means the unfused path
+    /// averages).
+    fn fused_stats(&self, grads: Vec<Vec<Tensor>>) -> Result<Vec<Vec<Tensor>>> {
+        if self.peers().is_none() {
+            return Ok(grads);
+        }
+        let mut pairs = Vec::new();
+        for (group, gs) in self.groups.iter().zip(&grads) {
+            for (p, g) in group.params.iter().zip(gs) {
+                let hess_sample = match self.config.hess_approx {
+                    HessApprox::Price => (p.row(NOISE)? * g)?,
+                    HessApprox::Gradsq => g.sqr()?,
+                };
+                pairs.push((g.clone(), hess_sample));
+            }
+        }
+        let Some(mean) = self.mean_over_ranks(pairs)? else {
+            return Ok(grads);
+        };
+        let mut offset = 0;
+        let mut out = Vec::with_capacity(grads.len());
+        for group in &self.groups {
+            let mut stats = Vec::with_capacity(group.params.len());
+            for p in &group.params {
+                let n = p.var.elem_count();
+                stats.push(mean.narrow(0, offset, 2 * n)?);
+                offset += 2 * n;
+            }
+            out.push(stats);
+        }
+        Ok(out)
+    }
+
+    /// The fused step: validated, finite gradients (or the ranks' averaged statistics, see
+    /// [`Self::fused_stats`]) in; every var updated and resampled.
     fn fused_step(&mut self, grads: &[Vec<Tensor>]) -> Result<()> {
         let t = self.step + 1;
         let price = self.config.hess_approx == HessApprox::Price;
+        let averaged = self.peers().is_some();
         for (gi, gs) in grads.iter().enumerate() {
             let group = &self.groups[gi];
             let numel = group.numel();
@@ -234,7 +271,7 @@ impl Ivon {
                 "the fused step needs the Philox noise source",
             ))?;
             let (seed, block) = (philox.seed(), philox.skip(numel));
-            let coeffs = math::coeffs_f32(&group.settings, &self.config, t, price);
+            let coeffs = math::coeffs_f32(&group.settings, &self.config, t, price, averaged);
             let mut offset = 0;
             // candle refuses an in-place op on an empty tensor, and it has nothing to update.
             for (p, g) in group

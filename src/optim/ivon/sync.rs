@@ -36,8 +36,9 @@ impl Ivon {
     /// redrawn from this rank's stream (rank 0's is unchanged). A noise source of your
     /// own is left as it is: give each rank its own draws. Call it between steps,
     /// with the same vars, settings and step count on every rank; a mismatch that the
-    /// ranks can see is an error on all of them. Steps then take the unfused path (the
-    /// fused kernel cannot pause for the reduction).
+    /// ranks can see is an error on all of them. Where the fused kernel runs (see
+    /// [`Ivon::try_step`]), it still does: each rank forms its statistics, the ranks
+    /// average them, and one pass per var updates the state and draws the next sample.
     ///
     /// ```no_run
     /// use std::sync::Arc;
@@ -139,19 +140,44 @@ impl Ivon {
     /// Replaces every var's gradient and Hessian statistics with their mean over ranks,
     /// in one all-reduce. Nothing changes if it fails.
     pub(super) fn average_over_ranks(&mut self) -> Result<()> {
-        let Some(c) = self.peers() else {
+        if self.peers().is_none() {
             return Ok(());
-        };
-        let mut parts = Vec::new();
+        }
+        let mut pairs = Vec::new();
         for p in self.groups.iter().flat_map(|g| g.params.iter()) {
             let (Some(g), Some(h)) = (&p.avg_grad, &p.avg_hess) else {
                 return Err(Error::NoSample("a var has no gradient sample"));
             };
+            pairs.push((g.clone(), h.clone()));
+        }
+        let Some(mean) = self.mean_over_ranks(pairs)? else {
+            return Ok(());
+        };
+        let mut offset = 0;
+        for p in self.params_mut() {
+            let n = p.var.elem_count();
+            let shape = p.var.shape().clone();
+            p.avg_grad = Some(mean.narrow(0, offset, n)?.reshape(&shape)?);
+            p.avg_hess = Some(mean.narrow(0, offset + n, n)?.reshape(&shape)?);
+            offset += 2 * n;
+        }
+        Ok(())
+    }
+
+    /// The mean over ranks of every var's gradient and Hessian statistic, laid out var by
+    /// var as `[gradient; statistic]` in one flat tensor, from one all-reduce. `None`
+    /// without a collective or without vars.
+    pub(super) fn mean_over_ranks(&self, pairs: Vec<(Tensor, Tensor)>) -> Result<Option<Tensor>> {
+        let Some(c) = self.peers() else {
+            return Ok(None);
+        };
+        let mut parts = Vec::with_capacity(2 * pairs.len());
+        for (g, h) in pairs {
             parts.push(g.flatten_all()?);
             parts.push(h.flatten_all()?);
         }
         if parts.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let flat = Tensor::cat(&parts, 0)?;
         let mean = c.all_reduce(&flat, ReduceOp::Mean)?;
@@ -164,14 +190,6 @@ impl Ivon {
                 mean.dtype()
             )));
         }
-        let mut offset = 0;
-        for p in self.params_mut() {
-            let n = p.var.elem_count();
-            let shape = p.var.shape().clone();
-            p.avg_grad = Some(mean.narrow(0, offset, n)?.reshape(&shape)?);
-            p.avg_hess = Some(mean.narrow(0, offset + n, n)?.reshape(&shape)?);
-            offset += 2 * n;
-        }
-        Ok(())
+        Ok(Some(mean))
     }
 }
