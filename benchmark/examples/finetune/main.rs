@@ -456,26 +456,18 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut rng = StdRng::seed_from_u64(args.seed);
     let inputs = Inputs::load(&args, &mut rng, &dev)?;
     let lora = LoraConfig::new(8).alpha(16.0).dropout(args.dropout(method));
-    let sampler = BlobSampler::new(args.seed);
-    let mc = McDropout::new(args.seed);
+    let noise = (BlobSampler::new(args.seed), McDropout::new(args.seed));
     let varmap = VarMap::new();
-    let (base, config) = (&inputs.base, &inputs.config);
-    let model = build_model(&args, method, base, &varmap, config, &lora, (&sampler, &mc))?;
-    let blob_layers = model.blob_layers()?;
-    let total = inputs.split.train.len() / args.batch * args.epochs();
-    let mut trainer = Trainer::new(train::Setup {
-        method,
-        args: &args,
-        varmap: &varmap,
-        blob_layers: blob_layers.clone(),
-        n_train: inputs.split.train.len(),
-        total_steps: total,
-    })?;
-    let ms_per_step = train::epochs(&model, &mut trainer, &inputs, &args, &mut rng)?;
+    let trained = train_model(&args, method, &inputs, &lora, &noise, &varmap, &mut rng)?;
+    let Trained {
+        model,
+        mut trainer,
+        blob_layers,
+        ms_per_step,
+    } = trained;
     if let Some(dir) = &args.save {
         save::save(dir, method, (&varmap, &lora, args.seed), trainer.ivon_mut())?;
     }
-
     // Evaluation with a detached copy of the model, so that forwards keep no graph.
     let model = model.detach();
     let ctx = methods::Ctx {
@@ -483,10 +475,10 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         split: &inputs.split,
         tokenizer: &inputs.tokenizer,
         dev: &dev,
-        config,
+        config: &inputs.config,
         model: &model,
-        sampler: &sampler,
-        mc: &mc,
+        sampler: &noise.0,
+        mc: &noise.1,
     };
     let mut rows = Rows::new(&inputs.eval, &inputs.ood, ms_per_step)?;
     let extras = methods::add_rows(method, &ctx, &mut rows, &mut trainer, &mut rng)?;
@@ -509,7 +501,76 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if !scales.is_empty() {
         println!("{}", scale::summary(&scales));
     }
-    let split = &inputs.split;
+    write_results(
+        &args,
+        method,
+        &inputs.split,
+        &rows,
+        &extras,
+        &scales,
+        ms_per_step,
+    )
+}
+
+/// A trained model with its trainer (for the posterior), BLoB's posterior vars and the
+/// mean time of a training step.
+struct Trained {
+    model: BertClassifier,
+    trainer: Trainer,
+    blob_layers: Vec<varlora::lora::BlobLayerVars>,
+    ms_per_step: f64,
+}
+
+/// Builds the model of `method` and trains it on the training split.
+fn train_model(
+    args: &Args,
+    method: Method,
+    inputs: &Inputs,
+    lora: &LoraConfig,
+    noise: &(BlobSampler, McDropout),
+    varmap: &VarMap,
+    rng: &mut StdRng,
+) -> Result<Trained, Box<dyn std::error::Error>> {
+    let (base, config) = (&inputs.base, &inputs.config);
+    let model = build_model(
+        args,
+        method,
+        base,
+        varmap,
+        config,
+        lora,
+        (&noise.0, &noise.1),
+    )?;
+    let blob_layers = model.blob_layers()?;
+    let n_train = inputs.split.train.len();
+    let mut trainer = Trainer::new(train::Setup {
+        method,
+        args,
+        varmap,
+        blob_layers: blob_layers.clone(),
+        n_train,
+        total_steps: n_train / args.batch * args.epochs(),
+    })?;
+    let ms_per_step = train::epochs(&model, &mut trainer, inputs, args, rng)?;
+    Ok(Trained {
+        model,
+        trainer,
+        blob_layers,
+        ms_per_step,
+    })
+}
+
+/// Prints the results table and writes it, the reliability diagrams and a JSON summary
+/// of the run under `--out`.
+fn write_results(
+    args: &Args,
+    method: Method,
+    split: &Split,
+    rows: &Rows,
+    extras: &methods::Extras,
+    scales: &[scale::Scale],
+    ms_per_step: f64,
+) -> Result<(), Box<dyn std::error::Error>> {
     let summary = serde_json::json!({
         "optimizer": method.name(),
         "posterior_scale": scales,
