@@ -4,3 +4,6 @@
 
 pub mod peft;
 pub(crate) mod sealed;
+mod vars;
+
+pub(crate) use vars::set_vars;

@@ -279,35 +279,13 @@ impl PeftAdapter {
         let adapter = Self::read_config(dir)?;
         let path = dir.join(WEIGHTS_FILE);
         let file = sealed::read_foreign(&path, KIND, VERSION, &Device::Cpu)?.tensors;
-        let mut file = from_sequence_classification(file).map_err(|e| bad(&path, e))?;
+        let file = from_sequence_classification(file).map_err(|e| bad(&path, e))?;
         let vars = adapters
             .data()
             .lock()
             .expect("a VarMap's lock is never poisoned");
-        let mut updates = Vec::new();
-        for (peft, name, var) in peft_vars(&vars).map_err(|e| bad(&path, e))? {
-            let t = file
-                .remove(&peft)
-                .ok_or_else(|| bad(&path, format!("{peft} is missing (for var {name})")))?;
-            let t = head_from_peft(name, t)?;
-            if t.dims() != var.dims() {
-                return Err(bad(
-                    &path,
-                    format!(
-                        "{peft} has shape {:?}, var {name} {:?}",
-                        t.dims(),
-                        var.dims()
-                    ),
-                ));
-            }
-            updates.push((var, t.to_dtype(var.dtype())?.to_device(var.device())?));
-        }
-        if let Some(extra) = file.keys().next() {
-            return Err(bad(&path, format!("{extra} matches no var of the model")));
-        }
-        for (var, t) in updates {
-            var.set(&t)?;
-        }
+        let targets = peft_vars(&vars).map_err(|e| bad(&path, e))?;
+        super::set_vars(&path, file, targets, head_from_peft)?;
         Ok(adapter)
     }
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
 use crate::files::sealed;
 use crate::lora::{BlobConfig, BlobSampler, LoraConfig};
-use crate::{Error, Result};
+use crate::Result;
 
 const KIND: &str = "classifier";
 const VERSION: u32 = 1;
@@ -100,11 +100,7 @@ impl SavedClassifier {
     ) -> Result<LoadedClassifier> {
         let path = path.as_ref();
         let dev = base.device().clone();
-        let mut file = sealed::read(path, KIND, VERSION, &dev)?;
-        let bad = |problem: String| Error::File {
-            path: path.to_path_buf(),
-            problem,
-        };
+        let file = sealed::read(path, KIND, VERSION, &dev)?;
         let saved: SavedClassifier = file.header(HEADER_KEY, path)?;
         let (spec, sampler) = match &saved.adapter {
             SavedAdapter::Lora { lora } => (AdapterSpec::Lora(lora.clone()), None),
@@ -118,28 +114,15 @@ impl SavedClassifier {
         let encoder =
             BertEncoder::load(base, adapters.clone(), config, Some(&spec), saved.targets)?;
         let model = BertClassifier::new(encoder, saved.classes, adapters)?;
-        for (name, var) in varmap
+        let vars = varmap
             .data()
             .lock()
             .expect("a VarMap's lock is never poisoned")
+            .clone();
+        let targets = vars
             .iter()
-        {
-            let t = file
-                .tensors
-                .remove(name)
-                .ok_or_else(|| bad(format!("{name} is missing")))?;
-            if t.dims() != var.dims() {
-                return Err(bad(format!(
-                    "{name} has shape {:?}, the model {:?}",
-                    t.dims(),
-                    var.dims()
-                )));
-            }
-            var.set(&t.to_dtype(var.dtype())?)?;
-        }
-        if let Some(extra) = file.tensors.keys().next() {
-            return Err(bad(format!("{extra} matches no var of the model")));
-        }
+            .map(|(name, var)| (name.clone(), name.as_str(), var));
+        crate::files::set_vars(path, file.tensors, targets, |_, t| Ok(t))?;
         Ok(LoadedClassifier {
             model,
             varmap,
