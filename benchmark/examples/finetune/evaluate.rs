@@ -40,12 +40,13 @@ impl<'a> Rows<'a> {
         })
     }
 
-    /// One row: `predict` timed on the evaluation set, then run on every OOD set.
+    /// One row: `predict` timed on the evaluation set, then run on every OOD set. Returns
+    /// its milliseconds per sentence.
     pub fn add(
         &mut self,
         name: String,
         predict: &mut dyn FnMut(&[Batch]) -> varlora::Result<Predictive>,
-    ) -> varlora::Result<()> {
+    ) -> varlora::Result<f64> {
         self.add_trained_at(name, self.ms_per_step, predict)
     }
 
@@ -55,18 +56,51 @@ impl<'a> Rows<'a> {
         name: String,
         ms_per_step: f64,
         predict: &mut dyn FnMut(&[Batch]) -> varlora::Result<Predictive>,
-    ) -> varlora::Result<()> {
+    ) -> varlora::Result<f64> {
         let (id, secs) = timed(|| predict(self.eval));
         let ood = self
             .ood
             .iter()
             .map(|(name, b)| Ok((*name, predict(b)?)))
             .collect::<varlora::Result<Vec<_>>>()?;
+        let ms_per_sentence = 1e3 * secs / self.sentences.max(1) as f64;
         let cost = Cost {
             ms_per_step,
-            ms_per_sentence: 1e3 * secs / self.sentences.max(1) as f64,
+            ms_per_sentence,
         };
-        self.report.add(name, &id?, &ood, cost)
+        self.report.add(name, &id?, &ood, cost)?;
+        Ok(ms_per_sentence)
+    }
+
+    /// A row made from another row's predictives (the evaluation set's, then each OOD
+    /// set's, as [`Self::add`] ran them) by `derive`, costed as that row: a temperature
+    /// fitted on top of a posterior costs nothing per sentence.
+    pub fn add_derived(
+        &mut self,
+        name: String,
+        of: Vec<Predictive>,
+        ms_per_sentence: f64,
+        derive: impl Fn(&Predictive) -> varlora::Result<Predictive>,
+    ) -> varlora::Result<()> {
+        if of.len() != 1 + self.ood.len() {
+            return Err(varlora::Error::InvalidInput(format!(
+                "{} predictives for {} sets",
+                of.len(),
+                1 + self.ood.len()
+            )));
+        }
+        let id = derive(&of[0])?;
+        let ood = self
+            .ood
+            .iter()
+            .zip(&of[1..])
+            .map(|((name, _), p)| Ok((*name, derive(p)?)))
+            .collect::<varlora::Result<Vec<_>>>()?;
+        let cost = Cost {
+            ms_per_step: self.ms_per_step,
+            ms_per_sentence,
+        };
+        self.report.add(name, &id, &ood, cost)
     }
 }
 

@@ -8,7 +8,7 @@ use varlora::hydra::Selection;
 use varlora::lora::{BlobSampler, McDropout};
 use varlora::models::{BertClassifier, BertConfig};
 use varlora::optim::Ivon;
-use varlora::predict::{predictive_from_samples, PointMass, Posterior};
+use varlora::predict::{predictive_from_samples, PointMass, Posterior, Predictive};
 
 use crate::data::{batches, Split};
 use crate::evaluate::{evaluate, evaluate_members, Rows};
@@ -87,29 +87,13 @@ fn adamw(ctx: &Ctx, rows: &mut Rows) -> Res<Extras> {
     rows.add("AdamW".into(), &mut |b| {
         evaluate(&mut PointMass, model, b, 0)
     })?;
-    let calibration = &ctx.split.calibration;
-    if calibration.is_empty() {
+    let Some(ts) = fit_temperature(ctx, |b| evaluate(&mut PointMass, model, b, 0))? else {
         return Ok(Extras::default());
-    }
-    let fitted = evaluate(
-        &mut PointMass,
-        model,
-        &batches(ctx.tokenizer, calibration, 64, ctx.dev)?,
-        0,
-    )?;
-    let labels = Tensor::new(
-        calibration.iter().map(|r| r.1).collect::<Vec<u32>>(),
-        ctx.dev,
-    )?;
-    let ts = TemperatureScaling::fit(&fitted.log_probs, &labels)?;
+    };
     rows.add("AdamW + TS".into(), &mut |b| {
         let p = evaluate(&mut PointMass, model, b, 0)?;
         predictive_from_samples(&ts.apply_log_probs(&p.log_probs)?.unsqueeze(0)?, false)
     })?;
-    println!(
-        "temperature fitted on the calibration set: {:.3}",
-        ts.temperature
-    );
     Ok(Extras {
         temperature: Some(ts.temperature),
         ..Extras::default()
@@ -152,7 +136,18 @@ fn posterior<P: Scalable>(
 ) -> Res<Extras> {
     let (model, s) = (ctx.model, ctx.args.test_samples);
     rows.add(point, &mut |b| evaluate(&mut *post, model, b, 0))?;
-    rows.add(sampled, &mut |b| evaluate(&mut *post, model, b, s))?;
+    // Each set's sampled predictive, kept for the temperature-scaled row.
+    let mut kept = Vec::new();
+    let ms_per_sentence = rows.add(sampled.clone(), &mut |b| {
+        let p = evaluate(&mut *post, model, b, s)?;
+        kept.push(p.clone());
+        Ok(p)
+    })?;
+    let ts = fit_temperature(ctx, |b| evaluate(&mut *post, model, b, s))?;
+    if let Some(ts) = &ts {
+        let name = format!("{sampled} + TS");
+        rows.add_derived(name, kept, ms_per_sentence, |p| temperature_scaled(p, ts))?;
+    }
     let mut rescaled = false;
     for &c in &ctx.args.posterior_scales {
         let Some(name) = scaled(c) else { continue };
@@ -163,7 +158,44 @@ fn posterior<P: Scalable>(
     if rescaled {
         post.set_scale(1.0)?;
     }
-    Ok(Extras::default())
+    Ok(Extras {
+        temperature: ts.map(|t| t.temperature),
+        ..Extras::default()
+    })
+}
+
+/// A temperature fitted on the calibration sentences' predictive, or `None` where the
+/// training set leaves none over.
+fn fit_temperature(
+    ctx: &Ctx,
+    mut predict: impl FnMut(&[crate::data::Batch]) -> varlora::Result<Predictive>,
+) -> Res<Option<TemperatureScaling>> {
+    let calibration = &ctx.split.calibration;
+    if calibration.is_empty() {
+        return Ok(None);
+    }
+    let fitted = predict(&batches(ctx.tokenizer, calibration, 64, ctx.dev)?)?;
+    let labels = Tensor::new(
+        calibration.iter().map(|r| r.1).collect::<Vec<u32>>(),
+        ctx.dev,
+    )?;
+    let ts = TemperatureScaling::fit(&fitted.log_probs, &labels)?;
+    println!(
+        "temperature fitted on the calibration set: {:.3}",
+        ts.temperature
+    );
+    Ok(Some(ts))
+}
+
+/// A posterior's predictive with its averaged probabilities temperature-scaled and its
+/// mutual information kept: the samples' disagreement still ranks the inputs, the
+/// temperature calibrates the probabilities.
+fn temperature_scaled(p: &Predictive, ts: &TemperatureScaling) -> varlora::Result<Predictive> {
+    let scaled = ts.apply_log_probs(&p.log_probs)?.unsqueeze(0)?;
+    let mut q = predictive_from_samples(&scaled, false)?;
+    q.aleatoric = (&q.total - &p.epistemic)?.clamp(0.0, f64::INFINITY)?;
+    q.epistemic = p.epistemic.clone();
+    Ok(q)
 }
 
 /// The source LoRA model, and for each `--hydra-selection` its Hydra members before and
