@@ -25,14 +25,7 @@ const SEQ: usize = 32;
 const RANK: usize = 8;
 const STEPS: usize = 3;
 /// The reference targets query, key, value and the attention output.
-const TARGETS: AdapterTargets = AdapterTargets {
-    query: true,
-    key: true,
-    value: true,
-    attention_output: true,
-    intermediate: false,
-    output: false,
-};
+const TARGETS: AdapterTargets = AdapterTargets::attention();
 
 fn bytes(ts: impl Iterator<Item = Tensor>) -> usize {
     ts.map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()

@@ -165,14 +165,7 @@ fn ensemble_members_equal_separate_lora_models() {
     let weights = frozen_weights(&config);
     let dev = Device::Cpu;
     let (members, rank) = (3, 2);
-    let targets = AdapterTargets {
-        query: true,
-        key: true,
-        value: true,
-        attention_output: true,
-        intermediate: false,
-        output: false,
-    };
+    let targets = AdapterTargets::attention();
     let ens_vars = VarMap::new();
     let ens_vb = VarBuilder::from_varmap(&ens_vars, DType::F32, &dev);
     let spec = AdapterSpec::Ensemble { members, rank };

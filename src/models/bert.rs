@@ -109,6 +109,26 @@ pub struct AdapterTargets {
     pub output: bool,
 }
 
+impl AdapterTargets {
+    /// Every linear layer of attention: query, key, value and the attention output, as
+    /// LoRA-Ensemble's reference targets them.
+    ///
+    /// ```
+    /// let t = varlora::models::AdapterTargets::attention();
+    /// assert!(t.key && t.attention_output && !t.intermediate);
+    /// ```
+    pub const fn attention() -> Self {
+        Self {
+            query: true,
+            key: true,
+            value: true,
+            attention_output: true,
+            intermediate: false,
+            output: false,
+        }
+    }
+}
+
 impl Default for AdapterTargets {
     /// Query and value, as the LoRA paper and PEFT's BERT default.
     fn default() -> Self {

@@ -344,11 +344,7 @@ fn build_model(
                 members: args.members,
                 rank: 8,
             },
-            AdapterTargets {
-                key: true,
-                attention_output: true,
-                ..AdapterTargets::default()
-            },
+            AdapterTargets::attention(),
         ),
         Method::McDropout => (
             AdapterSpec::McDropout(lora.clone(), mc.clone()),
