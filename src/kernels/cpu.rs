@@ -307,7 +307,8 @@ fn elements(r: Rows<'_>, c: &IvonCoeffs) {
     }
 }
 
-/// Each element's update with the ranks' mean Hessian statistic.
+/// Each element's update with the ranks' mean Hessian statistic. A loop of its own
+/// rather than a choice per element in [`elements`], so that both loops vectorise.
 #[inline(always)]
 fn averaged_elements(r: Rows<'_>, hess_sample: &[f32], c: &IvonCoeffs) {
     let it = r

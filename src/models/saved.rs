@@ -114,15 +114,16 @@ impl SavedClassifier {
         let encoder =
             BertEncoder::load(base, adapters.clone(), config, Some(&spec), saved.targets)?;
         let model = BertClassifier::new(encoder, saved.classes, adapters)?;
-        let vars = varmap
-            .data()
-            .lock()
-            .expect("a VarMap's lock is never poisoned")
-            .clone();
-        let targets = vars
-            .iter()
-            .map(|(name, var)| (name.clone(), name.as_str(), var));
-        crate::files::set_vars(path, file.tensors, targets, |_, t| Ok(t))?;
+        {
+            let vars = varmap
+                .data()
+                .lock()
+                .expect("a VarMap's lock is never poisoned");
+            let targets = vars
+                .iter()
+                .map(|(name, var)| (name.clone(), name.as_str(), var));
+            crate::files::set_vars(path, file.tensors, targets, |_, t| Ok(t))?;
+        }
         Ok(LoadedClassifier {
             model,
             varmap,

@@ -60,6 +60,15 @@ pub(super) fn noise(z: &Tensor, hess: &Tensor, s: &GroupSettings) -> Result<Tens
     Ok(z.div(&precision.sqrt()?)?)
 }
 
+/// One sample's Hessian statistic: the noise times the gradient (the reparameterisation
+/// or "price" estimator) or the squared gradient (gradsq).
+pub(super) fn hess_sample(noise: &Tensor, g: &Tensor, approx: HessApprox) -> Result<Tensor> {
+    Ok(match approx {
+        HessApprox::Price => (noise * g)?,
+        HessApprox::Gradsq => g.sqr()?,
+    })
+}
+
 /// Welford's running mean: `new` if it is the first value, else `avg + (new - avg) / count`.
 pub(super) fn welford(avg: Option<&Tensor>, new: Tensor, count: usize) -> Result<Tensor> {
     match avg {

@@ -113,10 +113,7 @@ impl Ivon {
         let mut new = Vec::new();
         for (group, gs) in self.groups.iter().zip(grads) {
             for (p, g) in group.params.iter().zip(gs) {
-                let hess_sample = match approx {
-                    HessApprox::Price => (p.row(NOISE)? * &g)?,
-                    HessApprox::Gradsq => g.sqr()?,
-                };
+                let hess_sample = math::hess_sample(&p.row(NOISE)?, &g, approx)?;
                 let avg_hess = math::welford(p.avg_hess.as_ref(), hess_sample, count)?;
                 let avg_grad = math::welford(p.avg_grad.as_ref(), g, count)?;
                 new.push((avg_grad, avg_hess));
@@ -234,10 +231,7 @@ impl Ivon {
         let mut pairs = Vec::new();
         for (group, gs) in self.groups.iter().zip(&grads) {
             for (p, g) in group.params.iter().zip(gs) {
-                let hess_sample = match self.config.hess_approx {
-                    HessApprox::Price => (p.row(NOISE)? * g)?,
-                    HessApprox::Gradsq => g.sqr()?,
-                };
+                let hess_sample = math::hess_sample(&p.row(NOISE)?, g, self.config.hess_approx)?;
                 pairs.push((g.clone(), hess_sample));
             }
         }
