@@ -77,10 +77,32 @@ impl Posterior for McDropout {
     }
 }
 
+/// candle's unseeded dropout on the adapter's input when training with `p > 0`, and `x`
+/// itself otherwise: candle's `Dropout` draws and multiplies a mask even at `p = 0`, two
+/// full-size passes per layer for nothing (BLoB's reference runs at `p = 0`).
+pub(crate) fn unseeded_dropout(x: &Tensor, p: f32, train: bool) -> candle_core::Result<Tensor> {
+    if train && p > 0.0 {
+        candle_nn::ops::dropout(x, p)
+    } else {
+        Ok(x.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
+
+    #[test]
+    fn no_dropout_returns_the_input_itself() {
+        let x = Tensor::ones((4, 8), DType::F32, &Device::Cpu).unwrap();
+        for (p, train) in [(0.0, true), (0.5, false)] {
+            assert_eq!(unseeded_dropout(&x, p, train).unwrap().id(), x.id());
+        }
+        let dropped = unseeded_dropout(&x, 0.5, true).unwrap();
+        assert_ne!(dropped.id(), x.id());
+        assert!(McDropout::new(0).apply(&x, 0.0, true).unwrap().id() == x.id());
+    }
 
     #[test]
     fn masks_drop_p_and_rescale_the_rest() {

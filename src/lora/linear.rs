@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use candle_core::{ModuleT, Tensor};
-use candle_nn::{init::Init, Dropout, Linear, VarBuilder};
+use candle_nn::{init::Init, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::dropout::unseeded_dropout;
 use super::init::{init_lora_pair, kaiming_uniform_bound};
 use super::{Adapter, McDropout};
 use crate::kernels::encoder::FrozenLinear;
@@ -128,7 +129,7 @@ pub struct LoraLinear {
 /// The dropout on the adapter's input: candle's (unseeded), or MC dropout's seeded masks.
 #[derive(Clone, Debug)]
 enum LoraDropout {
-    Unseeded(Dropout),
+    Unseeded(f32),
     Seeded(f32, McDropout),
 }
 
@@ -181,7 +182,7 @@ impl LoraLinear {
             )));
         }
         Ok(Self {
-            dropout: LoraDropout::Unseeded(Dropout::new(config.dropout)),
+            dropout: LoraDropout::Unseeded(config.dropout),
             base: FrozenLinear::new(base),
             a,
             b,
@@ -259,7 +260,7 @@ impl LoraLinear {
     /// matmul instead of one per sequence and a sum.
     fn update(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
         let x = match &self.dropout {
-            LoraDropout::Unseeded(d) => d.forward_t(x, train)?,
+            LoraDropout::Unseeded(p) => unseeded_dropout(x, *p, train)?,
             LoraDropout::Seeded(p, mc) => mc.apply(x, *p, train)?,
         };
         let mut dims = x.dims().to_vec();
