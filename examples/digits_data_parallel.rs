@@ -62,13 +62,10 @@ fn row(name: &str, logp: &Tensor, y: &Tensor, ms: f64) -> varlora::Result<String
     ))
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dev = Device::Cpu;
-    let data = common::load(TEST, EPOCHS, BATCH, SEED, &dev)?;
-    let steps = data.batches.len();
-
-    // One process, 2 MC samples per update, sample k on half k of the batch.
-    let (model, vars) = replica(&dev)?;
+/// One process, `RANKS` MC samples per update, sample k on part k of the batch: the test
+/// log-probabilities and ms per update.
+fn one_process(data: &common::Data) -> varlora::Result<(Tensor, f64)> {
+    let (model, vars) = replica(&Device::Cpu)?;
     let mut opt = Ivon::from_varmap(&vars, config(data.n_train, RANKS))?;
     let start = Instant::now();
     for (x, y) in &data.batches {
@@ -77,63 +74,62 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             opt.try_step(&loss::cross_entropy(&logits, &part(y, k, RANKS)?)?.backward()?)?;
         }
     }
-    let one_ms = 1e3 * start.elapsed().as_secs_f64() / steps as f64;
-    let one = test_log_probs(&mut opt, &model, &data.x_test)?;
+    let ms = 1e3 * start.elapsed().as_secs_f64() / data.batches.len() as f64;
+    Ok((test_log_probs(&mut opt, &model, &data.x_test)?, ms))
+}
 
-    // RANKS ranks, one sample each on its half, statistics averaged before each update.
+/// Rank `c`'s training on its part of every batch, one sample each, statistics averaged
+/// before each update; its test log-probabilities.
+fn rank(c: varlora::collective::ThreadCollective, data: &common::Data) -> varlora::Result<Tensor> {
+    let (model, vars) = replica(&Device::Cpu)?;
+    let mut opt = Ivon::from_varmap(&vars, config(data.n_train, 1))?;
+    let k = c.rank();
+    opt.set_collective(Arc::new(c))?;
+    for (x, y) in &data.batches {
+        let logits = model.forward(&part(x, k, RANKS)?)?;
+        let nll = loss::cross_entropy(&logits, &part(y, k, RANKS)?)?;
+        opt.try_step(&nll.backward()?)?;
+    }
+    test_log_probs(&mut opt, &model, &data.x_test)
+}
+
+/// `RANKS` thread ranks: each rank's test log-probabilities, and ms per update.
+fn data_parallel(data: &common::Data) -> varlora::Result<(Vec<Tensor>, f64)> {
     let ranks = ThreadGroup::new(RANKS)?.into_ranks();
     let start = Instant::now();
     let results: Vec<varlora::Result<Tensor>> = std::thread::scope(|s| {
         let handles: Vec<_> = ranks
             .into_iter()
-            .map(|c| {
-                let data = &data;
-                s.spawn(move || -> varlora::Result<Tensor> {
-                    let dev = Device::Cpu;
-                    let (model, vars) = replica(&dev)?;
-                    let mut opt = Ivon::from_varmap(&vars, config(data.n_train, 1))?;
-                    let k = c.rank();
-                    opt.set_collective(Arc::new(c))?;
-                    for (x, y) in &data.batches {
-                        let logits = model.forward(&part(x, k, RANKS)?)?;
-                        let nll = loss::cross_entropy(&logits, &part(y, k, RANKS)?)?;
-                        opt.try_step(&nll.backward()?)?;
-                    }
-                    test_log_probs(&mut opt, &model, &data.x_test)
-                })
-            })
+            .map(|c| s.spawn(move || rank(c, data)))
             .collect();
         handles
             .into_iter()
             .map(|h| h.join().expect("rank panicked"))
             .collect()
     });
-    let parallel_ms = 1e3 * start.elapsed().as_secs_f64() / steps as f64;
-    let parallel: Vec<Tensor> = results.into_iter().collect::<varlora::Result<_>>()?;
+    let ms = 1e3 * start.elapsed().as_secs_f64() / data.batches.len() as f64;
+    Ok((results.into_iter().collect::<varlora::Result<_>>()?, ms))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let data = common::load(TEST, EPOCHS, BATCH, SEED, &Device::Cpu)?;
+    let (one, one_ms) = one_process(&data)?;
+    let (parallel, parallel_ms) = data_parallel(&data)?;
     let same = (&parallel[0] - &parallel[1])?
         .abs()?
         .max_all()?
         .to_scalar::<f64>()?;
-
     println!(
-        "digits: {} train / {TEST} test, {EPOCHS} epochs of batch {BATCH} ({steps} updates), 32 test samples\n",
-        data.n_train
+        "digits: {} train / {TEST} test, {EPOCHS} epochs of batch {BATCH} ({} updates), 32 test samples\n",
+        data.n_train,
+        data.batches.len()
     );
     println!("| run                                | accuracy |    NLL |    ECE | ms/update |");
     println!("|------------------------------------|----------|--------|--------|-----------|");
-    println!(
-        "{}",
-        row("1 process, mc_samples 2", &one, &data.y_test, one_ms)?
-    );
-    println!(
-        "{}",
-        row(
-            "2 thread ranks, 1 sample each",
-            &parallel[0],
-            &data.y_test,
-            parallel_ms
-        )?
-    );
+    let y = &data.y_test;
+    println!("{}", row("1 process, mc_samples 2", &one, y, one_ms)?);
+    let name = "2 thread ranks, 1 sample each";
+    println!("{}", row(name, &parallel[0], y, parallel_ms)?);
     println!("\nthe ranks' test predictions differ by at most {same:e} (the same posterior)");
     Ok(())
 }
