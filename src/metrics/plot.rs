@@ -27,17 +27,11 @@ pub fn reliability_csv(bins: &[ReliabilityBin]) -> String {
 /// a marker at its mean confidence, the diagonal of perfect calibration, and `title`
 /// (e.g. the model and its ECE) above.
 pub fn reliability_svg(bins: &[ReliabilityBin], title: &str) -> String {
-    const SIZE: f64 = 320.0;
-    const PAD: f64 = 40.0;
-    let x = |v: f64| PAD + v * SIZE;
-    let y = |v: f64| PAD + (1.0 - v) * SIZE;
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{w}" font-family="sans-serif" font-size="12">"#,
-        w = SIZE + 2.0 * PAD
+    let w = SIZE + 2.0 * PAD;
+    let mut s = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{w}" font-family="sans-serif" font-size="12">"#
     );
-    let _ = write!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    s.push_str(r#"<rect width="100%" height="100%" fill="white"/>"#);
     let escaped = title
         .replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -47,6 +41,28 @@ pub fn reliability_svg(bins: &[ReliabilityBin], title: &str) -> String {
         r#"<text x="{}" y="24" text-anchor="middle">{escaped}</text>"#,
         x(0.5)
     );
+    bars(&mut s, bins);
+    axes(&mut s);
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The plot's side and margin, in pixels.
+const SIZE: f64 = 320.0;
+const PAD: f64 = 40.0;
+
+/// The horizontal position of a value in [0, 1].
+fn x(v: f64) -> f64 {
+    PAD + v * SIZE
+}
+
+/// The vertical position of a value in [0, 1], 0 at the bottom.
+fn y(v: f64) -> f64 {
+    PAD + (1.0 - v) * SIZE
+}
+
+/// A bar at each non-empty bin's accuracy and a marker at its mean confidence.
+fn bars(s: &mut String, bins: &[ReliabilityBin]) {
     for b in bins.iter().filter(|b| b.count > 0) {
         let _ = write!(
             s,
@@ -64,6 +80,10 @@ pub fn reliability_svg(bins: &[ReliabilityBin], title: &str) -> String {
             y = y(b.confidence)
         );
     }
+}
+
+/// The diagonal of perfect calibration, the frame, the ticks and the axis label.
+fn axes(s: &mut String) {
     let _ = write!(
         s,
         r##"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="gray" stroke-dasharray="4"/>"##,
@@ -96,8 +116,6 @@ pub fn reliability_svg(bins: &[ReliabilityBin], title: &str) -> String {
         x(0.5),
         y(0.0) + 32.0
     );
-    s.push_str("</svg>\n");
-    s
 }
 
 #[cfg(test)]
