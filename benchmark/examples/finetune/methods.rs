@@ -70,15 +70,45 @@ pub fn add_rows(
                 Some(format!("BLoB N = {s}, std x {c}"))
             })
         }
-        Method::LoraEnsemble => {
-            let name = format!("LoRA-Ensemble M = {}", ctx.args.members);
-            rows.add(name, &mut |b| {
-                evaluate_members(b, |b| ctx.model.forward_t(&b.ids, &b.types, &b.mask, false))
-            })?;
-            Ok(Extras::default())
-        }
+        Method::LoraEnsemble => lora_ensemble(ctx, rows),
         Method::Hydra => hydra_rows(ctx, rows, rng),
     }
+}
+
+/// The ensemble's averaged predictive, and the same temperature-scaled.
+fn lora_ensemble(ctx: &Ctx, rows: &mut Rows) -> Res<Extras> {
+    let name = format!("LoRA-Ensemble M = {}", ctx.args.members);
+    let temperature = with_temperature(ctx, rows, name, &mut |b| {
+        evaluate_members(b, |b| ctx.model.forward_t(&b.ids, &b.types, &b.mask, false))
+    })?;
+    Ok(Extras {
+        temperature,
+        ..Extras::default()
+    })
+}
+
+/// Adds the row `name` of a predictive averaged over samples (or members), and where the
+/// run has calibration sentences a "+ TS" row: a temperature fitted on that averaged
+/// predictive over them, applied with the samples' mutual information kept. Returns
+/// the temperature.
+fn with_temperature(
+    ctx: &Ctx,
+    rows: &mut Rows,
+    name: String,
+    predict: &mut dyn FnMut(&[crate::data::Batch]) -> varlora::Result<Predictive>,
+) -> Res<Option<f64>> {
+    let mut kept = Vec::new();
+    let ms_per_sentence = rows.add(name.clone(), &mut |b| {
+        let p = predict(b)?;
+        kept.push(p.clone());
+        Ok(p)
+    })?;
+    let ts = fit_temperature(ctx, &mut *predict)?;
+    if let Some(ts) = &ts {
+        let name = format!("{name} + TS");
+        rows.add_derived(name, kept, ms_per_sentence, |p| temperature_scaled(p, ts))?;
+    }
+    Ok(ts.map(|t| t.temperature))
 }
 
 /// AdamW, and AdamW with a temperature fitted on the calibration sentences.
@@ -136,18 +166,9 @@ fn posterior<P: Scalable>(
 ) -> Res<Extras> {
     let (model, s) = (ctx.model, ctx.args.test_samples);
     rows.add(point, &mut |b| evaluate(&mut *post, model, b, 0))?;
-    // Each set's sampled predictive, kept for the temperature-scaled row.
-    let mut kept = Vec::new();
-    let ms_per_sentence = rows.add(sampled.clone(), &mut |b| {
-        let p = evaluate(&mut *post, model, b, s)?;
-        kept.push(p.clone());
-        Ok(p)
+    let temperature = with_temperature(ctx, rows, sampled, &mut |b| {
+        evaluate(&mut *post, model, b, s)
     })?;
-    let ts = fit_temperature(ctx, |b| evaluate(&mut *post, model, b, s))?;
-    if let Some(ts) = &ts {
-        let name = format!("{sampled} + TS");
-        rows.add_derived(name, kept, ms_per_sentence, |p| temperature_scaled(p, ts))?;
-    }
     let mut rescaled = false;
     for &c in &ctx.args.posterior_scales {
         let Some(name) = scaled(c) else { continue };
@@ -159,7 +180,7 @@ fn posterior<P: Scalable>(
         post.set_scale(1.0)?;
     }
     Ok(Extras {
-        temperature: ts.map(|t| t.temperature),
+        temperature,
         ..Extras::default()
     })
 }
