@@ -11,14 +11,13 @@
 use std::sync::Arc;
 
 use candle_core::{DType, ModuleT, Tensor};
-use candle_nn::{init::Init, Linear, VarBuilder};
+use candle_nn::{init::Init, Dropout, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::dropout::unseeded_dropout;
 use super::init::{init_lora_pair, kaiming_uniform_bound, set_uniform, var_name};
 use super::sampler::SampleSwitch;
 use super::{Adapter, LoraConfig};
-use crate::kernels::encoder::{cpu_f32, flipout, FrozenLinear, Signs};
+use crate::kernels::encoder::FrozenLinear;
 use crate::predict::Posterior;
 use crate::{Error, Result};
 
@@ -256,6 +255,7 @@ pub struct BayesianLoraLinear {
     a_g: Tensor,
     b: Tensor,
     config: BlobConfig,
+    dropout: Dropout,
     sampler: BlobSampler,
     prefix: String,
 }
@@ -294,6 +294,7 @@ impl BayesianLoraLinear {
         let a_g = vb.get_with_hints((r, in_dim), "lora_a_g", Init::Uniform { lo, up })?;
         let b = vb.get_with_hints((out_dim, r), "lora_b", Init::Const(0.0))?;
         Ok(Self {
+            dropout: Dropout::new(config.lora.dropout),
             base: FrozenLinear::new(base),
             a_mean,
             a_g,
@@ -363,59 +364,41 @@ impl BayesianLoraLinear {
         })
     }
 
-    /// The Flipout noise term for `x`, with a dropout mask of its own as the reference:
-    /// fused on f32 CPU tensors ([`crate::kernels::encoder::flipout`]), composed from
-    /// tensor ops otherwise ([`Self::composed_noise`]). Both draw `z`, then `R`, then `S`.
+    /// The Flipout noise term for `x`, with a dropout mask of its own as the reference.
     fn noise(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let in_dim = x.dim(candle_core::D::Minus1)?;
-        let rows = x.elem_count() / in_dim.max(1);
+        let dims = x.dims();
+        let (lead, in_dim) = dims.split_at(dims.len() - 1);
         let r = self.config.lora.rank;
-        let (z, signs, scale) = {
+        let (z, r_signs, s_signs, scale) = {
             let mut stream = self.sampler.0.stream()?;
-            let mut z = vec![0f32; r * in_dim];
+            let mut z = vec![0f32; r * in_dim[0]];
             stream.fill(&mut z);
-            let r_signs = Signs::new(stream.sign_bits(rows * in_dim));
-            let s_signs = Signs::new(stream.sign_bits(rows * r));
-            (z, (r_signs, s_signs), stream.scale())
+            let lead_n: usize = lead.iter().product();
+            let mut rs = vec![0f32; lead_n * in_dim[0]];
+            stream.fill_signs(&mut rs);
+            let mut ss = vec![0f32; lead_n * r];
+            stream.fill_signs(&mut ss);
+            (z, rs, ss, stream.scale())
         };
-        let z = Tensor::from_vec(z, (r, in_dim), x.device())?.to_dtype(x.dtype())?;
+        let dev = x.device();
+        let dtype = x.dtype();
+        let z = Tensor::from_vec(z, (r, in_dim[0]), dev)?.to_dtype(dtype)?;
         let e = (self.a_std()? * (z * scale)?)?;
-        let x = unseeded_dropout(x, self.config.lora.dropout, train)?;
-        let lora_scale = self.config.lora.scale();
-        if cpu_f32(&[&x, &e, &self.b]) {
-            flipout(&x, &e, &self.b, signs, lora_scale)
-        } else {
-            self.composed_noise(&x, &e, signs, lora_scale)
-        }
-    }
-
-    /// The reference path of [`Self::noise`]: `scale * B(((x * R) E^T) * S)` from
-    /// candle's ops, with the signs as ±1 tensors.
-    fn composed_noise(
-        &self,
-        x: &Tensor,
-        e: &Tensor,
-        (r_signs, s_signs): (Signs, Signs),
-        scale: f64,
-    ) -> candle_core::Result<Tensor> {
-        let (dev, dtype) = (x.device(), x.dtype());
-        let rows = x.elem_count() / e.dim(1)?.max(1);
-        let r = e.dim(0)?;
-        let mut s_shape = x.dims().to_vec();
-        if let Some(last) = s_shape.last_mut() {
-            *last = r;
-        }
-        let r_signs =
-            Tensor::from_vec(r_signs.to_f32(x.elem_count()), x.shape(), dev)?.to_dtype(dtype)?;
-        let s_signs = Tensor::from_vec(s_signs.to_f32(rows * r), s_shape, dev)?.to_dtype(dtype)?;
+        let mut r_shape = lead.to_vec();
+        r_shape.push(in_dim[0]);
+        let mut s_shape = lead.to_vec();
+        s_shape.push(r);
+        let r_signs = Tensor::from_vec(r_signs, r_shape, dev)?.to_dtype(dtype)?;
+        let s_signs = Tensor::from_vec(s_signs, s_shape, dev)?.to_dtype(dtype)?;
+        let x = self.dropout.forward_t(x, train)?;
         let u = ((x * r_signs)?.broadcast_matmul(&e.t()?)? * s_signs)?;
-        u.broadcast_matmul(&self.b.t()?)? * scale
+        u.broadcast_matmul(&self.b.t()?)? * self.config.lora.scale()
     }
 }
 
 impl ModuleT for BayesianLoraLinear {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let xd = unseeded_dropout(x, self.config.lora.dropout, train)?;
+        let xd = self.dropout.forward_t(x, train)?;
         let update = xd
             .broadcast_matmul(&self.a_mean.t()?)?
             .broadcast_matmul(&self.b.t()?)?;

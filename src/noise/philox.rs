@@ -216,43 +216,18 @@ impl PhiloxNormal {
     }
 
     /// Fills `out` with random signs (+1 or -1, equally likely), one bit of the stream
-    /// each, and advances the stream past them: the signs of [`Self::sign_bits`].
+    /// each, and advances the stream past them.
     pub fn fill_signs(&mut self, out: &mut [f32]) {
-        let bits = self.sign_bits(out.len());
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = if (bits[i / 32] >> (i % 32)) & 1 == 1 {
-                1.0
-            } else {
-                -1.0
-            };
-        }
-    }
-
-    /// `n` random signs packed 32 to a word, bit `i % 32` of word `i / 32` set for +1:
-    /// the stream's words in order, 128 signs per counter block. Advances the stream past
-    /// them.
-    ///
-    /// ```
-    /// let mut packed = varlora::noise::PhiloxNormal::new(5);
-    /// let mut unpacked = packed.clone();
-    /// let bits = packed.sign_bits(200);
-    /// let mut signs = [0f32; 200];
-    /// unpacked.fill_signs(&mut signs);
-    /// assert_eq!(bits.len(), 7);
-    /// assert_eq!(signs[33] == 1.0, (bits[1] >> 1) & 1 == 1);
-    /// assert_eq!(packed, unpacked);
-    /// ```
-    pub fn sign_bits(&mut self, n: usize) -> Vec<u32> {
         let key = [self.seed as u32, (self.seed >> 32) as u32];
-        let blocks = n.div_ceil(128);
-        let mut bits = Vec::with_capacity(4 * blocks);
-        for j in 0..blocks as u64 {
-            let b = self.block + j;
-            bits.extend(philox4x32_10([b as u32, (b >> 32) as u32, 0, 0], key));
+        for (j, chunk) in out.chunks_mut(128).enumerate() {
+            let b = self.block + j as u64;
+            let words = philox4x32_10([b as u32, (b >> 32) as u32, 0, 0], key);
+            for (i, o) in chunk.iter_mut().enumerate() {
+                let bit = (words[i / 32] >> (i % 32)) & 1;
+                *o = if bit == 1 { 1.0 } else { -1.0 };
+            }
         }
-        bits.truncate(n.div_ceil(32));
-        self.block += blocks as u64;
-        bits
+        self.block += out.len().div_ceil(128) as u64;
     }
 
     /// Fills `out` with draws from U(lo, hi), four per counter block (one 32-bit word

@@ -8,13 +8,11 @@
 //! treats as frozen is tracked (a var, or computed from one), so that no gradient is ever
 //! silently dropped.
 
-mod flipout;
 mod gelu;
 mod layer_norm;
 mod linear;
 mod softmax;
 
-pub(crate) use flipout::{flipout, Signs};
 pub(crate) use gelu::gelu_erf;
 pub(crate) use layer_norm::layer_norm;
 pub(crate) use linear::FrozenLinear;
@@ -26,7 +24,7 @@ use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
 const TASK: usize = 1 << 14;
 
 /// Whether every tensor is an f32 tensor on the CPU.
-pub(crate) fn cpu_f32(ts: &[&Tensor]) -> bool {
+fn cpu_f32(ts: &[&Tensor]) -> bool {
     ts.iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }
