@@ -11,9 +11,10 @@
 use std::sync::Arc;
 
 use candle_core::{DType, ModuleT, Tensor};
-use candle_nn::{init::Init, Dropout, Linear, VarBuilder};
+use candle_nn::{init::Init, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::dropout::unseeded_dropout;
 use super::init::{init_lora_pair, kaiming_uniform_bound, set_uniform, var_name};
 use super::sampler::SampleSwitch;
 use super::{Adapter, LoraConfig};
@@ -255,7 +256,6 @@ pub struct BayesianLoraLinear {
     a_g: Tensor,
     b: Tensor,
     config: BlobConfig,
-    dropout: Dropout,
     sampler: BlobSampler,
     prefix: String,
 }
@@ -294,7 +294,6 @@ impl BayesianLoraLinear {
         let a_g = vb.get_with_hints((r, in_dim), "lora_a_g", Init::Uniform { lo, up })?;
         let b = vb.get_with_hints((out_dim, r), "lora_b", Init::Const(0.0))?;
         Ok(Self {
-            dropout: Dropout::new(config.lora.dropout),
             base: FrozenLinear::new(base),
             a_mean,
             a_g,
@@ -390,7 +389,7 @@ impl BayesianLoraLinear {
         s_shape.push(r);
         let r_signs = Tensor::from_vec(r_signs, r_shape, dev)?.to_dtype(dtype)?;
         let s_signs = Tensor::from_vec(s_signs, s_shape, dev)?.to_dtype(dtype)?;
-        let x = self.dropout.forward_t(x, train)?;
+        let x = unseeded_dropout(x, self.config.lora.dropout, train)?;
         let u = ((x * r_signs)?.broadcast_matmul(&e.t()?)? * s_signs)?;
         u.broadcast_matmul(&self.b.t()?)? * self.config.lora.scale()
     }
@@ -398,7 +397,7 @@ impl BayesianLoraLinear {
 
 impl ModuleT for BayesianLoraLinear {
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let xd = self.dropout.forward_t(x, train)?;
+        let xd = unseeded_dropout(x, self.config.lora.dropout, train)?;
         let update = xd
             .broadcast_matmul(&self.a_mean.t()?)?
             .broadcast_matmul(&self.b.t()?)?;
