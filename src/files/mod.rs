@@ -6,4 +6,4 @@ pub mod peft;
 pub(crate) mod sealed;
 mod vars;
 
-pub(crate) use vars::set_vars;
+pub(crate) use vars::{lock_vars, set_vars};

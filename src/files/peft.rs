@@ -156,10 +156,7 @@ impl PeftAdapter {
 
     /// The adapter tensors under peft's names, checked against the targets and rank.
     fn peft_tensors(&self, dir: &Path, adapters: &VarMap) -> Result<HashMap<String, Tensor>> {
-        let vars = adapters
-            .data()
-            .lock()
-            .expect("a VarMap's lock is never poisoned");
+        let vars = super::lock_vars(adapters)?;
         let mut out = HashMap::new();
         for (peft, name, var) in peft_vars(&vars).map_err(|e| bad(dir, e))? {
             out.insert(peft, head_as_peft(name, var.as_tensor())?);
@@ -280,10 +277,7 @@ impl PeftAdapter {
         let path = dir.join(WEIGHTS_FILE);
         let file = sealed::read_foreign(&path, KIND, VERSION, &Device::Cpu)?.tensors;
         let file = from_sequence_classification(file).map_err(|e| bad(&path, e))?;
-        let vars = adapters
-            .data()
-            .lock()
-            .expect("a VarMap's lock is never poisoned");
+        let vars = super::lock_vars(adapters)?;
         let targets = peft_vars(&vars).map_err(|e| bad(&path, e))?;
         super::set_vars(&path, file, targets, head_from_peft)?;
         Ok(adapter)

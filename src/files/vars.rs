@@ -3,9 +3,22 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use std::sync::MutexGuard;
+
 use candle_core::{Tensor, Var};
 
 use crate::{Error, Result};
+
+/// The vars of `varmap` by name, locked: an error, not a panic, if a thread panicked
+/// while holding the lock.
+pub(crate) fn lock_vars(
+    varmap: &candle_nn::VarMap,
+) -> Result<MutexGuard<'_, HashMap<String, Var>>> {
+    varmap
+        .data()
+        .lock()
+        .map_err(|_| Error::InvalidState("the VarMap's lock is poisoned"))
+}
 
 /// Sets each `(key, name, var)` of `vars` to the file's tensor `key` (the var's `name`
 /// where the file names it differently), passed through `convert` and then to the var's

@@ -78,10 +78,7 @@ impl SavedClassifier {
     /// Writes every var of `adapters` (the adapters and the head, as
     /// [`BertClassifier::new`] names them) and these settings to `path`, checksummed.
     pub fn save(&self, path: impl AsRef<Path>, adapters: &VarMap) -> Result<()> {
-        let vars = adapters
-            .data()
-            .lock()
-            .expect("a VarMap's lock is never poisoned");
+        let vars = crate::files::lock_vars(adapters)?;
         let tensors = vars
             .iter()
             .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
@@ -115,10 +112,7 @@ impl SavedClassifier {
             BertEncoder::load(base, adapters.clone(), config, Some(&spec), saved.targets)?;
         let model = BertClassifier::new(encoder, saved.classes, adapters)?;
         {
-            let vars = varmap
-                .data()
-                .lock()
-                .expect("a VarMap's lock is never poisoned");
+            let vars = crate::files::lock_vars(&varmap)?;
             let targets = vars
                 .iter()
                 .map(|(name, var)| (name.clone(), name.as_str(), var));

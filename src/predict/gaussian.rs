@@ -158,10 +158,7 @@ impl GaussianPosterior {
         let path = path.as_ref();
         let mut file = sealed::read(path, KIND, VERSION, &candle_core::Device::Cpu)?;
         let header: Header = file.header(HEADER_KEY, path)?;
-        let vars = varmap
-            .data()
-            .lock()
-            .expect("a VarMap's lock is never poisoned");
+        let vars = crate::files::lock_vars(varmap)?;
         let mut take = |name: &str, var: &Var, what: &str| -> Result<Tensor> {
             let key = format!("{name}.{what}");
             let t = file

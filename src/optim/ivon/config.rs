@@ -405,10 +405,7 @@ impl ParamGroup {
     /// # Ok::<(), varlora::Error>(())
     /// ```
     pub fn from_varmap(varmap: &candle_nn::VarMap) -> Result<Self> {
-        let data = varmap
-            .data()
-            .lock()
-            .map_err(|_| Error::InvalidState("the VarMap's lock is poisoned"))?;
+        let data = crate::files::lock_vars(varmap)?;
         Ok(Self::named(
             data.iter().map(|(k, v)| (k.clone(), v.clone())),
         ))
