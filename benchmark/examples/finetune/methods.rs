@@ -78,25 +78,32 @@ pub fn add_rows(
 /// The ensemble's averaged predictive, and the same temperature-scaled.
 fn lora_ensemble(ctx: &Ctx, rows: &mut Rows) -> Res<Extras> {
     let name = format!("LoRA-Ensemble M = {}", ctx.args.members);
-    let temperature = with_temperature(ctx, rows, name, &mut |b| {
+    let averaged = with_temperature(ctx, rows, name, &mut |b| {
         evaluate_members(b, |b| ctx.model.forward_t(&b.ids, &b.types, &b.mask, false))
     })?;
     Ok(Extras {
-        temperature,
+        temperature: averaged.temperature,
         ..Extras::default()
     })
 }
 
+/// What [`with_temperature`] evaluated: the averaged predictive on the evaluation set and
+/// each OOD set, its cost, and the temperature fitted on it.
+struct Averaged {
+    predictives: Vec<Predictive>,
+    ms_per_sentence: f64,
+    temperature: Option<f64>,
+}
+
 /// Adds the row `name` of a predictive averaged over samples (or members), and where the
 /// run has calibration sentences a "+ TS" row: a temperature fitted on that averaged
-/// predictive over them, applied with the samples' mutual information kept. Returns
-/// the temperature.
+/// predictive over them, applied with the samples' mutual information kept.
 fn with_temperature(
     ctx: &Ctx,
     rows: &mut Rows,
     name: String,
     predict: &mut dyn FnMut(&[crate::data::Batch]) -> varlora::Result<Predictive>,
-) -> Res<Option<f64>> {
+) -> Res<Averaged> {
     let mut kept = Vec::new();
     let ms_per_sentence = rows.add(name.clone(), &mut |b| {
         let p = predict(b)?;
@@ -106,9 +113,15 @@ fn with_temperature(
     let ts = fit_temperature(ctx, &mut *predict)?;
     if let Some(ts) = &ts {
         let name = format!("{name} + TS");
-        rows.add_derived(name, kept, ms_per_sentence, |p| temperature_scaled(p, ts))?;
+        rows.add_derived(name, kept.clone(), ms_per_sentence, |p| {
+            temperature_scaled(p, ts)
+        })?;
     }
-    Ok(ts.map(|t| t.temperature))
+    Ok(Averaged {
+        predictives: kept,
+        ms_per_sentence,
+        temperature: ts.map(|t| t.temperature),
+    })
 }
 
 /// AdamW, and AdamW with a temperature fitted on the calibration sentences.
@@ -155,8 +168,9 @@ impl Scalable for McDropout {
     }
 }
 
-/// The point estimate, `--test-samples` samples, and the samples at each
-/// `--posterior-scales` factor where `scaled` names a row for it.
+/// The point estimate, `--test-samples` samples, the first of them for each
+/// `--also-samples` count, and the samples at each `--posterior-scales` factor where
+/// `scaled` names a row for it.
 fn posterior<P: Scalable>(
     ctx: &Ctx,
     rows: &mut Rows,
@@ -166,9 +180,16 @@ fn posterior<P: Scalable>(
 ) -> Res<Extras> {
     let (model, s) = (ctx.model, ctx.args.test_samples);
     rows.add(point, &mut |b| evaluate(&mut *post, model, b, 0))?;
-    let temperature = with_temperature(ctx, rows, sampled, &mut |b| {
+    let averaged = with_temperature(ctx, rows, sampled.clone(), &mut |b| {
         evaluate(&mut *post, model, b, s)
     })?;
+    for &k in &ctx.args.also_samples {
+        let name = format!("{sampled}, first {k}");
+        let ms_per_sentence = averaged.ms_per_sentence * k as f64 / s as f64;
+        rows.add_derived(name, averaged.predictives.clone(), ms_per_sentence, |p| {
+            first_samples(p, k)
+        })?;
+    }
     let mut rescaled = false;
     for &c in &ctx.args.posterior_scales {
         let Some(name) = scaled(c) else { continue };
@@ -180,9 +201,25 @@ fn posterior<P: Scalable>(
         post.set_scale(1.0)?;
     }
     Ok(Extras {
-        temperature,
+        temperature: averaged.temperature,
         ..Extras::default()
     })
+}
+
+/// The predictive of the first `k` of the samples `p` kept: what `k` draws of the same
+/// posterior give, with the same seeds.
+fn first_samples(p: &Predictive, k: usize) -> varlora::Result<Predictive> {
+    let samples = p.samples.as_ref().ok_or_else(|| {
+        varlora::Error::InvalidInput("the predictive kept no samples to take the first of".into())
+    })?;
+    let s = samples.dim(0)?;
+    if k == 0 || k >= s {
+        return Err(varlora::Error::InvalidInput(format!(
+            "--also-samples {k}: give a count between 1 and --test-samples ({s}) exclusive"
+        )));
+    }
+    let log_probs = samples.narrow(0, 0, k)?.log()?;
+    predictive_from_samples(&log_probs, true)
 }
 
 /// A temperature fitted on the calibration sentences' predictive, or `None` where the
