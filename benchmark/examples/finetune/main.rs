@@ -479,49 +479,29 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let lora = LoraConfig::new(8).alpha(16.0).dropout(args.dropout(method));
     let noise = (BlobSampler::new(args.seed), McDropout::new(args.seed));
     let varmap = VarMap::new();
-    let trained = train_model(&args, method, &inputs, &lora, &noise, &varmap, &mut rng)?;
-    let Trained {
-        model,
-        mut trainer,
-        blob_layers,
-        ms_per_step,
-    } = trained;
+    let mut trained = train_model(&args, method, &inputs, &lora, &noise, &varmap, &mut rng)?;
     if let Some(dir) = &args.save {
-        save::save(dir, method, (&varmap, &lora, args.seed), trainer.ivon_mut())?;
+        let ivon = trained.trainer.ivon_mut();
+        save::save(dir, method, (&varmap, &lora, args.seed), ivon)?;
     }
-    // Evaluation with a detached copy of the model, so that forwards keep no graph.
-    let model = model.detach();
-    let ctx = methods::Ctx {
+    let setting = Setting {
         args: &args,
-        split: &inputs.split,
-        tokenizer: &inputs.tokenizer,
+        method,
+        inputs: &inputs,
+        lora: &lora,
+        noise: &noise,
         dev: &dev,
-        config: &inputs.config,
-        model: &model,
-        sampler: &noise.0,
-        mc: &noise.1,
     };
-    let mut rows = Rows::new(&inputs.eval, &inputs.ood, ms_per_step)?;
-    let extras = methods::add_rows(method, &ctx, &mut rows, &mut trainer, &mut rng)?;
-    if args.distill_from.is_some() {
-        let student_base = (inputs.base.clone(), &lora);
-        distill::student_row(
-            &ctx,
-            &mut rows,
-            method,
-            &mut trainer,
-            &mut rng,
-            student_base,
-        )?;
-    }
-    let scales = match (method, trainer.ivon_mut()) {
+    let (rows, extras) = evaluate_trained(&setting, &mut trained, &mut rng)?;
+    let scales = match (method, trained.trainer.ivon_mut()) {
         (Method::Ivon, Some(opt)) => scale::ivon(opt)?,
-        (Method::Blob, _) => scale::blob(&blob_layers)?,
+        (Method::Blob, _) => scale::blob(&trained.blob_layers)?,
         _ => Vec::new(),
     };
     if !scales.is_empty() {
         println!("{}", scale::summary(&scales));
     }
+    let ms_per_step = trained.ms_per_step;
     write_results(
         &args,
         method,
@@ -531,6 +511,51 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         &scales,
         ms_per_step,
     )
+}
+
+/// What a run was set up with, for its evaluation.
+struct Setting<'a> {
+    args: &'a Args,
+    method: Method,
+    inputs: &'a Inputs,
+    lora: &'a LoraConfig,
+    noise: &'a (BlobSampler, McDropout),
+    dev: &'a Device,
+}
+
+/// The report's rows for the trained model: the method's own, then its distilled
+/// student's where `--distill-from` asks for one.
+fn evaluate_trained<'a>(
+    setting: &Setting<'a>,
+    trained: &mut Trained,
+    rng: &mut StdRng,
+) -> Result<(Rows<'a>, methods::Extras), Box<dyn std::error::Error>> {
+    let Setting {
+        args,
+        method,
+        inputs,
+        ..
+    } = *setting;
+    // Evaluation with a detached copy of the model, so that forwards keep no graph.
+    let model = trained.model.detach();
+    let ctx = methods::Ctx {
+        args,
+        split: &inputs.split,
+        tokenizer: &inputs.tokenizer,
+        dev: setting.dev,
+        config: &inputs.config,
+        model: &model,
+        sampler: &setting.noise.0,
+        mc: &setting.noise.1,
+    };
+    let trainer = &mut trained.trainer;
+    let mut rows = Rows::new(&inputs.eval, &inputs.ood, trained.ms_per_step)?;
+    let extras = methods::add_rows(method, &ctx, &mut rows, trainer, rng)?;
+    if args.distill_from.is_some() {
+        let student_base = (inputs.base.clone(), setting.lora);
+        distill::student_row(&ctx, &mut rows, method, trainer, rng, student_base)?;
+    }
+    Ok((rows, extras))
 }
 
 /// A trained model with its trainer (for the posterior), BLoB's posterior vars and the
