@@ -254,6 +254,51 @@ struct Layer {
     output_norm: Norm,
 }
 
+impl Layer {
+    /// Encoder layer `b` (base weights) with adapters `a` on the `targets` when
+    /// `adapter` is given.
+    fn load(
+        b: &VarBuilder,
+        a: &VarBuilder,
+        config: &BertConfig,
+        adapter: Option<&dyn AdapterBuilder>,
+        targets: AdapterTargets,
+    ) -> Result<Self> {
+        let (h, wide, eps) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.layer_norm_eps,
+        );
+        let pick = |on: bool| if on { adapter } else { None };
+        let (bs, as_) = (b.pp("attention.self"), a.pp("attention.self"));
+        let (bo, ao) = (b.pp("attention.output"), a.pp("attention.output"));
+        Ok(Self {
+            query: Proj::load(h, h, "query", &bs, &as_, pick(targets.query))?,
+            key: Proj::load(h, h, "key", &bs, &as_, pick(targets.key))?,
+            value: Proj::load(h, h, "value", &bs, &as_, pick(targets.value))?,
+            attention_output: Proj::load(h, h, "dense", &bo, &ao, pick(targets.attention_output))?,
+            attention_norm: Norm::load(h, eps, bo.pp("LayerNorm"))?,
+            intermediate: Proj::load(
+                h,
+                wide,
+                "dense",
+                &b.pp("intermediate"),
+                &a.pp("intermediate"),
+                pick(targets.intermediate),
+            )?,
+            output: Proj::load(
+                wide,
+                h,
+                "dense",
+                &b.pp("output"),
+                &a.pp("output"),
+                pick(targets.output),
+            )?,
+            output_norm: Norm::load(h, eps, b.pp("output.LayerNorm"))?,
+        })
+    }
+}
+
 /// A BERT encoder with adapters. The frozen weights come from one `VarBuilder` (e.g.
 /// memory-mapped safetensors), the adapters from another (a `VarMap`), so that
 /// `varmap.all_vars()` holds exactly the trainable tensors.
@@ -281,49 +326,18 @@ impl BertEncoder {
         } else {
             base
         };
-        let h = config.hidden_size;
-        let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for i in 0..config.num_hidden_layers {
-            let name = format!("encoder.layer.{i}");
-            let (b, a) = (base.pp(&name), adapters.pp(&name));
-            let pick = |on: bool| if on { adapter } else { None };
-            let (bs, as_) = (b.pp("attention.self"), a.pp("attention.self"));
-            layers.push(Layer {
-                query: Proj::load(h, h, "query", &bs, &as_, pick(targets.query))?,
-                key: Proj::load(h, h, "key", &bs, &as_, pick(targets.key))?,
-                value: Proj::load(h, h, "value", &bs, &as_, pick(targets.value))?,
-                attention_output: Proj::load(
-                    h,
-                    h,
-                    "dense",
-                    &b.pp("attention.output"),
-                    &a.pp("attention.output"),
-                    pick(targets.attention_output),
-                )?,
-                attention_norm: Norm::load(
-                    h,
-                    config.layer_norm_eps,
-                    b.pp("attention.output.LayerNorm"),
-                )?,
-                intermediate: Proj::load(
-                    h,
-                    config.intermediate_size,
-                    "dense",
-                    &b.pp("intermediate"),
-                    &a.pp("intermediate"),
-                    pick(targets.intermediate),
-                )?,
-                output: Proj::load(
-                    config.intermediate_size,
-                    h,
-                    "dense",
-                    &b.pp("output"),
-                    &a.pp("output"),
-                    pick(targets.output),
-                )?,
-                output_norm: Norm::load(h, config.layer_norm_eps, b.pp("output.LayerNorm"))?,
-            });
-        }
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| {
+                let name = format!("encoder.layer.{i}");
+                Layer::load(
+                    &base.pp(&name),
+                    &adapters.pp(&name),
+                    config,
+                    adapter,
+                    targets,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embeddings: Embeddings::load(config, base.pp("embeddings"))?,
             layers,
