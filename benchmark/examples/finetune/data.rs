@@ -79,10 +79,7 @@ impl Split {
     pub fn draw(
         corpora: &Path,
         rng: &mut StdRng,
-        seed: u64,
-        validation: bool,
-        train_size: usize,
-        limit: usize,
+        spec: &SplitSpec,
         split_file: &Path,
     ) -> Result<Self, Box<dyn std::error::Error>> {
         let polarity = read_corpus(&corpora.join("polarity-en-pang&lee2.csv"))?;
@@ -92,54 +89,85 @@ impl Split {
                 "the corpora are shorter than expected: run scripts/fetch-assets.sh".into(),
             );
         }
-        let mut order: Vec<usize> = (0..polarity.len()).collect();
+        let multiemo = read_multiemo(corpora)?;
+        let sizes = (polarity.len(), wiki.len(), multiemo.as_ref().map(Vec::len));
+        let idx = SplitIndices::draw(sizes, rng, spec);
+        std::fs::write(split_file, serde_json::to_string(&idx)?)?;
+        let pick = |rows: &Rows, idx: &[usize]| idx.iter().map(|&i| rows[i].clone()).collect();
+        Ok(Self {
+            train: pick(&polarity, &idx.train),
+            calibration: pick(&polarity, &idx.calibration),
+            eval: pick(&polarity, &idx.eval),
+            ood: pick(&wiki, &idx.ood),
+            ood_multiemo: multiemo
+                .zip(idx.ood_multiemo)
+                .map(|(m, idx)| idx.iter().map(|&i| (m[i].clone(), 0)).collect()),
+        })
+    }
+}
+
+/// How [`Split::draw`] draws: the seed of MultiEmo's own generator, whether to hold out
+/// a validation set, the training set's size, and the cut of every set.
+pub struct SplitSpec {
+    pub seed: u64,
+    pub validation: bool,
+    pub train_size: usize,
+    pub limit: usize,
+}
+
+/// The split as row indices into the corpora: the split file's contents (its fields in
+/// the files' alphabetical order).
+#[derive(serde::Serialize)]
+struct SplitIndices {
+    calibration: Vec<usize>,
+    eval: Vec<usize>,
+    ood: Vec<usize>,
+    ood_multiemo: Option<Vec<usize>>,
+    polarity_rows: usize,
+    train: Vec<usize>,
+    wiki_rows: usize,
+}
+
+impl SplitIndices {
+    /// The indices for corpora of `(polarity, wiki, multiemo)` rows.
+    fn draw(
+        (polarity_rows, wiki_rows, multiemo_rows): (usize, usize, Option<usize>),
+        rng: &mut StdRng,
+        spec: &SplitSpec,
+    ) -> Self {
+        let mut order: Vec<usize> = (0..polarity_rows).collect();
         order.shuffle(rng);
         let (test, train) = order.split_at(800);
-        let (train, eval) = if validation {
+        let (train, eval) = if spec.validation {
             train.split_at(train.len() - 400)
         } else {
             (train, test)
         };
-        let mut wiki_order: Vec<usize> = (0..wiki.len()).collect();
+        let mut wiki_order: Vec<usize> = (0..wiki_rows).collect();
         wiki_order.shuffle(rng);
-        let calibration = if train_size.saturating_add(400) <= train.len() {
+        let calibration = if spec.train_size.saturating_add(400) <= train.len() {
             &train[train.len() - 400..]
         } else {
             &[]
         };
-        let calibration = &calibration[..calibration.len().min(limit)];
-        let train = &train[..train.len().min(train_size)];
+        let limit = spec.limit;
         let eval = &eval[..eval.len().min(limit)];
         let ood = &wiki_order[..eval.len().min(800)];
-        let multiemo = read_multiemo(corpora)?;
-        let multiemo_ood = multiemo.as_ref().map(|m| {
-            let mut order: Vec<usize> = (0..m.len()).collect();
-            order.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x3e30));
+        let ood_multiemo = multiemo_rows.map(|rows| {
+            let mut order: Vec<usize> = (0..rows).collect();
+            order.shuffle(&mut StdRng::seed_from_u64(spec.seed ^ 0x3e30));
             order.truncate(ood.len());
             order
         });
-        std::fs::write(
-            split_file,
-            serde_json::to_string(&serde_json::json!({
-                "polarity_rows": polarity.len(),
-                "wiki_rows": wiki.len(),
-                "train": train,
-                "calibration": calibration,
-                "eval": eval,
-                "ood": ood,
-                "ood_multiemo": multiemo_ood,
-            }))?,
-        )?;
-        let pick = |rows: &Rows, idx: &[usize]| idx.iter().map(|&i| rows[i].clone()).collect();
-        Ok(Self {
-            train: pick(&polarity, train),
-            calibration: pick(&polarity, calibration),
-            eval: pick(&polarity, eval),
-            ood: pick(&wiki, ood),
-            ood_multiemo: multiemo
-                .zip(multiemo_ood)
-                .map(|(m, idx)| idx.iter().map(|&i| (m[i].clone(), 0)).collect()),
-        })
+        Self {
+            calibration: calibration[..calibration.len().min(limit)].to_vec(),
+            eval: eval.to_vec(),
+            ood: ood.to_vec(),
+            ood_multiemo,
+            polarity_rows,
+            train: train[..train.len().min(spec.train_size)].to_vec(),
+            wiki_rows,
+        }
     }
 }
 

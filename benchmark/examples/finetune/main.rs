@@ -31,7 +31,7 @@ use tokenizers::Tokenizer;
 use varlora::lora::{BlobConfig, BlobSampler, LoraConfig, McDropout};
 use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
 
-use data::{batches, Batch, Split};
+use data::{batches, Batch, Split, SplitSpec};
 use evaluate::{OodSets, Rows};
 use report::peak_rss_mb;
 use train::Trainer;
@@ -413,13 +413,16 @@ impl Inputs {
         }
         std::fs::create_dir_all(&args.out)?;
         let limit = args.limit.unwrap_or(usize::MAX);
+        let spec = SplitSpec {
+            seed: args.seed,
+            validation: args.validation,
+            train_size: args.train_size().min(limit),
+            limit,
+        };
         let split = Split::draw(
             &corpora,
             rng,
-            args.seed,
-            args.validation,
-            args.train_size().min(limit),
-            limit,
+            &spec,
             &args
                 .out
                 .join(format!("split-seed{}{}.json", args.seed, args.tag())),
