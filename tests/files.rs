@@ -345,6 +345,17 @@ fn peft_configs_from_python_are_read_and_unsupported_settings_named() {
         ("use_rslora", serde_json::json!(true), "use_rslora"),
         ("use_dora", serde_json::json!(true), "use_dora"),
         ("bias", serde_json::json!("all"), "bias"),
+        ("fan_in_fan_out", serde_json::json!(true), "fan_in_fan_out"),
+        (
+            "rank_pattern",
+            serde_json::json!({"query": 4}),
+            "rank_pattern",
+        ),
+        (
+            "alpha_pattern",
+            serde_json::json!({"value": 32}),
+            "alpha_pattern",
+        ),
         ("peft_type", serde_json::json!("IA3"), "peft_type"),
         ("target_modules", serde_json::json!(["dense"]), "dense"),
         (

@@ -211,44 +211,8 @@ impl PeftAdapter {
         let text =
             std::fs::read_to_string(&path).map_err(|e| bad(&path, format!("cannot read: {e}")))?;
         let c: Value = serde_json::from_str(&text).map_err(|e| bad(&path, e))?;
+        check_supported(&c, &path)?;
         let field = |k: &str| c.get(k).unwrap_or(&Value::Null);
-        if field("peft_type").as_str() != Some("LORA") {
-            return Err(bad(
-                &path,
-                format!("peft_type {}, expected \"LORA\"", field("peft_type")),
-            ));
-        }
-        for (k, ok) in [
-            (
-                "use_rslora",
-                !field("use_rslora").as_bool().unwrap_or(false),
-            ),
-            ("use_dora", !field("use_dora").as_bool().unwrap_or(false)),
-            (
-                "fan_in_fan_out",
-                !field("fan_in_fan_out").as_bool().unwrap_or(false),
-            ),
-            (
-                "bias",
-                matches!(field("bias").as_str(), None | Some("none")),
-            ),
-            (
-                "rank_pattern",
-                field("rank_pattern")
-                    .as_object()
-                    .is_none_or(|m| m.is_empty()),
-            ),
-            (
-                "alpha_pattern",
-                field("alpha_pattern")
-                    .as_object()
-                    .is_none_or(|m| m.is_empty()),
-            ),
-        ] {
-            if !ok {
-                return Err(bad(&path, format!("{k} = {} is not supported", field(k))));
-            }
-        }
         let number = |k: &str| {
             field(k)
                 .as_f64()
@@ -364,6 +328,37 @@ fn head_from_peft(name: &str, t: Tensor) -> Result<Tensor> {
     } else {
         Ok(t)
     }
+}
+
+/// An error unless the config `c` read from `path` is a plain LoRA adapter: no rsLoRA,
+/// DoRA, transposed weights, biases or per-module ranks and alphas, which the adapters
+/// here do not implement.
+fn check_supported(c: &Value, path: &Path) -> Result<()> {
+    let field = |k: &str| c.get(k).unwrap_or(&Value::Null);
+    if field("peft_type").as_str() != Some("LORA") {
+        return Err(bad(
+            path,
+            format!("peft_type {}, expected \"LORA\"", field("peft_type")),
+        ));
+    }
+    let off = |k: &str| !field(k).as_bool().unwrap_or(false);
+    let empty = |k: &str| field(k).as_object().is_none_or(|m| m.is_empty());
+    for (k, ok) in [
+        ("use_rslora", off("use_rslora")),
+        ("use_dora", off("use_dora")),
+        ("fan_in_fan_out", off("fan_in_fan_out")),
+        (
+            "bias",
+            matches!(field("bias").as_str(), None | Some("none")),
+        ),
+        ("rank_pattern", empty("rank_pattern")),
+        ("alpha_pattern", empty("alpha_pattern")),
+    ] {
+        if !ok {
+            return Err(bad(path, format!("{k} = {} is not supported", field(k))));
+        }
+    }
+    Ok(())
 }
 
 /// peft's `target_modules`: a list of module-name suffixes (peft matches `name` or
