@@ -85,30 +85,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ivon_mean_logp = predictive_at_point(&mut ivon, forward)?.log_probs;
     let ivon_mc_logp = predictive(&mut ivon, MC_SAMPLES, false, forward)?.log_probs;
 
+    let predictions = [
+        ("AdamW".to_string(), adamw_logp),
+        ("IVON @ mean".to_string(), ivon_mean_logp),
+        (format!("IVON {MC_SAMPLES} samples"), ivon_mc_logp),
+    ];
+    let times = [("AdamW", adamw_time), ("IVON", ivon_time)];
+    print_tables((n_train, batches.len()), &predictions, &y_test, &times)
+}
+
+/// The metrics of each model's test log-probabilities, then each optimizer's step time.
+fn print_tables(
+    (n_train, steps): (usize, usize),
+    predictions: &[(String, Tensor)],
+    y: &Tensor,
+    times: &[(&str, (Duration, Duration))],
+) -> Result<(), Box<dyn std::error::Error>> {
     println!(
-        "digits: {} train / {TEST} test, MLP 64-64-10, {EPOCHS} epochs of batch {BATCH} ({} steps)\n",
-        n_train,
-        batches.len()
+        "digits: {n_train} train / {TEST} test, MLP 64-64-10, {EPOCHS} epochs of batch {BATCH} ({steps} steps)\n"
     );
     println!("| model            |  accuracy |    NLL | ECE-15 |  Brier |");
     println!("|------------------|-----------|--------|--------|--------|");
-    println!("{}", row("AdamW", &adamw_logp, &y_test)?);
-    println!("{}", row("IVON @ mean", &ivon_mean_logp, &y_test)?);
-    println!(
-        "{}",
-        row(
-            &format!("IVON {MC_SAMPLES} samples"),
-            &ivon_mc_logp,
-            &y_test
-        )?
-    );
+    for (name, logp) in predictions {
+        println!("{}", row(name, logp, y)?);
+    }
     println!("\n| optimizer | training step | of which optimizer |");
     println!("|-----------|---------------|--------------------|");
-    for (name, (step, opt)) in [("AdamW", adamw_time), ("IVON", ivon_time)] {
+    for (name, (step, opt)) in times {
         println!(
             "| {name:<9} | {:>10.1} us | {:>15.1} us |",
-            micros(step),
-            micros(opt)
+            micros(*step),
+            micros(*opt)
         );
     }
     Ok(())
