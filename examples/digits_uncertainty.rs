@@ -54,13 +54,13 @@ struct Report {
     shifted: Vec<Predictive>,
 }
 
+/// `name`'s predictive with `samples` draws of `posterior` (0: its point estimate) on the
+/// test set and on each shifted set.
 fn evaluate<P: Posterior>(
-    name: &str,
+    (name, samples): (&str, usize),
     posterior: &mut P,
-    samples: usize,
     model: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>,
-    x: &Tensor,
-    shifted: &[Tensor],
+    (x, shifted): (&Tensor, &[Tensor]),
 ) -> varlora::Result<Report> {
     // 0 samples: the point estimate (BLoB's mean, "N = 0").
     let mut predict = |x: &Tensor| match samples {
@@ -227,39 +227,22 @@ fn main() -> Res<()> {
 
     let mut blob = sampler.clone();
     let blob_forward = |x: &Tensor| blob_model.forward(x, false);
+    let sets = (x_test, &shifted[..]);
     let reports = [
         evaluate(
-            "AdamW",
+            ("AdamW", 1),
             &mut PointMass,
-            1,
             &|x| adamw_model.forward(x),
-            x_test,
-            &shifted,
+            sets,
         )?,
         evaluate(
-            "IVON (32 samples)",
+            ("IVON (32 samples)", 32),
             &mut ivon,
-            32,
             &|x| ivon_model.forward(x),
-            x_test,
-            &shifted,
+            sets,
         )?,
-        evaluate(
-            "BLoB last layer (0)",
-            &mut blob,
-            0,
-            &blob_forward,
-            x_test,
-            &shifted,
-        )?,
-        evaluate(
-            "BLoB last layer (10)",
-            &mut blob,
-            10,
-            &blob_forward,
-            x_test,
-            &shifted,
-        )?,
+        evaluate(("BLoB last layer (0)", 0), &mut blob, &blob_forward, sets)?,
+        evaluate(("BLoB last layer (10)", 10), &mut blob, &blob_forward, sets)?,
     ];
 
     println!(
