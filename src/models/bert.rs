@@ -271,29 +271,20 @@ impl Layer {
         );
         let pick = |on: bool| if on { adapter } else { None };
         let (bs, as_) = (b.pp("attention.self"), a.pp("attention.self"));
-        let (bo, ao) = (b.pp("attention.output"), a.pp("attention.output"));
+        // The attention output, the intermediate and the output layer are each a
+        // `dense` under their own prefix.
+        let dense = |prefix: &str, fan_in, fan_out, on| {
+            let (bp, ap) = (b.pp(prefix), a.pp(prefix));
+            Proj::load(fan_in, fan_out, "dense", &bp, &ap, pick(on))
+        };
         Ok(Self {
             query: Proj::load(h, h, "query", &bs, &as_, pick(targets.query))?,
             key: Proj::load(h, h, "key", &bs, &as_, pick(targets.key))?,
             value: Proj::load(h, h, "value", &bs, &as_, pick(targets.value))?,
-            attention_output: Proj::load(h, h, "dense", &bo, &ao, pick(targets.attention_output))?,
-            attention_norm: Norm::load(h, eps, bo.pp("LayerNorm"))?,
-            intermediate: Proj::load(
-                h,
-                wide,
-                "dense",
-                &b.pp("intermediate"),
-                &a.pp("intermediate"),
-                pick(targets.intermediate),
-            )?,
-            output: Proj::load(
-                wide,
-                h,
-                "dense",
-                &b.pp("output"),
-                &a.pp("output"),
-                pick(targets.output),
-            )?,
+            attention_output: dense("attention.output", h, h, targets.attention_output)?,
+            attention_norm: Norm::load(h, eps, b.pp("attention.output.LayerNorm"))?,
+            intermediate: dense("intermediate", h, wide, targets.intermediate)?,
+            output: dense("output", wide, h, targets.output)?,
             output_norm: Norm::load(h, eps, b.pp("output.LayerNorm"))?,
         })
     }
