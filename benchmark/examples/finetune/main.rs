@@ -152,6 +152,11 @@ struct Args {
     /// the adapters while the head keeps its initial width.
     #[arg(long)]
     head_beta2: Option<f64>,
+    /// IVON's effective sample size for the classification head alone (default: `--ess`),
+    /// in the head's group: with `h` held near `hess_init` (`--head-beta2 0.99999`), it
+    /// sets the head's posterior width `1 / sqrt(ess (h + wd))` alone.
+    #[arg(long)]
+    head_ess: Option<f64>,
     /// LoRA dropout (default 0.1; 0 for BLoB, as its reference; LoRA-Ensemble has none).
     /// candle draws dropout masks from an unseeded generator on the CPU, so only runs
     /// with 0 repeat exactly.

@@ -52,7 +52,7 @@ impl Trainer {
                     .clip_radius(args.clip_radius)
                     .beta2(args.beta2)
                     .seed(args.seed);
-                let groups = ivon_groups(s.varmap, args.head_beta2)?;
+                let groups = ivon_groups(s.varmap, (args.head_beta2, args.head_ess))?;
                 Trainer::Ivon(Scheduled::new(Ivon::with_groups(groups, c)?, schedule)?)
             }
             Method::Blob => {
@@ -146,13 +146,17 @@ pub fn nll(logits: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor> {
     }
 }
 
-/// IVON's parameter groups: every var in one, or with `head_beta2` the adapters in one and
-/// the classification head in another with that Hessian decay.
-fn ivon_groups(varmap: &VarMap, head_beta2: Option<f64>) -> varlora::Result<Vec<ParamGroup>> {
+/// IVON's parameter groups: every var in one, or with a `head_beta2` or `head_ess` the
+/// adapters in one and the classification head in another with that Hessian decay and
+/// effective sample size.
+fn ivon_groups(
+    varmap: &VarMap,
+    (head_beta2, head_ess): (Option<f64>, Option<f64>),
+) -> varlora::Result<Vec<ParamGroup>> {
     let all = ParamGroup::from_varmap(varmap)?;
-    let Some(beta2) = head_beta2 else {
+    if head_beta2.is_none() && head_ess.is_none() {
         return Ok(vec![all]);
-    };
+    }
     let (head, adapters): (Vec<_>, Vec<_>) = all
         .names
         .into_iter()
@@ -160,6 +164,10 @@ fn ivon_groups(varmap: &VarMap, head_beta2: Option<f64>) -> varlora::Result<Vec<
         .partition(|(name, _)| name.starts_with("classifier."));
     Ok(vec![
         ParamGroup::named(adapters),
-        ParamGroup::named(head).beta2(beta2),
+        ParamGroup {
+            beta2: head_beta2,
+            ess: head_ess,
+            ..ParamGroup::named(head)
+        },
     ])
 }
