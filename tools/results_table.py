@@ -4,10 +4,15 @@ row that `benchmark/examples/finetune` or `tools/reference/finetune.py` wrote, a
     python3 tools/results_table.py results/test/*/*.json results/reference/*.json
     python3 tools/results_table.py --keys=accuracy,nll,ece results/overconfident/*/*.json
 
-`--keys` keeps those columns (names as in METRICS), in that order.
+`--keys` keeps those columns (names as in METRICS), in that order. `--by-run` names each
+row after its run's directory too, so that runs of one method with different settings
+get rows of their own:
+
+    python3 tools/results_table.py --by-run --keys=nll,auroc_mi results/val/overconfident-ivon-*/*.json
 """
 
 import json
+import os
 import statistics
 import sys
 from collections import defaultdict
@@ -40,9 +45,14 @@ def cell(values, fmt):
 
 
 def main(args):
-    keys = None
-    if args and args[0].startswith("--keys="):
-        keys = args[0].split("=", 1)[1].split(",")
+    keys, by_run = None, False
+    while args and args[0].startswith("--"):
+        if args[0].startswith("--keys="):
+            keys = args[0].split("=", 1)[1].split(",")
+        elif args[0] == "--by-run":
+            by_run = True
+        else:
+            sys.exit(f"unknown option {args[0]}")
         args = args[1:]
     paths = args
     rows = defaultdict(lambda: defaultdict(list))
@@ -53,6 +63,8 @@ def main(args):
         if "results" not in run:  # a split file
             continue
         prefix = "torch " if "implementation" in run else ""
+        if by_run:
+            prefix = os.path.basename(os.path.dirname(path)) + ": " + prefix
         for r in run["results"]:
             name = prefix + r["model"]
             if name not in rows:
