@@ -293,8 +293,17 @@ impl Args {
             .unwrap_or(if method == Method::Blob { 0.06 } else { 0.0 })
     }
 
-    /// Each `--also-samples` count is fewer than `--test-samples`, checked before training.
-    fn check_also_samples(&self) -> Result<(), String> {
+    /// Each `--also-samples` count is fewer than `--test-samples`, and `method` draws
+    /// samples (IVON, BLoB, MC dropout), checked before training.
+    fn check_also_samples(&self, method: Method) -> Result<(), String> {
+        if self.also_samples.is_empty() {
+            return Ok(());
+        }
+        if !matches!(method, Method::Ivon | Method::Blob | Method::McDropout) {
+            return Err(format!(
+                "--also-samples: {method:?} draws no posterior samples (IVON, BLoB and MC dropout do)"
+            ));
+        }
         match self
             .also_samples
             .iter()
@@ -477,7 +486,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Reuse freed tensor memory instead of page-faulting it in again every step.
     varlora::alloc::keep_freed_memory();
     let method = args.method()?;
-    args.check_also_samples()?;
+    args.check_also_samples(method)?;
     if args.save.is_some() {
         save::check(method, args.adapted_head)?;
     }
