@@ -207,17 +207,11 @@ fn posterior<P: Scalable>(
 }
 
 /// The predictive of the first `k` of the samples `p` kept: what `k` draws of the same
-/// posterior give, with the same seeds.
+/// posterior give, with the same seeds (`k` checked by `Args::check_also_samples`).
 fn first_samples(p: &Predictive, k: usize) -> varlora::Result<Predictive> {
     let samples = p.samples.as_ref().ok_or_else(|| {
         varlora::Error::InvalidInput("the predictive kept no samples to take the first of".into())
     })?;
-    let s = samples.dim(0)?;
-    if k == 0 || k >= s {
-        return Err(varlora::Error::InvalidInput(format!(
-            "--also-samples {k}: give a count between 1 and --test-samples ({s}) exclusive"
-        )));
-    }
     let log_probs = samples.narrow(0, 0, k)?.log()?;
     predictive_from_samples(&log_probs, true)
 }
