@@ -317,6 +317,12 @@ impl Args {
         }
     }
 
+    /// Whether MultiEmo is scored as an OOD set (when fetched): not with `--no-ood` or
+    /// `--no-multiemo`.
+    fn scores_multiemo(&self) -> bool {
+        !self.no_ood && !self.no_multiemo
+    }
+
     /// The method to train: `--optimizer`, else the teacher of `--distill-from`.
     fn method(&self) -> Result<Method, Box<dyn std::error::Error>> {
         match (self.optimizer, self.distill_from) {
@@ -446,7 +452,11 @@ impl Inputs {
         let mut ood = Vec::new();
         if !args.no_ood {
             ood.push(("wiki", batches(&tokenizer, &split.ood, 64, dev)?));
-            if let Some(rows) = split.ood_multiemo.as_ref().filter(|_| !args.no_multiemo) {
+            if let Some(rows) = split
+                .ood_multiemo
+                .as_ref()
+                .filter(|_| args.scores_multiemo())
+            {
                 ood.push(("multiemo", batches(&tokenizer, rows, 64, dev)?));
             }
         }
@@ -646,7 +656,7 @@ fn write_results(
         "eval_set": if args.validation { "validation" } else { "test" },
         "eval_sentences": split.eval.len(),
         "ood_sentences": if args.no_ood { 0 } else { split.ood.len() },
-        "ood_multiemo_sentences": split.ood_multiemo.as_ref().filter(|_| !args.no_ood && !args.no_multiemo).map(Vec::len),
+        "ood_multiemo_sentences": split.ood_multiemo.as_ref().filter(|_| args.scores_multiemo()).map(Vec::len),
         "ms_per_step": ms_per_step,
         "peak_rss_mb": peak_rss_mb(),
         "args": format!("{args:?}"),
