@@ -20,7 +20,7 @@ mod save;
 mod scale;
 mod train;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -449,17 +449,46 @@ impl Inputs {
         )?;
         let tokenizer = minilm::tokenizer(&model_dir, args.max_tokens)?;
         let eval = batches(&tokenizer, &split.eval, 64, dev)?;
+        let ood = Self::ood_batches(args, &split, &tokenizer, dev)?;
+        let (config, base) = Self::base_model(&model_dir, dev)?;
+        Ok(Self {
+            split,
+            tokenizer,
+            eval,
+            ood,
+            config,
+            base,
+        })
+    }
+
+    /// The OOD sets that this run scores: none with `--no-ood`, else Wikipedia and, unless
+    /// `--no-multiemo` or its files are missing, MultiEmo.
+    fn ood_batches(
+        args: &Args,
+        split: &Split,
+        tokenizer: &Tokenizer,
+        dev: &Device,
+    ) -> Result<OodSets, Box<dyn std::error::Error>> {
         let mut ood = Vec::new();
-        if !args.no_ood {
-            ood.push(("wiki", batches(&tokenizer, &split.ood, 64, dev)?));
-            if let Some(rows) = split
-                .ood_multiemo
-                .as_ref()
-                .filter(|_| args.scores_multiemo())
-            {
-                ood.push(("multiemo", batches(&tokenizer, rows, 64, dev)?));
-            }
+        if args.no_ood {
+            return Ok(ood);
         }
+        ood.push(("wiki", batches(tokenizer, &split.ood, 64, dev)?));
+        if let Some(rows) = split
+            .ood_multiemo
+            .as_ref()
+            .filter(|_| args.scores_multiemo())
+        {
+            ood.push(("multiemo", batches(tokenizer, rows, 64, dev)?));
+        }
+        Ok(ood)
+    }
+
+    /// MiniLM's configuration and its frozen weights, memory-mapped.
+    fn base_model(
+        model_dir: &Path,
+        dev: &Device,
+    ) -> Result<(BertConfig, VarBuilder<'static>), Box<dyn std::error::Error>> {
         let config: BertConfig =
             serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json"))?)?;
         // SAFETY: the weights file is not modified while mapped.
@@ -470,14 +499,7 @@ impl Inputs {
                 dev,
             )?
         };
-        Ok(Self {
-            split,
-            tokenizer,
-            eval,
-            ood,
-            config,
-            base,
-        })
+        Ok((config, base))
     }
 }
 

@@ -137,6 +137,17 @@ fn load_model(args: &Args, dev: &Device) -> Res<Served> {
             blob: loaded.sampler,
         });
     }
+    load_peft(args, base, &config, tokenizer, dev)
+}
+
+/// A classifier built from a PEFT LoRA adapter directory (`--adapter`) over the base model.
+fn load_peft(
+    args: &Args,
+    base: VarBuilder<'static>,
+    config: &BertConfig,
+    tokenizer: Tokenizer,
+    dev: &Device,
+) -> Res<Served> {
     let dir = args
         .adapter
         .as_deref()
@@ -145,13 +156,7 @@ fn load_model(args: &Args, dev: &Device) -> Res<Served> {
     let varmap = VarMap::new();
     let adapters = VarBuilder::from_varmap(&varmap, DType::F32, dev);
     let spec = AdapterSpec::Lora(adapter.lora.clone());
-    let encoder = BertEncoder::load(
-        base,
-        adapters.clone(),
-        &config,
-        Some(&spec),
-        adapter.targets,
-    )?;
+    let encoder = BertEncoder::load(base, adapters.clone(), config, Some(&spec), adapter.targets)?;
     let model = BertClassifier::new(encoder, args.classes, adapters)?;
     PeftAdapter::load(dir, &varmap)?;
     Ok(Served {

@@ -220,23 +220,7 @@ impl Ivon {
             .collect();
         let mut params = Vec::with_capacity(group.vars.len());
         for var in group.vars {
-            if !matches!(var.dtype(), DType::F32 | DType::F64) {
-                return Err(Error::UnsupportedDType(var.dtype()));
-            }
-            if var.dtype() != self.dtype {
-                return Err(Error::VarMismatch(format!(
-                    "dtypes {:?} and {:?}: all vars must share one dtype",
-                    self.dtype,
-                    var.dtype()
-                )));
-            }
-            if !var.device().same_device(&self.device) {
-                return Err(Error::VarMismatch(format!(
-                    "devices {:?} and {:?}: all vars must be on one device",
-                    self.device.location(),
-                    var.device().location()
-                )));
-            }
+            self.check_var(&var)?;
             if !seen.insert(var.as_tensor().id()) {
                 return Err(Error::VarMismatch(format!(
                     "a var of shape {:?} is given twice",
@@ -250,6 +234,28 @@ impl Ivon {
             )?);
         }
         self.groups.push(Group { settings, params });
+        Ok(())
+    }
+
+    /// Refuses a var whose dtype or device differs from the optimizer's.
+    fn check_var(&self, var: &Var) -> Result<()> {
+        if !matches!(var.dtype(), DType::F32 | DType::F64) {
+            return Err(Error::UnsupportedDType(var.dtype()));
+        }
+        if var.dtype() != self.dtype {
+            return Err(Error::VarMismatch(format!(
+                "dtypes {:?} and {:?}: all vars must share one dtype",
+                self.dtype,
+                var.dtype()
+            )));
+        }
+        if !var.device().same_device(&self.device) {
+            return Err(Error::VarMismatch(format!(
+                "devices {:?} and {:?}: all vars must be on one device",
+                self.device.location(),
+                var.device().location()
+            )));
+        }
         Ok(())
     }
 
