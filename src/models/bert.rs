@@ -127,6 +127,20 @@ impl AdapterTargets {
             output: false,
         }
     }
+
+    /// Every linear layer of the encoder: attention's four and the MLP's two.
+    ///
+    /// ```
+    /// let t = varlora::models::AdapterTargets::all();
+    /// assert!(t.query && t.attention_output && t.intermediate && t.output);
+    /// ```
+    pub const fn all() -> Self {
+        Self {
+            intermediate: true,
+            output: true,
+            ..Self::attention()
+        }
+    }
 }
 
 impl Default for AdapterTargets {

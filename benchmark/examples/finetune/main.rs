@@ -36,6 +36,17 @@ use evaluate::{OodSets, Rows};
 use report::peak_rss_mb;
 use train::Trainer;
 
+/// Which linear layers of the encoder `--targets` adapts.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Targets {
+    /// Query and value.
+    QueryValue,
+    /// Query, key, value and the attention output.
+    Attention,
+    /// Attention's four and the MLP's two.
+    All,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Method {
     Adamw,
@@ -171,6 +182,10 @@ struct Args {
     /// BLoB the head is then Bayesian too. Not for LoRA-Ensemble.
     #[arg(long)]
     adapted_head: bool,
+    /// The encoder's layers that carry adapters (default: query and value, as the LoRA
+    /// paper; attention for LoRA-Ensemble, as its reference).
+    #[arg(long, value_enum)]
+    targets: Option<Targets>,
     /// BLoB's KL learning rate (SGD; 0.01 in the reference's Llama scripts). Default: the
     /// preset's, chosen on its validation split: 1e-3 for `standard` (N = 10 NLL 0.454
     /// against 0.457 for 1e-2), 1e-2 for `overconfident` (0.475 against 0.634 for 1e-3).
@@ -266,6 +281,18 @@ impl Args {
             Preset::Standard => 1e7,
             Preset::Overconfident => 1e6,
         })
+    }
+
+    /// The adapted layers: `--targets`, else the method's reference's.
+    fn targets(&self, method: Method) -> AdapterTargets {
+        match (self.targets, method) {
+            (Some(Targets::QueryValue), _) => AdapterTargets::default(),
+            (Some(Targets::Attention), _) | (None, Method::LoraEnsemble) => {
+                AdapterTargets::attention()
+            }
+            (Some(Targets::All), _) => AdapterTargets::all(),
+            (None, _) => AdapterTargets::default(),
+        }
     }
 
     /// BLoB's KL rate: `--kl-lr`, else the preset's.
@@ -378,26 +405,16 @@ fn build_model(
     lora: &LoraConfig,
     (sampler, mc): (&BlobSampler, &McDropout),
 ) -> Result<BertClassifier, Box<dyn std::error::Error>> {
-    let (spec, targets) = match method {
-        Method::Blob => (
-            AdapterSpec::Blob(BlobConfig::new(lora.clone()), sampler.clone()),
-            AdapterTargets::default(),
-        ),
-        Method::LoraEnsemble => (
-            AdapterSpec::Ensemble {
-                members: args.members,
-                rank: 8,
-            },
-            AdapterTargets::attention(),
-        ),
-        Method::McDropout => (
-            AdapterSpec::McDropout(lora.clone(), mc.clone()),
-            AdapterTargets::default(),
-        ),
-        Method::Adamw | Method::Ivon | Method::Hydra => {
-            (AdapterSpec::Lora(lora.clone()), AdapterTargets::default())
-        }
+    let spec = match method {
+        Method::Blob => AdapterSpec::Blob(BlobConfig::new(lora.clone()), sampler.clone()),
+        Method::LoraEnsemble => AdapterSpec::Ensemble {
+            members: args.members,
+            rank: 8,
+        },
+        Method::McDropout => AdapterSpec::McDropout(lora.clone(), mc.clone()),
+        Method::Adamw | Method::Ivon | Method::Hydra => AdapterSpec::Lora(lora.clone()),
     };
+    let targets = args.targets(method);
     let adapters = VarBuilder::from_varmap(varmap, DType::F32, base.device());
     let encoder = BertEncoder::load(base.clone(), adapters.clone(), config, Some(&spec), targets)?;
     let model = if args.adapted_head {
@@ -531,7 +548,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut trained = train_model(&args, method, &inputs, &lora, &noise, &varmap, &mut rng)?;
     if let Some(dir) = &args.save {
         let ivon = trained.trainer.ivon_mut();
-        save::save(dir, method, (&varmap, &lora, args.seed), ivon)?;
+        save::save(dir, (method, args.targets(method)), (&varmap, &lora, args.seed), ivon)?;
     }
     let setting = Setting {
         args: &args,

@@ -34,14 +34,14 @@ pub fn check(method: Method, adapted_head: bool) -> Res<()> {
 /// and, for IVON, `dir/posterior.safetensors`.
 pub fn save(
     dir: &Path,
-    method: Method,
+    (method, targets): (Method, AdapterTargets),
     (varmap, lora, seed): (&VarMap, &LoraConfig, u64),
     ivon: Option<&mut Ivon>,
 ) -> Res<()> {
     std::fs::create_dir_all(dir)?;
     let peft = PeftAdapter {
         base_model: Some("sentence-transformers/all-MiniLM-L6-v2".into()),
-        ..PeftAdapter::new(lora.clone(), AdapterTargets::default())
+        ..PeftAdapter::new(lora.clone(), targets)
     };
     let adapter = match method {
         Method::Blob => SavedAdapter::Blob {
@@ -52,7 +52,7 @@ pub fn save(
     };
     let classifier = SavedClassifier {
         adapter,
-        targets: AdapterTargets::default(),
+        targets,
         classes: 2,
     };
     let write = || -> varlora::Result<()> {
