@@ -6,7 +6,8 @@ use std::time::Instant;
 use candle_core::Tensor;
 use varlora::models::BertClassifier;
 use varlora::predict::{
-    predictive, predictive_at_point, predictive_from_samples, Posterior, Predictive,
+    predictive, predictive_at_point, predictive_from_samples, sample_logits, Posterior,
+    Predictive,
 };
 
 use crate::data::Batch;
@@ -139,6 +140,34 @@ pub fn evaluate_members(
         .iter()
         .map(|b| predictive_from_samples(&logits(b)?, true))
         .collect::<varlora::Result<Vec<_>>>()?;
+    concat(parts)
+}
+
+/// The predictive of a posterior over an ensemble's members (MultiIVON): at the point
+/// estimate (`samples` 0) the members averaged, else every member of each of `samples`
+/// posterior draws, `samples * members` predictions averaged.
+pub fn evaluate_member_samples<P: Posterior>(
+    posterior: &mut P,
+    model: &BertClassifier,
+    data: &[Batch],
+    samples: usize,
+) -> varlora::Result<Predictive> {
+    let mut parts = Vec::new();
+    for b in data {
+        let logits = || {
+            model
+                .forward_t(&b.ids, &b.types, &b.mask, false)
+                .map_err(candle_core::Error::wrap)
+        };
+        let members = if samples == 0 {
+            posterior.with_point_estimate(logits)?
+        } else {
+            let all = sample_logits(posterior, samples, logits)?;
+            let (_, m, n, c) = all.dims4()?;
+            all.reshape((samples * m, n, c))?
+        };
+        parts.push(predictive_from_samples(&members, true)?);
+    }
     concat(parts)
 }
 

@@ -58,6 +58,9 @@ enum Method {
     /// AdamW's LoRA model, merged and pruned into `--members` differently pruned members
     /// run as one grouped network (Hydra), then fine-tuned briefly.
     Hydra,
+    /// IVON over `--members` LoRA-Ensemble members trained together: a mixture of Gaussian
+    /// posteriors (MultiIVON in the IVON paper), predicting over every member's samples.
+    MultiIvon,
 }
 
 impl Method {
@@ -193,8 +196,9 @@ struct Args {
     /// size is about 3.
     #[arg(long)]
     kl_lr: Option<f64>,
-    /// LoRA-Ensemble members (each with rank 8 adapters on query, key, value and the
-    /// attention output, as the reference).
+    /// LoRA-Ensemble's members (each with rank 8 adapters on query, key, value and the
+    /// attention output, as the reference), MultiIVON's (on query and value, as IVON's)
+    /// and Hydra's.
     #[arg(long, default_value_t = 4)]
     members: usize,
     /// Fraction of each layer's attention heads and feed-forward neurons a Hydra member
@@ -353,8 +357,8 @@ impl Args {
     /// The method to train: `--optimizer`, else the teacher of `--distill-from`.
     fn method(&self) -> Result<Method, Box<dyn std::error::Error>> {
         match (self.optimizer, self.distill_from) {
-            (_, Some(Method::Adamw | Method::Hydra)) => {
-                Err("distill from ivon, blob, mc-dropout or lora-ensemble: AdamW has no posterior, and Hydra's members exist only after training".into())
+            (_, Some(Method::Adamw | Method::Hydra | Method::MultiIvon)) => {
+                Err("distill from ivon, blob, mc-dropout or lora-ensemble: AdamW has no posterior, Hydra's members exist only after training, and multi-ivon's samples are not wired into the teacher's targets".into())
             }
             (Some(o), Some(t)) if o != t => Err(format!(
                 "--optimizer {o:?} and --distill-from {t:?} disagree: the teacher is the model trained"
@@ -407,7 +411,7 @@ fn build_model(
 ) -> Result<BertClassifier, Box<dyn std::error::Error>> {
     let spec = match method {
         Method::Blob => AdapterSpec::Blob(BlobConfig::new(lora.clone()), sampler.clone()),
-        Method::LoraEnsemble => AdapterSpec::Ensemble {
+        Method::LoraEnsemble | Method::MultiIvon => AdapterSpec::Ensemble {
             members: args.members,
             rank: 8,
         },
@@ -560,7 +564,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let (rows, extras) = evaluate_trained(&setting, &mut trained, &mut rng)?;
     let scales = match (method, trained.trainer.ivon_mut()) {
-        (Method::Ivon, Some(opt)) => scale::ivon(opt)?,
+        (Method::Ivon | Method::MultiIvon, Some(opt)) => scale::ivon(opt)?,
         (Method::Blob, _) => scale::blob(&trained.blob_layers)?,
         _ => Vec::new(),
     };

@@ -11,7 +11,7 @@ use varlora::optim::Ivon;
 use varlora::predict::{predictive_from_samples, PointMass, Posterior, Predictive};
 
 use crate::data::{batches, Split};
-use crate::evaluate::{evaluate, evaluate_members, Rows};
+use crate::evaluate::{evaluate, evaluate_member_samples, evaluate_members, Rows};
 use crate::train::Trainer;
 use crate::{hydra, Args, HydraSelection, Method};
 
@@ -72,7 +72,28 @@ pub fn add_rows(
         }
         Method::LoraEnsemble => lora_ensemble(ctx, rows),
         Method::Hydra => hydra_rows(ctx, rows, rng),
+        Method::MultiIvon => {
+            let opt = trainer.ivon_mut().ok_or("no IVON")?;
+            multi_ivon(ctx, rows, opt)
+        }
     }
+}
+
+/// MultiIVON's members averaged at the posterior mean, and over `--test-samples` draws
+/// of every member (with a temperature where the run has calibration sentences).
+fn multi_ivon(ctx: &Ctx, rows: &mut Rows, opt: &mut Ivon) -> Res<Extras> {
+    let (model, s, m) = (ctx.model, ctx.args.test_samples, ctx.args.members);
+    rows.add(format!("MultiIVON M = {m} @ mean"), &mut |b| {
+        evaluate_member_samples(&mut *opt, model, b, 0)
+    })?;
+    let name = format!("MultiIVON M = {m}, {s} samples");
+    let averaged = with_temperature(ctx, rows, name, &mut |b| {
+        evaluate_member_samples(&mut *opt, model, b, s)
+    })?;
+    Ok(Extras {
+        temperature: averaged.temperature,
+        ..Extras::default()
+    })
 }
 
 /// The ensemble's averaged predictive, and the same temperature-scaled.

@@ -35,7 +35,7 @@ impl Trainer {
     pub fn new(s: Setup<'_>) -> Result<Self, Box<dyn std::error::Error>> {
         let args = s.args;
         let lr = args.lr.unwrap_or(match s.method {
-            Method::Ivon => 0.03,
+            Method::Ivon | Method::MultiIvon => 0.03,
             _ => 5e-4,
         });
         let schedule = if args.constant_lr {
@@ -44,7 +44,7 @@ impl Trainer {
             Schedule::linear_with_warmup_ratio(args.warmup_ratio(s.method), s.total_steps as u64)?
         };
         Ok(match s.method {
-            Method::Ivon => {
+            Method::Ivon | Method::MultiIvon => {
                 let c = IvonConfig::new(lr, args.ess())
                     .hess_init(args.hess_init)
                     .weight_decay(0.0)
@@ -118,11 +118,10 @@ pub fn epochs(
         order.shuffle(rng);
         let rows = &order[..steps_per_epoch * args.batch];
         for b in batches(&inputs.tokenizer, rows, args.batch, &dev)? {
-            let nll = nll(
-                &model.forward_t(&b.ids, &b.types, &b.mask, true)?,
-                &b.labels,
-            )?;
-            trainer.step(&nll)?;
+            let logits = model.forward_t(&b.ids, &b.types, &b.mask, true)?;
+            let nll = nll(&logits, &b.labels)?;
+            let ivon = matches!(trainer, Trainer::Ivon(_));
+            trainer.step(&objective(&nll, &logits, ivon)?)?;
             step += 1;
             let loss = nll.to_scalar::<f32>()?;
             bar.set_message(format!("epoch {} loss {loss:.4}", epoch + 1));
@@ -132,6 +131,18 @@ pub fn epochs(
     }
     bar.finish();
     Ok(1e3 * start.elapsed().as_secs_f64() / total.max(1) as f64)
+}
+
+/// What the optimizer minimises: `nll`, except that with `sum_members` (IVON) an
+/// ensemble's `(members, batch, classes)` logits train on the sum of the members' losses,
+/// not their mean, so that each member's adapters get their own loss's gradient and
+/// Hessian, as in separate runs. (AdamW's step does not depend on the loss's scale;
+/// IVON's posterior does.)
+fn objective(nll: &Tensor, logits: &Tensor, sum_members: bool) -> candle_core::Result<Tensor> {
+    match logits.dims3() {
+        Ok((members, _, _)) if sum_members => nll * members as f64,
+        _ => Ok(nll.clone()),
+    }
 }
 
 /// The cross-entropy of `(batch, classes)` logits, or for an ensemble's `(members, batch,
@@ -170,4 +181,40 @@ fn ivon_groups(
             ..ParamGroup::named(head)
         },
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+    use candle_nn::loss;
+
+    use super::{nll, objective};
+
+    #[test]
+    fn ivon_over_members_minimises_the_sum_of_their_own_losses() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let logits = Tensor::new(
+            &[
+                [[2.0f32, -1.0], [0.5, 0.3], [-1.0, 1.5]],
+                [[0.1, 0.2], [3.0, -2.0], [0.0, 0.7]],
+            ],
+            &dev,
+        )?;
+        let labels = Tensor::new(&[0u32, 1, 1], &dev)?;
+        let per_member = (0..2)
+            .map(|m| loss::cross_entropy(&logits.get(m)?, &labels)?.to_scalar::<f32>())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mean = nll(&logits, &labels)?;
+        let summed = objective(&mean, &logits, true)?.to_scalar::<f32>()?;
+        let averaged = objective(&mean, &logits, false)?.to_scalar::<f32>()?;
+        let sum: f32 = per_member.iter().sum();
+        assert!((summed - sum).abs() < 1e-5, "{summed} vs {sum}");
+        assert!((averaged - sum / 2.0).abs() < 1e-5, "{averaged} vs {}", sum / 2.0);
+        // One model's logits are its own loss either way.
+        let single = logits.get(0)?;
+        let own = nll(&single, &labels)?;
+        let value = objective(&own, &single, true)?.to_scalar::<f32>()?;
+        assert!((value - per_member[0]).abs() < 1e-6);
+        Ok(())
+    }
 }
