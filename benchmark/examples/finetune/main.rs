@@ -552,7 +552,12 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut trained = train_model(&args, method, &inputs, &lora, &noise, &varmap, &mut rng)?;
     if let Some(dir) = &args.save {
         let ivon = trained.trainer.ivon_mut();
-        save::save(dir, (method, args.targets(method)), (&varmap, &lora, args.seed), ivon)?;
+        save::save(
+            dir,
+            (method, args.targets(method)),
+            (&varmap, &lora, args.seed),
+            ivon,
+        )?;
     }
     let setting = Setting {
         args: &args,

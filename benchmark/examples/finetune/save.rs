@@ -16,7 +16,10 @@ type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Refuses, before any training, a `--save` that could not be written.
 pub fn check(method: Method, adapted_head: bool) -> Res<()> {
-    if matches!(method, Method::LoraEnsemble | Method::Hydra | Method::MultiIvon) {
+    if matches!(
+        method,
+        Method::LoraEnsemble | Method::Hydra | Method::MultiIvon
+    ) {
         return Err(format!(
             "--save writes one LoRA adapter; {} has one per member",
             method.name()

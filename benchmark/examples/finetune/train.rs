@@ -209,7 +209,11 @@ mod tests {
         let averaged = objective(&mean, &logits, false)?.to_scalar::<f32>()?;
         let sum: f32 = per_member.iter().sum();
         assert!((summed - sum).abs() < 1e-5, "{summed} vs {sum}");
-        assert!((averaged - sum / 2.0).abs() < 1e-5, "{averaged} vs {}", sum / 2.0);
+        assert!(
+            (averaged - sum / 2.0).abs() < 1e-5,
+            "{averaged} vs {}",
+            sum / 2.0
+        );
         // One model's logits are its own loss either way.
         let single = logits.get(0)?;
         let own = nll(&single, &labels)?;
