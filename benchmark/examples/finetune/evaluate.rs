@@ -6,8 +6,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use varlora::models::BertClassifier;
 use varlora::predict::{
-    predictive, predictive_at_point, predictive_from_samples, sample_logits, Posterior,
-    Predictive,
+    predictive, predictive_at_point, predictive_from_samples, sample_logits, Posterior, Predictive,
 };
 
 use crate::data::Batch;
@@ -113,19 +112,33 @@ pub fn evaluate<P: Posterior>(
     data: &[Batch],
     samples: usize,
 ) -> varlora::Result<Predictive> {
-    let mut parts = Vec::new();
-    for b in data {
-        let logits = || {
-            model
-                .forward_t(&b.ids, &b.types, &b.mask, false)
-                .map_err(candle_core::Error::wrap)
-        };
-        parts.push(if samples == 0 {
-            predictive_at_point(posterior, logits)?
+    per_batch(model, data, |logits| {
+        if samples == 0 {
+            predictive_at_point(posterior, logits)
         } else {
-            predictive(posterior, samples, true, logits)?
-        });
-    }
+            predictive(posterior, samples, true, logits)
+        }
+    })
+}
+
+/// `predict` run on each batch of `data`, given the batch's detached forward, and the
+/// batches' predictives concatenated.
+fn per_batch(
+    model: &BertClassifier,
+    data: &[Batch],
+    mut predict: impl FnMut(&dyn Fn() -> candle_core::Result<Tensor>) -> varlora::Result<Predictive>,
+) -> varlora::Result<Predictive> {
+    let parts = data
+        .iter()
+        .map(|b| {
+            let logits = || {
+                model
+                    .forward_t(&b.ids, &b.types, &b.mask, false)
+                    .map_err(candle_core::Error::wrap)
+            };
+            predict(&logits)
+        })
+        .collect::<varlora::Result<Vec<_>>>()?;
     concat(parts)
 }
 
@@ -152,13 +165,7 @@ pub fn evaluate_member_samples<P: Posterior>(
     data: &[Batch],
     samples: usize,
 ) -> varlora::Result<Predictive> {
-    let mut parts = Vec::new();
-    for b in data {
-        let logits = || {
-            model
-                .forward_t(&b.ids, &b.types, &b.mask, false)
-                .map_err(candle_core::Error::wrap)
-        };
+    per_batch(model, data, |logits| {
         let members = if samples == 0 {
             posterior.with_point_estimate(logits)?
         } else {
@@ -166,9 +173,8 @@ pub fn evaluate_member_samples<P: Posterior>(
             let (_, m, n, c) = all.dims4()?;
             all.reshape((samples * m, n, c))?
         };
-        parts.push(predictive_from_samples(&members, true)?);
-    }
-    concat(parts)
+        predictive_from_samples(&members, true)
+    })
 }
 
 /// `f` and the seconds it took.
