@@ -540,6 +540,13 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     varlora::alloc::keep_freed_memory();
     let method = args.method()?;
     args.check_also_samples(method)?;
+    if !args.posterior_scales.is_empty() && !matches!(method, Method::Ivon | Method::Blob) {
+        return Err(format!(
+            "--posterior-scales: only IVON's and BLoB's posteriors can be scaled, not {}'s",
+            method.name()
+        )
+        .into());
+    }
     if args.save.is_some() {
         save::check(method, args.adapted_head)?;
     }
