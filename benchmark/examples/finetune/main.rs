@@ -348,6 +348,18 @@ impl Args {
         }
     }
 
+    /// `--posterior-scales` only for a posterior with a scale (IVON, BLoB), checked
+    /// before training.
+    fn check_posterior_scales(&self, method: Method) -> Result<(), String> {
+        if self.posterior_scales.is_empty() || matches!(method, Method::Ivon | Method::Blob) {
+            return Ok(());
+        }
+        Err(format!(
+            "--posterior-scales: only IVON's and BLoB's posteriors can be scaled, not {}'s",
+            method.name()
+        ))
+    }
+
     /// Whether MultiEmo is scored as an OOD set (when fetched): not with `--no-ood` or
     /// `--no-multiemo`.
     fn scores_multiemo(&self) -> bool {
@@ -540,13 +552,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     varlora::alloc::keep_freed_memory();
     let method = args.method()?;
     args.check_also_samples(method)?;
-    if !args.posterior_scales.is_empty() && !matches!(method, Method::Ivon | Method::Blob) {
-        return Err(format!(
-            "--posterior-scales: only IVON's and BLoB's posteriors can be scaled, not {}'s",
-            method.name()
-        )
-        .into());
-    }
+    args.check_posterior_scales(method)?;
     if args.save.is_some() {
         save::check(method, args.adapted_head)?;
     }

@@ -54,21 +54,17 @@ pub fn add_rows(
                 "MC dropout @ no dropout".into(),
                 format!("MC dropout {s} samples"),
             );
-            posterior(ctx, rows, &mut mc, names, |_| None)
+            posterior(ctx, rows, &mut mc, names)
         }
         Method::Ivon => {
             let opt = trainer.ivon_mut().ok_or("no IVON")?;
             let names = ("IVON @ mean".into(), format!("IVON {s} samples"));
-            posterior(ctx, rows, opt, names, |c| {
-                Some(format!("IVON {s} samples, std x {c}"))
-            })
+            posterior(ctx, rows, opt, names)
         }
         Method::Blob => {
             let mut sampler = ctx.sampler.clone();
             let names = ("BLoB N = 0".into(), format!("BLoB N = {s}"));
-            posterior(ctx, rows, &mut sampler, names, |c| {
-                Some(format!("BLoB N = {s}, std x {c}"))
-            })
+            posterior(ctx, rows, &mut sampler, names)
         }
         Method::LoraEnsemble => lora_ensemble(ctx, rows),
         Method::Hydra => hydra_rows(ctx, rows, rng),
@@ -190,14 +186,14 @@ impl Scalable for McDropout {
 }
 
 /// The point estimate, `--test-samples` samples, the first of them for each
-/// `--also-samples` count, and the samples at each `--posterior-scales` factor where
-/// `scaled` names a row for it.
+/// `--also-samples` count, and the samples at each `--posterior-scales` factor
+/// (`Args::check_posterior_scales` has refused the factors for a posterior without a
+/// scale before training).
 fn posterior<P: Scalable>(
     ctx: &Ctx,
     rows: &mut Rows,
     post: &mut P,
     (point, sampled): (String, String),
-    scaled: impl Fn(f64) -> Option<String>,
 ) -> Res<Extras> {
     let (model, s) = (ctx.model, ctx.args.test_samples);
     rows.add(point, &mut |b| evaluate(&mut *post, model, b, 0))?;
@@ -211,14 +207,12 @@ fn posterior<P: Scalable>(
             first_samples(p, k)
         })?;
     }
-    let mut rescaled = false;
     for &c in &ctx.args.posterior_scales {
-        let Some(name) = scaled(c) else { continue };
         post.set_scale(c)?;
-        rescaled = true;
+        let name = format!("{sampled}, std x {c}");
         rows.add(name, &mut |b| evaluate(&mut *post, model, b, s))?;
     }
-    if rescaled {
+    if !ctx.args.posterior_scales.is_empty() {
         post.set_scale(1.0)?;
     }
     Ok(Extras {
