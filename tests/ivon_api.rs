@@ -5,7 +5,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::Optimizer;
 use varlora::noise::NoiseSource;
-use varlora::optim::{Ivon, IvonConfig, NonFinite, ParamGroup, Position};
+use varlora::optim::{Ivon, IvonConfig, NonFinite, ParamGroup, Position, Schedule, Scheduled};
 use varlora::Error;
 
 /// A tiny regression model: y = x w + b.
@@ -410,6 +410,36 @@ fn train(opt: &mut Ivon, model: &Model, steps: usize) {
     for _ in 0..steps {
         opt.backward_step(&model.loss()).unwrap();
     }
+}
+
+/// With `mc_samples` 2, a schedule that counts updates gives each update the rate of its
+/// round: the same run as setting the rate by hand before each round.
+#[test]
+fn a_schedule_over_updates_advances_once_per_round_of_samples() {
+    let schedule = Schedule::LinearWarmupDecay {
+        warmup_steps: 1,
+        total_steps: 4,
+    };
+    let (a, b) = (Model::new(12), Model::new(12));
+    let ivon = Ivon::new(a.vars(), config().mc_samples(2)).unwrap();
+    let mut scheduled = Scheduled::new(ivon, schedule)
+        .unwrap()
+        .calls_per_update(2)
+        .unwrap();
+    let mut by_hand = Ivon::new(b.vars(), config().mc_samples(2)).unwrap();
+    for call in 0..8u64 {
+        let rate = 0.05 * schedule.factor(call / 2);
+        by_hand.set_learning_rate(rate);
+        assert_eq!(scheduled.learning_rate(), rate, "call {call}");
+        scheduled.backward_step(&a.loss()).unwrap();
+        by_hand.backward_step(&b.loss()).unwrap();
+    }
+    assert_eq!(scheduled.step_count(), 4);
+    assert_eq!(snapshot(scheduled.inner()), snapshot(&by_hand));
+    assert!(Scheduled::new(by_hand, schedule)
+        .unwrap()
+        .calls_per_update(0)
+        .is_err());
 }
 
 #[test]

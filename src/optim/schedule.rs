@@ -116,6 +116,10 @@ impl Schedule {
 /// An optimizer whose learning rate follows a [`Schedule`]: before step `t` (from 0) it
 /// sets the rate to `base_lr * schedule.factor(t)`.
 ///
+/// A step is one call of `step`, unless the inner optimizer updates only every few
+/// calls (IVON with `mc_samples` > 1): then [`Scheduled::calls_per_update`] makes the
+/// schedule count updates, so that `total_steps` is the number of updates.
+///
 /// ```
 /// use candle_core::{DType, Device};
 /// use candle_nn::{AdamW, Optimizer, VarBuilder, VarMap};
@@ -134,7 +138,9 @@ pub struct Scheduled<O: Optimizer> {
     inner: O,
     schedule: Schedule,
     base_lr: f64,
-    step: u64,
+    /// Calls of `step` so far.
+    calls: u64,
+    calls_per_update: u64,
 }
 
 impl<O: Optimizer> Scheduled<O> {
@@ -147,8 +153,44 @@ impl<O: Optimizer> Scheduled<O> {
             inner,
             schedule,
             base_lr,
-            step: 0,
+            calls: 0,
+            calls_per_update: 1,
         })
+    }
+
+    /// Advances the schedule once every `calls` calls of `step` instead of every call:
+    /// the inner optimizer's updates, for IVON with `mc_samples = calls`, whose update on
+    /// the last call of each round uses the rate of that round.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Var};
+    /// use candle_nn::Optimizer;
+    /// use varlora::optim::{Ivon, IvonConfig, Schedule, Scheduled};
+    ///
+    /// let w = Var::zeros(4, DType::F32, &Device::Cpu)?;
+    /// let ivon = Ivon::new(vec![w], IvonConfig::new(0.1, 100.0).mc_samples(2))?;
+    /// let schedule = Schedule::LinearWarmupDecay { warmup_steps: 0, total_steps: 50 };
+    /// let opt = Scheduled::new(ivon, schedule)?.calls_per_update(2)?; // 50 updates, 100 calls
+    /// assert_eq!(opt.learning_rate(), 0.1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn calls_per_update(mut self, calls: u64) -> Result<Self> {
+        if calls == 0 {
+            return Err(Error::InvalidConfig {
+                field: "calls_per_update",
+                value: calls.to_string(),
+                expected: "at least 1 (the inner optimizer's calls per update)",
+            });
+        }
+        self.calls_per_update = calls;
+        self.apply_rate();
+        Ok(self)
+    }
+
+    /// Sets the inner rate for the next call: the schedule at the current update.
+    fn apply_rate(&mut self) {
+        let factor = self.schedule.factor(self.calls / self.calls_per_update);
+        self.inner.set_learning_rate(self.base_lr * factor);
     }
 
     /// The wrapped optimizer.
@@ -161,9 +203,10 @@ impl<O: Optimizer> Scheduled<O> {
         &mut self.inner
     }
 
-    /// Steps taken so far.
+    /// Steps taken so far: calls of `step`, divided by
+    /// [`calls_per_update`](Scheduled::calls_per_update).
     pub fn step_count(&self) -> u64 {
-        self.step
+        self.calls / self.calls_per_update
     }
 
     /// The base rate that the schedule scales.
@@ -183,12 +226,10 @@ impl<O: Optimizer> Optimizer for Scheduled<O> {
     /// Steps the inner optimizer at the scheduled rate; the step counts only if it
     /// succeeds.
     fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
-        self.inner
-            .set_learning_rate(self.base_lr * self.schedule.factor(self.step));
+        self.apply_rate();
         self.inner.step(grads)?;
-        self.step += 1;
-        self.inner
-            .set_learning_rate(self.base_lr * self.schedule.factor(self.step));
+        self.calls += 1;
+        self.apply_rate();
         Ok(())
     }
 
@@ -200,7 +241,6 @@ impl<O: Optimizer> Optimizer for Scheduled<O> {
     /// Sets the base rate; the schedule keeps scaling it.
     fn set_learning_rate(&mut self, lr: f64) {
         self.base_lr = lr;
-        self.inner
-            .set_learning_rate(self.base_lr * self.schedule.factor(self.step));
+        self.apply_rate();
     }
 }
