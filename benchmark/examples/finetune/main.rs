@@ -131,6 +131,11 @@ struct Args {
     /// fewer of them, so that the effect of the sample count is paired.
     #[arg(long, value_delimiter = ',')]
     also_samples: Vec<usize>,
+    /// IVON's weight samples per training batch (`mc_samples`): each batch is run this many
+    /// times, one sample each, and averaged into one update, so the Hessian estimate is
+    /// less noisy at this many times the training cost.
+    #[arg(long, default_value_t = 1)]
+    train_samples: usize,
     #[arg(long, default_value_t = 32)]
     batch: usize,
     /// Tokens per sentence, [CLS] and [SEP] included.
@@ -348,6 +353,19 @@ impl Args {
         }
     }
 
+    /// `--train-samples` above 1 only for IVON, whose updates average samples, checked
+    /// before training.
+    fn check_train_samples(&self, method: Method) -> Result<(), String> {
+        match (self.train_samples, method) {
+            (0, _) => Err("--train-samples: give at least 1".into()),
+            (1, _) | (_, Method::Ivon | Method::MultiIvon) => Ok(()),
+            (k, m) => Err(format!(
+                "--train-samples {k}: only IVON averages weight samples per update, not {}",
+                m.name()
+            )),
+        }
+    }
+
     /// `--posterior-scales` only for a posterior with a scale (IVON, BLoB), checked
     /// before training.
     fn check_posterior_scales(&self, method: Method) -> Result<(), String> {
@@ -553,6 +571,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let method = args.method()?;
     args.check_also_samples(method)?;
     args.check_posterior_scales(method)?;
+    args.check_train_samples(method)?;
     if args.save.is_some() {
         save::check(method, args.adapted_head)?;
     }

@@ -51,9 +51,11 @@ impl Trainer {
                     .rescale_lr(false)
                     .clip_radius(args.clip_radius)
                     .beta2(args.beta2)
+                    .mc_samples(args.train_samples)
                     .seed(args.seed);
                 let groups = ivon_groups(s.varmap, (args.head_beta2, args.head_ess))?;
-                Trainer::Ivon(Scheduled::new(Ivon::with_groups(groups, c)?, schedule)?)
+                let ivon = Scheduled::new(Ivon::with_groups(groups, c)?, schedule)?;
+                Trainer::Ivon(ivon.calls_per_update(args.train_samples as u64)?)
             }
             Method::Blob => {
                 let c = BlobOptimConfig::new(s.n_train, args.batch)
@@ -118,12 +120,16 @@ pub fn epochs(
         order.shuffle(rng);
         let rows = &order[..steps_per_epoch * args.batch];
         for b in batches(&inputs.tokenizer, rows, args.batch, &dev)? {
-            let logits = model.forward_t(&b.ids, &b.types, &b.mask, true)?;
-            let nll = nll(&logits, &b.labels)?;
             let ivon = matches!(trainer, Trainer::Ivon(_));
-            trainer.step(&objective(&nll, &logits, ivon)?)?;
+            let mut loss = f32::NAN;
+            // IVON's `--train-samples`: one weight sample per run of the batch, one update.
+            for _ in 0..args.train_samples {
+                let logits = model.forward_t(&b.ids, &b.types, &b.mask, true)?;
+                let nll = nll(&logits, &b.labels)?;
+                trainer.step(&objective(&nll, &logits, ivon)?)?;
+                loss = nll.to_scalar::<f32>()?;
+            }
             step += 1;
-            let loss = nll.to_scalar::<f32>()?;
             bar.set_message(format!("epoch {} loss {loss:.4}", epoch + 1));
             bar.inc(1);
             progress(step, total, epoch, loss, "train");
