@@ -1,5 +1,5 @@
 //! Files the crate writes and reads: every one carries its kind, a format version and a
-//! CRC-32 of its metadata and tensors, checked on loading (see [`sealed`]), and LoRA
+//! CRC-32 of its metadata and tensors, checked on loading, and LoRA
 //! adapters in PEFT's layout (see [`peft`]).
 
 pub mod peft;
