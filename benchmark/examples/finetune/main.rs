@@ -761,3 +761,39 @@ fn write_results(
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Args, Method};
+
+    fn args(flags: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("finetune").chain(flags.iter().copied())).unwrap()
+    }
+
+    /// Flags a method cannot use are refused before training, not ignored.
+    #[test]
+    fn flags_that_cannot_apply_are_refused() {
+        let two = args(&["--train-samples", "2"]);
+        assert!(two.check_train_samples(Method::Ivon).is_ok());
+        assert!(two.check_train_samples(Method::MultiIvon).is_ok());
+        assert!(two.check_train_samples(Method::Adamw).is_err());
+        assert!(two.check_train_samples(Method::Blob).is_err());
+        assert!(args(&["--train-samples", "0"])
+            .check_train_samples(Method::Ivon)
+            .is_err());
+        assert!(args(&[]).check_train_samples(Method::Adamw).is_ok());
+
+        let scales = args(&["--posterior-scales", "0.5,2"]);
+        assert!(scales.check_posterior_scales(Method::Blob).is_ok());
+        assert!(scales.check_posterior_scales(Method::McDropout).is_err());
+
+        let also = args(&["--test-samples", "20", "--also-samples", "10"]);
+        assert!(also.check_also_samples(Method::Ivon).is_ok());
+        assert!(also.check_also_samples(Method::Adamw).is_err());
+        assert!(args(&["--also-samples", "10"])
+            .check_also_samples(Method::Ivon)
+            .is_err());
+    }
+}
