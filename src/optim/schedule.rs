@@ -160,7 +160,8 @@ impl<O: Optimizer> Scheduled<O> {
 
     /// Advances the schedule once every `calls` calls of `step` instead of every call:
     /// the inner optimizer's updates, for IVON with `mc_samples = calls`, whose update on
-    /// the last call of each round uses the rate of that round.
+    /// the last call of each round uses the rate of that round. Set it before the first
+    /// call, so that the rounds line up with IVON's.
     ///
     /// ```
     /// use candle_core::{DType, Device, Var};
