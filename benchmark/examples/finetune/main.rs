@@ -353,6 +353,13 @@ impl Args {
         }
     }
 
+    /// Every flag that only some methods can use, checked for `method` before training.
+    fn check_applies_to(&self, method: Method) -> Result<(), String> {
+        self.check_also_samples(method)?;
+        self.check_posterior_scales(method)?;
+        self.check_train_samples(method)
+    }
+
     /// `--train-samples` above 1 only for IVON, whose updates average samples, checked
     /// before training.
     fn check_train_samples(&self, method: Method) -> Result<(), String> {
@@ -569,9 +576,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // Reuse freed tensor memory instead of page-faulting it in again every step.
     varlora::alloc::keep_freed_memory();
     let method = args.method()?;
-    args.check_also_samples(method)?;
-    args.check_posterior_scales(method)?;
-    args.check_train_samples(method)?;
+    args.check_applies_to(method)?;
     if args.save.is_some() {
         save::check(method, args.adapted_head)?;
     }

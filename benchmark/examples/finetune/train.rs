@@ -115,12 +115,12 @@ pub fn epochs(
     let dev = candle_core::Device::Cpu;
     let start = Instant::now();
     let mut step = 0usize;
+    let ivon = matches!(trainer, Trainer::Ivon(_));
     for epoch in 0..args.epochs() {
         let mut order = train.clone();
         order.shuffle(rng);
         let rows = &order[..steps_per_epoch * args.batch];
         for b in batches(&inputs.tokenizer, rows, args.batch, &dev)? {
-            let ivon = matches!(trainer, Trainer::Ivon(_));
             let mut loss = f32::NAN;
             // IVON's `--train-samples`: one weight sample per run of the batch, one update.
             for _ in 0..args.train_samples {
