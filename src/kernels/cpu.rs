@@ -4,8 +4,8 @@
 //! and writes the new mean, `h`, momentum, the next sample's noise and the sampled weight:
 //! the Welford mean of one sample (the gradient itself), the momentum, the Hessian update
 //! with its correction, the clipped mean step, the next Philox/Box-Muller draw and
-//! `m + noise`. Large tensors are split across rayon's threads at 64-element boundaries of
-//! the draw stream, so any split gives the same bits.
+//! `m + noise`. Large tensors are split across rayon's threads at fixed boundaries of the draw
+//! stream, so any split gives the same bits.
 
 use std::cell::Cell;
 
@@ -15,9 +15,10 @@ use rayon::prelude::*;
 use super::{Draws, IvonCoeffs};
 use crate::noise::{normal_batch, BATCH_BLOCKS};
 
-/// Elements per thread task; a multiple of the 64 draws of a generator batch.
+/// Elements per thread task; a multiple of the draws of a generator batch.
 const CHUNK: usize = 1 << 15;
 const BATCH: usize = 4 * BATCH_BLOCKS;
+const _: () = assert!(CHUNK.is_multiple_of(BATCH));
 
 pub(super) fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {
