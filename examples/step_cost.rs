@@ -2,7 +2,8 @@
 //! paired ratios to AdamW's: LoRA with AdamW, LoRA with IVON and BLoB adapters with
 //! `optim::Blob`, on a randomly initialised encoder of all-MiniLM-L6-v2's shape at the
 //! fine-tuning example's batch (32 sentences padded to 48 tokens, rank 8 on query and
-//! value; LoRA dropout 0.1, BLoB none, as the example runs them).
+//! value; LoRA dropout 0.1, BLoB none, as the example runs them), and AdamW without
+//! dropout, to show what the dropout mask costs.
 //!
 //! Each round takes one step of every method, in an order that rotates from round to
 //! round, and the ratio is the median of the rounds' ratios. On a shared machine whose
@@ -83,7 +84,12 @@ fn methods<'a>(batch: &'a Batch, dev: &Device) -> Res<Vec<Method<'a>>> {
         weight_decay: 0.0,
         ..Default::default()
     };
-    let mut adamw = AdamW::new(adamw_vars.all_vars(), params)?;
+    let mut adamw = AdamW::new(adamw_vars.all_vars(), params.clone())?;
+    // BLoB runs without dropout: what the mask costs AdamW's step.
+    let plain_vars = VarMap::new();
+    let plain_lora = AdapterSpec::Lora(lora.clone().dropout(0.0));
+    let plain_model = model_of(&plain_lora, &plain_vars, dev)?;
+    let mut plain = AdamW::new(plain_vars.all_vars(), params)?;
     let ivon_model = model_of(&AdapterSpec::Lora(lora.clone()), &ivon_vars, dev)?;
     let mut ivon = Ivon::from_varmap(&ivon_vars, IvonConfig::new(0.03, 3200.0))?;
     let blob_spec = AdapterSpec::Blob(BlobConfig::new(lora.dropout(0.0)), BlobSampler::new(0));
@@ -95,6 +101,10 @@ fn methods<'a>(batch: &'a Batch, dev: &Device) -> Res<Vec<Method<'a>>> {
         (
             "LoRA, AdamW",
             Box::new(move || Ok(adamw.backward_step(&batch.nll(&adamw_model)?)?)),
+        ),
+        (
+            "LoRA, AdamW, no dropout",
+            Box::new(move || Ok(plain.backward_step(&batch.nll(&plain_model)?)?)),
         ),
         (
             "LoRA, IVON",
