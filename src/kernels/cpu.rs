@@ -253,6 +253,7 @@ fn chunk(s: Slices<'_>, idx: usize, draws: Draws, c: &IvonCoeffs) {
     while done < n {
         let at = idx + done;
         let window = at / BATCH;
+        prefetch(&s, done + PREFETCH_AHEAD * BATCH);
         normal_batch(
             draws.seed,
             draws.block + (window * BATCH_BLOCKS) as u64,
@@ -276,6 +277,42 @@ fn chunk(s: Slices<'_>, idx: usize, draws: Draws, c: &IvonCoeffs) {
         }
         done += len;
     }
+}
+
+/// How many windows ahead of the update the rows are prefetched: while the generator
+/// computes a window's draws, the loads of a later window's rows are in flight.
+const PREFETCH_AHEAD: usize = 2;
+
+/// Asks for the cache lines of the window of rows that starts at element `from` (none past
+/// the chunk's end). Prefetches change no value, only when the loads arrive.
+#[inline(always)]
+fn prefetch(s: &Slices<'_>, from: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let n = s.theta.len();
+        let rows = [
+            s.grad.as_ptr(),
+            s.mean.as_ptr(),
+            s.hess.as_ptr(),
+            s.momentum.as_ptr(),
+            s.noise.as_ptr(),
+            s.theta.as_ptr(),
+        ];
+        // One 64-byte line holds 16 values.
+        for i in (from..(from + BATCH).min(n)).step_by(16) {
+            for row in rows {
+                // SAFETY: `i < n`, within every row; a prefetch reads nothing it returns.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(row.add(i).cast()) };
+            }
+            if let Some(h) = s.hess_sample {
+                // SAFETY: as above; the averaged statistic has a row of n values too.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(h.as_ptr().add(i).cast()) };
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (s, from);
 }
 
 /// One window of a chunk: the state rows and the window's draws.
