@@ -4,6 +4,13 @@ IVON (ivon-opt), timed here with the same thread count.
 
     cargo bench --bench optimizer_step
     .venv-ref/bin/python tools/cpu_speed_table.py [--threads N] [--criterion target/criterion]
+    .venv-ref/bin/python tools/cpu_speed_table.py --paired ROUNDS
+
+With --paired, it instead alternates the two steps the headline ratio compares, the
+fused IVON step (a short criterion run of the bench, one size at a time) and torch's
+fused AdamW, ROUNDS times per size, and prints the median of the rounds' ratios with
+their range: on a shared machine whose speed drifts over minutes, a ratio of two
+measurements taken minutes apart can be off by half.
 
 torch's steps are medians over 50 steps after 10 warm-up steps (tools/gpu_torch_peer.py,
 on the CPU); ours are criterion's medians. Each row's bandwidth counts the bytes the step
@@ -14,6 +21,8 @@ fused kernel moves 44; the table uses the 32 any IVON step must move).
 import argparse
 import json
 import os
+import statistics
+import subprocess
 
 import torch
 
@@ -42,13 +51,46 @@ def criterion_us(home, name, n):
         return json.load(f)["median"]["point_estimate"] / 1e3
 
 
+def bench_fused_us(home, n):
+    """A short criterion run of the fused IVON step at `n` parameters; its median in us."""
+    filt = f"^optimizer_step/ivon_fused/{n}$"
+    cmd = ["cargo", "bench", "--quiet", "--bench", "optimizer_step", "--", "--noplot",
+           "--warm-up-time", "1", "--measurement-time", "2", filt]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return criterion_us(home, "ivon_fused", n)
+
+
+def paired(rounds, home):
+    """The fused IVON step against torch's fused AdamW, alternately, `rounds` times a size."""
+    print(f"{rounds} alternating rounds per size: criterion median of the fused IVON step "
+          "over torch's fused AdamW median, each round")
+    print("| parameters | ratio, median of rounds | range | IVON fused, median | torch fused AdamW, median |")
+    print("|---|---|---|---|---|")
+    for n in SIZES:
+        ratios, ours, theirs = [], [], []
+        torch_step = peer.adamw(n, "cpu", fused=True)
+        for _ in range(rounds):
+            ours.append(bench_fused_us(home, n))
+            theirs.append(peer.median_us(torch_step, device="cpu"))
+            ratios.append(ours[-1] / theirs[-1])
+        med = statistics.median
+        print(f"| {n:.0e} | {med(ratios):.2f} | {min(ratios):.2f} to {max(ratios):.2f} "
+              f"| {med(ours) * 1e3 / n:.2f} ns / parameter | {med(theirs) * 1e3 / n:.2f} ns / parameter |")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--criterion", default="target/criterion")
+    p.add_argument("--paired", type=int, metavar="ROUNDS",
+                   help="alternate the fused IVON step and torch's fused AdamW instead")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {a.threads} threads, {os.cpu_count()} cores")
+    if a.paired is not None:
+        if a.paired < 1:
+            p.error("--paired needs at least 1 round")
+        return paired(a.paired, a.criterion)
     print("| parameters | step | median | ns / parameter | GB/s | vs torch fused AdamW |")
     print("|---|---|---|---|---|---|")
     for n in SIZES:
