@@ -4,8 +4,9 @@
 //! and writes the new mean, `h`, momentum, the next sample's noise and the sampled weight:
 //! the Welford mean of one sample (the gradient itself), the momentum, the Hessian update
 //! with its correction, the clipped mean step, the next Philox/Box-Muller draw and
-//! `m + noise`. Large tensors are split across rayon's threads at fixed boundaries of the draw
-//! stream, so any split gives the same bits.
+//! `m + noise`. Large tensors are split across rayon's threads at fixed boundaries of the
+//! draw stream, so any split gives the same bits. While the generator computes one window
+//! of draws, the rows of a later window are prefetched.
 
 use std::cell::Cell;
 
