@@ -10,48 +10,26 @@
 #[path = "../examples/minilm_shape/mod.rs"]
 mod minilm_shape;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{loss, AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_core::{Device, Tensor};
+use candle_nn::{loss, AdamW, Optimizer, ParamsAdamW, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion};
 use varlora::lora::{BlobConfig, BlobSampler, LoraConfig};
-use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertEncoder};
+use varlora::models::{AdapterSpec, BertClassifier};
 use varlora::optim::{Blob, BlobOptimConfig, Ivon, IvonConfig};
 
 const BATCH: usize = 32;
 const TOKENS: usize = 48;
 
-/// A classifier of MiniLM's shape with `spec` on query and value, its adapters in
-/// `adapters`.
-fn model_of(spec: &AdapterSpec, adapters: &VarMap, dev: &Device) -> BertClassifier {
-    let config = minilm_shape::config();
-    let encoder = BertEncoder::load(
-        VarBuilder::from_tensors(
-            minilm_shape::frozen_weights(&config, dev).unwrap(),
-            DType::F32,
-            dev,
-        ),
-        VarBuilder::from_varmap(adapters, DType::F32, dev),
-        &config,
-        Some(spec),
-        AdapterTargets::default(),
-    )
-    .unwrap();
-    let model = BertClassifier::new(
-        encoder,
-        2,
-        VarBuilder::from_varmap(adapters, DType::F32, dev),
-    )
-    .unwrap();
-    model.init(0).unwrap();
-    model
-}
-
 fn encoder_step(c: &mut Criterion) {
     varlora::alloc::keep_freed_memory();
     let dev = Device::Cpu;
+    let frozen = minilm_shape::frozen_weights(&minilm_shape::config(), &dev).unwrap();
+    let model_of = |spec: &AdapterSpec, adapters: &VarMap| {
+        minilm_shape::classifier(spec, &frozen, adapters, &dev).unwrap()
+    };
     let lora = LoraConfig::new(8).alpha(16.0).dropout(0.1);
     let adapters = VarMap::new();
-    let model = model_of(&AdapterSpec::Lora(lora.clone()), &adapters, &dev);
+    let model = model_of(&AdapterSpec::Lora(lora.clone()), &adapters);
     let (ids, types, mask) = minilm_shape::padded_batch(BATCH, TOKENS, &dev).unwrap();
     let labels: Vec<u32> = (0..BATCH as u32).map(|i| i % 2).collect();
     let labels = Tensor::new(labels, &dev).unwrap();
@@ -86,7 +64,7 @@ fn encoder_step(c: &mut Criterion) {
     });
 
     let ivon_vars = VarMap::new();
-    let ivon_model = model_of(&AdapterSpec::Lora(lora.clone()), &ivon_vars, &dev);
+    let ivon_model = model_of(&AdapterSpec::Lora(lora.clone()), &ivon_vars);
     let mut ivon = Ivon::from_varmap(&ivon_vars, IvonConfig::new(0.03, 3200.0)).unwrap();
     group.bench_function("ivon_lora_step", |b| {
         b.iter(|| ivon.backward_step(&nll(&ivon_model)).unwrap());
@@ -94,7 +72,7 @@ fn encoder_step(c: &mut Criterion) {
 
     let blob_vars = VarMap::new();
     let blob_spec = AdapterSpec::Blob(BlobConfig::new(lora.dropout(0.0)), BlobSampler::new(0));
-    let blob_model = model_of(&blob_spec, &blob_vars, &dev);
+    let blob_model = model_of(&blob_spec, &blob_vars);
     let layers = blob_model.encoder().blob_layers().unwrap();
     let config = BlobOptimConfig::new(3200, BATCH).lr(1e-4).kl_lr(1e-3);
     let mut blob = Blob::new(blob_vars.all_vars(), layers, config).unwrap();

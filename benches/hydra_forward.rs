@@ -9,12 +9,12 @@
 #[path = "../examples/minilm_shape/mod.rs"]
 mod minilm_shape;
 
-use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::Device;
+use candle_nn::VarMap;
 use criterion::{criterion_group, criterion_main, Criterion};
 use varlora::hydra::{plan_members, HydraClassifier, Importance, PruneConfig, Selection};
 use varlora::lora::LoraConfig;
-use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertEncoder};
+use varlora::models::AdapterSpec;
 
 const BATCH: usize = 64;
 const TOKENS: usize = 48;
@@ -25,18 +25,8 @@ fn hydra_forward(c: &mut Criterion) {
     let config = minilm_shape::config();
     let frozen = minilm_shape::frozen_weights(&config, &dev).unwrap();
     let adapters = VarMap::new();
-    let vb = VarBuilder::from_varmap(&adapters, DType::F32, &dev);
     let spec = AdapterSpec::Lora(LoraConfig::new(8).alpha(16.0));
-    let base = VarBuilder::from_tensors(frozen, DType::F32, &dev);
-    let encoder = BertEncoder::load(
-        base,
-        vb.clone(),
-        &config,
-        Some(&spec),
-        AdapterTargets::default(),
-    );
-    let model = BertClassifier::new(encoder.unwrap(), 2, vb).unwrap();
-    model.init(0).unwrap();
+    let model = minilm_shape::classifier(&spec, &frozen, &adapters, &dev).unwrap();
     let weights = model.merged_tensors().unwrap();
     let model = model.detach();
 

@@ -17,10 +17,10 @@ mod minilm_shape;
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{loss, AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_core::{Device, Tensor};
+use candle_nn::{loss, AdamW, Optimizer, ParamsAdamW, VarMap};
 use varlora::lora::{BlobConfig, BlobSampler, LoraConfig};
-use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertEncoder};
+use varlora::models::{AdapterSpec, BertClassifier};
 use varlora::optim::{Blob, BlobOptimConfig, Ivon, IvonConfig};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
@@ -54,31 +54,17 @@ impl Batch {
     }
 }
 
-/// A classifier of MiniLM's shape with `spec` on query and value, its adapters in
-/// `adapters`.
-fn model_of(spec: &AdapterSpec, adapters: &VarMap, dev: &Device) -> Res<BertClassifier> {
-    let config = minilm_shape::config();
-    let frozen = minilm_shape::frozen_weights(&config, dev)?;
-    let encoder = BertEncoder::load(
-        VarBuilder::from_tensors(frozen, DType::F32, dev),
-        VarBuilder::from_varmap(adapters, DType::F32, dev),
-        &config,
-        Some(spec),
-        AdapterTargets::default(),
-    )?;
-    let head = VarBuilder::from_varmap(adapters, DType::F32, dev);
-    let model = BertClassifier::new(encoder, 2, head)?;
-    model.init(0)?;
-    Ok(model)
-}
-
 /// One method: its name and a closure that takes one whole training step.
 type Method<'a> = (&'static str, Box<dyn FnMut() -> Res<()> + 'a>);
 
 fn methods<'a>(batch: &'a Batch, dev: &Device) -> Res<Vec<Method<'a>>> {
+    let frozen = minilm_shape::frozen_weights(&minilm_shape::config(), dev)?;
+    let model_of = |spec: &AdapterSpec, adapters: &VarMap| {
+        minilm_shape::classifier(spec, &frozen, adapters, dev)
+    };
     let lora = LoraConfig::new(8).alpha(16.0).dropout(0.1);
     let (adamw_vars, ivon_vars, blob_vars) = (VarMap::new(), VarMap::new(), VarMap::new());
-    let adamw_model = model_of(&AdapterSpec::Lora(lora.clone()), &adamw_vars, dev)?;
+    let adamw_model = model_of(&AdapterSpec::Lora(lora.clone()), &adamw_vars)?;
     let params = ParamsAdamW {
         lr: 1e-4,
         weight_decay: 0.0,
@@ -88,12 +74,12 @@ fn methods<'a>(batch: &'a Batch, dev: &Device) -> Res<Vec<Method<'a>>> {
     // BLoB runs without dropout: what the mask costs AdamW's step.
     let plain_vars = VarMap::new();
     let plain_lora = AdapterSpec::Lora(lora.clone().dropout(0.0));
-    let plain_model = model_of(&plain_lora, &plain_vars, dev)?;
+    let plain_model = model_of(&plain_lora, &plain_vars)?;
     let mut plain = AdamW::new(plain_vars.all_vars(), params)?;
-    let ivon_model = model_of(&AdapterSpec::Lora(lora.clone()), &ivon_vars, dev)?;
+    let ivon_model = model_of(&AdapterSpec::Lora(lora.clone()), &ivon_vars)?;
     let mut ivon = Ivon::from_varmap(&ivon_vars, IvonConfig::new(0.03, 3200.0))?;
     let blob_spec = AdapterSpec::Blob(BlobConfig::new(lora.dropout(0.0)), BlobSampler::new(0));
-    let blob_model = model_of(&blob_spec, &blob_vars, dev)?;
+    let blob_model = model_of(&blob_spec, &blob_vars)?;
     let layers = blob_model.encoder().blob_layers()?;
     let config = BlobOptimConfig::new(3200, BATCH).lr(1e-4).kl_lr(1e-3);
     let mut blob = Blob::new(blob_vars.all_vars(), layers, config)?;

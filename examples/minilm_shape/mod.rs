@@ -1,11 +1,11 @@
 //! An encoder of all-MiniLM-L6-v2's shape with random frozen weights, for the cost
-//! example and the encoder bench (which includes this file by path): no model download.
+//! examples and the benches (which include this file by path): no model download.
 
 use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use varlora::models::{AdapterTargets, BertConfig, BertEncoder};
+use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
 
 /// all-MiniLM-L6-v2's shape (6 layers, hidden 384, 12 heads), with a vocabulary of 1000.
 pub fn config() -> BertConfig {
@@ -45,6 +45,29 @@ pub fn frozen_weights(
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
         .collect())
+}
+
+/// A two-class classifier of this shape on `frozen` (from [`frozen_weights`]), with
+/// `spec` on query and value, its adapters and head in `adapters`, initialised from seed 0.
+#[allow(dead_code)] // the benches and the step cost example use it
+pub fn classifier(
+    spec: &AdapterSpec,
+    frozen: &HashMap<String, Tensor>,
+    adapters: &VarMap,
+    dev: &Device,
+) -> candle_core::Result<BertClassifier> {
+    let encoder = BertEncoder::load(
+        VarBuilder::from_tensors(frozen.clone(), DType::F32, dev),
+        VarBuilder::from_varmap(adapters, DType::F32, dev),
+        &config(),
+        Some(spec),
+        AdapterTargets::default(),
+    )
+    .map_err(candle_core::Error::wrap)?;
+    let head = VarBuilder::from_varmap(adapters, DType::F32, dev);
+    let model = BertClassifier::new(encoder, 2, head).map_err(candle_core::Error::wrap)?;
+    model.init(0).map_err(candle_core::Error::wrap)?;
+    Ok(model)
 }
 
 /// A batch of `batch` sentences of 8 to `tokens` tokens, padded to `tokens`: ids,
