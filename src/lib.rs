@@ -56,5 +56,6 @@ pub mod models;
 pub mod noise;
 pub mod optim;
 pub mod predict;
+mod vector_unit;
 
 pub use error::{Error, Result};

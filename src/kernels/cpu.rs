@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use super::{Draws, IvonCoeffs};
 use crate::noise::{normal_batch, BATCH_BLOCKS};
+use crate::vector_unit::widest_vector_unit;
 
 /// Elements per thread task; a multiple of the draws of a generator batch.
 const CHUNK: usize = 1 << 15;
@@ -213,36 +214,15 @@ impl<'a> Slices<'a> {
     }
 }
 
-/// Runs the chunk with the widest vector unit the processor has (AVX-512, AVX2 or the
-/// x86-64 baseline). The operations are the same IEEE ones either way (Rust never fuses a
-/// multiply and an add), so are the bits.
-fn dispatch(s: Slices<'_>, idx: usize, draws: Draws, c: &IvonCoeffs) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the processor supports AVX-512F, checked just above.
-            unsafe { chunk_avx512(s, idx, draws, c) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the processor supports AVX2, checked just above.
-            unsafe { chunk_avx2(s, idx, draws, c) };
-            return;
-        }
-    }
-    chunk(s, idx, draws, c);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn chunk_avx512(s: Slices<'_>, idx: usize, draws: Draws, c: &IvonCoeffs) {
-    chunk(s, idx, draws, c);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn chunk_avx2(s: Slices<'_>, idx: usize, draws: Draws, c: &IvonCoeffs) {
-    chunk(s, idx, draws, c);
+widest_vector_unit! {
+    /// Runs the chunk with the widest vector unit the processor has (AVX-512, AVX2 or the
+    /// x86-64 baseline), with the same bits on each.
+    fn dispatch, chunk_avx512, chunk_avx2 => chunk(
+        s: Slices<'_>,
+        idx: usize,
+        draws: Draws,
+        c: &IvonCoeffs,
+    )
 }
 
 /// One chunk whose first element is draw `idx` of the group's request.

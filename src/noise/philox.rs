@@ -11,6 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::NoiseSource;
+use crate::vector_unit::widest_vector_unit;
 use crate::{Error, Result};
 
 const M0: u32 = 0xD251_1F53;
@@ -292,36 +293,15 @@ impl PhiloxNormal {
     }
 }
 
-/// Draws `offset..offset + out.len()` of the request that starts at `block`, with the
-/// widest vector unit the processor has; the operations are the same IEEE ones on each,
-/// so are the bits.
-fn draws_at(seed: u64, block: u64, offset: usize, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the processor supports AVX-512F, checked just above.
-            unsafe { draws_at_avx512(seed, block, offset, out) };
-            return;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the processor supports AVX2, checked just above.
-            unsafe { draws_at_avx2(seed, block, offset, out) };
-            return;
-        }
-    }
-    draws_at_baseline(seed, block, offset, out);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn draws_at_avx512(seed: u64, block: u64, offset: usize, out: &mut [f32]) {
-    draws_at_baseline(seed, block, offset, out);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn draws_at_avx2(seed: u64, block: u64, offset: usize, out: &mut [f32]) {
-    draws_at_baseline(seed, block, offset, out);
+widest_vector_unit! {
+    /// Draws `offset..offset + out.len()` of the request that starts at `block`, with the
+    /// widest vector unit the processor has, with the same bits on each.
+    fn draws_at, draws_at_avx512, draws_at_avx2 => draws_at_baseline(
+        seed: u64,
+        block: u64,
+        offset: usize,
+        out: &mut [f32],
+    )
 }
 
 #[inline(always)]
