@@ -51,16 +51,18 @@ def criterion_us(home, name, n):
         return json.load(f)["median"]["point_estimate"] / 1e3
 
 
-def bench_fused_us(home, n):
-    """A short criterion run of the fused IVON step at `n` parameters; its median in us."""
+def bench_fused_us(home, n, threads):
+    """A short criterion run of the fused IVON step at `n` parameters on `threads` threads
+    (torch's count); its median in us."""
     filt = f"^optimizer_step/ivon_fused/{n}$"
     cmd = ["cargo", "bench", "--quiet", "--bench", "optimizer_step", "--", "--noplot",
            "--warm-up-time", "1", "--measurement-time", "2", filt]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return criterion_us(home, "ivon_fused", n)
 
 
-def paired(rounds, home):
+def paired(rounds, home, threads):
     """The fused IVON step against torch's fused AdamW, alternately, `rounds` times a size."""
     print(f"{rounds} alternating rounds per size: criterion median of the fused IVON step "
           "over torch's fused AdamW median, each round")
@@ -70,7 +72,7 @@ def paired(rounds, home):
         ratios, ours, theirs = [], [], []
         torch_step = peer.adamw(n, "cpu", fused=True)
         for _ in range(rounds):
-            ours.append(bench_fused_us(home, n))
+            ours.append(bench_fused_us(home, n, threads))
             theirs.append(peer.median_us(torch_step, device="cpu"))
             ratios.append(ours[-1] / theirs[-1])
         med = statistics.median
@@ -90,7 +92,7 @@ def main():
     if a.paired is not None:
         if a.paired < 1:
             p.error("--paired needs at least 1 round")
-        return paired(a.paired, a.criterion)
+        return paired(a.paired, a.criterion, a.threads)
     print("| parameters | step | median | ns / parameter | GB/s | vs torch fused AdamW |")
     print("|---|---|---|---|---|---|")
     for n in SIZES:
