@@ -6,7 +6,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::{init::Init, Linear, VarBuilder};
 
 use crate::kernels::encoder::FrozenLinear;
-use crate::lora::{init_lora_pair, Adapter};
+use crate::lora::{init_lora_pair, members_forward, split_members, Adapter};
 use crate::{Error, Result};
 
 /// `M` LoRA adapters on one frozen `Linear`, all applied in one forward pass:
@@ -126,18 +126,7 @@ impl Module for LoraEnsembleLinear {
                 self.members
             );
         }
-        let in_dim = dims[dims.len() - 1];
-        let rows: usize = dims[1..dims.len() - 1].iter().product();
-        // (M, rows, in): one GEMM for the frozen part, batched matmuls for the adapters.
-        let flat = x.reshape((self.members, rows, in_dim))?;
-        let frozen = self.base.forward(&flat)?;
-        let delta = flat
-            .matmul(&self.a.transpose(1, 2)?)?
-            .matmul(&self.b.transpose(1, 2)?)?;
-        let mut out_dims = dims.to_vec();
-        let last = out_dims.len() - 1;
-        out_dims[last] = self.base().weight().dim(0)?;
-        (frozen + delta)?.reshape(out_dims)
+        self.forward_rows(x, false)
     }
 }
 
@@ -145,19 +134,9 @@ impl Adapter for LoraEnsembleLinear {
     /// Rows are member-major: `(M * batch, ..., in)` is read as `(M, batch * ..., in)`.
     /// There is no dropout to switch: the reference trains the members without it.
     fn forward_rows(&self, x: &Tensor, _train: bool) -> candle_core::Result<Tensor> {
-        let mut dims = x.dims().to_vec();
-        let (rows, in_dim) = match dims.split_last() {
-            Some((&in_dim, lead)) => (lead.iter().product::<usize>(), in_dim),
-            None => candle_core::bail!("LoRA-Ensemble input is a scalar"),
-        };
-        let m = self.members;
-        if rows % m != 0 {
-            candle_core::bail!("{rows} rows do not split into {m} members");
-        }
-        let y = self.forward(&x.reshape((m, rows / m, in_dim))?)?;
-        let last = dims.len() - 1;
-        dims[last] = y.dim(2)?;
-        y.reshape(dims)
+        let out_dim = self.base().weight().dim(0)?;
+        let (flat, out_dims) = split_members(x, self.members, out_dim)?;
+        members_forward(&self.base, &flat, &self.a, &self.b)?.reshape(out_dims)
     }
 
     fn detach(&self) -> Arc<dyn Adapter> {

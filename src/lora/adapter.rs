@@ -1,6 +1,7 @@
 //! The `Adapter` trait: what a model asks of the trainable update on each adapted layer,
 //! so that it holds LoRA, BLoB, LoRA-Ensemble or an adapter of your own alike.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::Tensor;
@@ -59,6 +60,24 @@ pub trait Adapter: std::fmt::Debug + Send + Sync {
     /// The number of members carried in the rows (1 unless an ensemble).
     fn members(&self) -> usize {
         1
+    }
+
+    /// This layer for `samples` weight samples evaluated in one forward pass, with its
+    /// rows carried member-major as an ensemble's members are: `stacked` maps a var's
+    /// name to its samples stacked `(samples, ..var shape)`
+    /// ([`crate::predict::GaussianPosterior::stacked_samples`]); a var it lacks is the
+    /// same in every sample. [`super::LoraLinear`] supports it; other adapters get an
+    /// error (predict them sample by sample).
+    fn with_stacked_weights(
+        &self,
+        _stacked: &HashMap<String, Tensor>,
+        _samples: usize,
+    ) -> Result<Arc<dyn Adapter>> {
+        Err(Error::InvalidInput(
+            "only plain LoRA adapters evaluate stacked weight samples: predict this model \
+             sample by sample (predict::predictive)"
+                .into(),
+        ))
     }
 
     /// The frozen layer with the update folded in (PEFT's `merge_and_unload`): for a

@@ -1,5 +1,6 @@
 //! `LoraLinear`: a frozen linear layer plus a trainable low-rank update.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{ModuleT, Tensor};
@@ -7,7 +8,8 @@ use candle_nn::{init::Init, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::dropout::unseeded_dropout;
-use super::init::{init_lora_pair, kaiming_uniform_bound};
+use super::init::{init_lora_pair, kaiming_uniform_bound, var_name};
+use super::stacked::StackedLora;
 use super::{Adapter, McDropout};
 use crate::kernels::encoder::FrozenLinear;
 use crate::{Error, Result};
@@ -288,6 +290,37 @@ impl Adapter for LoraLinear {
 
     fn detach(&self) -> Arc<dyn Adapter> {
         Arc::new(LoraLinear::detach(self))
+    }
+
+    /// Errors while merged (unmerge first) and with MC dropout, whose samples are its
+    /// masks, not its weights.
+    fn with_stacked_weights(
+        &self,
+        stacked: &HashMap<String, Tensor>,
+        samples: usize,
+    ) -> Result<Arc<dyn Adapter>> {
+        if self.merged {
+            return Err(Error::InvalidState(
+                "the adapter is merged: unmerge it to evaluate stacked samples",
+            ));
+        }
+        if let LoraDropout::Seeded(..) = self.dropout {
+            return Err(Error::InvalidInput(
+                "MC dropout samples masks, not weights: predict it sample by sample".into(),
+            ));
+        }
+        let (a_name, b_name) = (
+            var_name(&self.prefix, "lora_a"),
+            var_name(&self.prefix, "lora_b"),
+        );
+        Ok(Arc::new(StackedLora::new(
+            self.base.clone(),
+            (&a_name, &self.a),
+            (&b_name, &self.b),
+            self.config.scale(),
+            stacked,
+            samples,
+        )?))
     }
 
     fn merged_linear(&self) -> Result<Linear> {

@@ -7,6 +7,7 @@ mod dropout;
 mod init;
 mod linear;
 mod sampler;
+mod stacked;
 
 pub use adapter::{Adapter, AdapterBuilder};
 pub use blob::{kl_period, kl_weight, BayesianLoraLinear, BlobConfig, BlobLayerVars, BlobSampler};
@@ -15,3 +16,4 @@ pub(crate) use init::{
     init_lora_pair, kaiming_uniform_bound, seeded_uniform, set_uniform, var_name,
 };
 pub use linear::{LoraConfig, LoraLinear};
+pub(crate) use stacked::{members_forward, split_members, stacked_or_repeated};

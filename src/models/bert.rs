@@ -238,6 +238,15 @@ impl Proj {
         }
     }
 
+    /// The layer for `samples` stacked weight samples (see
+    /// [`Adapter::with_stacked_weights`]).
+    fn stacked(&self, stacked: &HashMap<String, Tensor>, samples: usize) -> Result<Self> {
+        Ok(match self {
+            Proj::Frozen(l) => Proj::Frozen(l.clone()),
+            Proj::Adapted(a) => Proj::Adapted(a.with_stacked_weights(stacked, samples)?),
+        })
+    }
+
     /// The layer with its adapter's update folded in.
     fn merged(&self) -> Result<Linear> {
         match self {
@@ -378,6 +387,47 @@ impl BertEncoder {
                 .collect(),
             ..self.clone()
         }
+    }
+
+    /// A copy for inference that evaluates `samples` weight samples of the adapters in one
+    /// forward pass, carried in the batch dimension as LoRA-Ensemble's members are (the
+    /// frozen matmuls run on `samples` times the rows): `stacked` maps an adapter var's
+    /// name to its samples stacked `(samples, ..var shape)`, as
+    /// [`crate::predict::GaussianPosterior::stacked_samples`] gives them. A var it lacks
+    /// is the same in every sample. Errors for adapters other than plain LoRA and for an
+    /// encoder that already carries members.
+    pub fn with_stacked_weights(
+        &self,
+        stacked: &HashMap<String, Tensor>,
+        samples: usize,
+    ) -> Result<Self> {
+        if self.members != 1 || samples == 0 {
+            return Err(Error::InvalidInput(format!(
+                "{samples} stacked samples of an encoder with {} members: stack at least one \
+                 sample, of a model that is not an ensemble",
+                self.members
+            )));
+        }
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(Layer {
+                    query: l.query.stacked(stacked, samples)?,
+                    key: l.key.stacked(stacked, samples)?,
+                    value: l.value.stacked(stacked, samples)?,
+                    attention_output: l.attention_output.stacked(stacked, samples)?,
+                    intermediate: l.intermediate.stacked(stacked, samples)?,
+                    output: l.output.stacked(stacked, samples)?,
+                    ..l.clone()
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            members: samples,
+            ..self.clone()
+        })
     }
 
     /// The KL divergence of every Bayesian adapter from its prior, summed (0 without

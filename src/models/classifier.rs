@@ -10,8 +10,8 @@ use candle_nn::{Linear, VarBuilder};
 use super::bert::insert_linear;
 use super::BertEncoder;
 use crate::lora::{
-    kaiming_uniform_bound, seeded_uniform, set_uniform, var_name, Adapter, AdapterBuilder,
-    BlobLayerVars,
+    kaiming_uniform_bound, seeded_uniform, set_uniform, stacked_or_repeated, var_name, Adapter,
+    AdapterBuilder, BlobLayerVars,
 };
 use crate::{Error, Result};
 
@@ -159,6 +159,55 @@ impl BertClassifier {
         }
     }
 
+    /// A copy for inference that evaluates `samples` weight samples in one forward pass
+    /// (see [`BertEncoder::with_stacked_weights`]); `stacked` holds the head's samples too
+    /// (`classifier.weight` `(samples, 1, classes, hidden)` for a head trained whole).
+    /// [`Self::forward_t`] then gives `(samples, batch, classes)`, or `(batch, classes)` for
+    /// one sample: the logits [`crate::predict::predictive_stacked`] asks for.
+    ///
+    /// ```no_run
+    /// use varlora::predict::{predictive_stacked, GaussianPosterior};
+    /// # fn load() -> (varlora::models::BertClassifier, GaussianPosterior) { unimplemented!() }
+    /// # let ids = candle_core::Tensor::new(&[[1u32, 2]], &candle_core::Device::Cpu)?;
+    /// # let (types, mask) = (ids.zeros_like()?, ids.ones_like()?);
+    /// let (model, posterior) = load(); // e.g. GaussianPosterior::load on the model's vars
+    /// // 10 samples, 5 at a time in one forward each.
+    /// let p = predictive_stacked(10, 5, false, |ks| {
+    ///     let stacked = posterior.stacked_samples(ks.clone())?;
+    ///     let sampled = model.with_stacked_weights(&stacked, ks.len())?;
+    ///     sampled.forward_t(&ids, &types, &mask, false)
+    /// })?;
+    /// # Ok::<(), varlora::Error>(())
+    /// ```
+    pub fn with_stacked_weights(
+        &self,
+        stacked: &HashMap<String, Tensor>,
+        samples: usize,
+    ) -> Result<Self> {
+        let encoder = self.encoder.with_stacked_weights(stacked, samples)?;
+        let head = match &self.head {
+            Head::Adapted(a) => Head::Adapted(a.with_stacked_weights(stacked, samples)?),
+            Head::Trained {
+                weight,
+                bias,
+                prefix,
+            } => {
+                let take = |t: &Tensor, name: &str| -> Result<Tensor> {
+                    let s = stacked_or_repeated(stacked, &var_name(prefix, name), t, samples)?;
+                    let mut dims = t.dims()[1..].to_vec();
+                    dims.insert(0, samples);
+                    Ok(s.reshape(dims)?)
+                };
+                Head::Trained {
+                    weight: take(weight, "weight")?,
+                    bias: take(bias, "bias")?,
+                    prefix: prefix.clone(),
+                }
+            }
+        };
+        Ok(Self { encoder, head })
+    }
+
     /// Every weight as one plain fine-tuned BERT classifier (see
     /// [`BertEncoder::merged_tensors`]), the head as `classifier.weight` `(classes,
     /// hidden)` and `classifier.bias`. The head is copied, so later training leaves the
@@ -200,7 +249,8 @@ impl BertClassifier {
         Ok(layers)
     }
 
-    /// Logits: `(batch, classes)`, or `(members, batch, classes)` for LoRA-Ensemble.
+    /// Logits: `(batch, classes)`, or `(members, batch, classes)` for LoRA-Ensemble and
+    /// stacked samples.
     pub fn forward_t(
         &self,
         input_ids: &Tensor,
@@ -212,10 +262,17 @@ impl BertClassifier {
             self.encoder
                 .forward_t(input_ids, token_type_ids, Some(attention_mask), train)?;
         let pooled = BertEncoder::mean_pool(&hidden, attention_mask)?;
+        let m = self.encoder.members();
         match &self.head {
-            Head::Adapted(a) => Ok(a.forward_rows(&pooled, train)?),
+            Head::Adapted(a) => {
+                let logits = a.forward_rows(&pooled, train)?;
+                if m == 1 {
+                    return Ok(logits);
+                }
+                let (rows, classes) = logits.dims2()?;
+                Ok(logits.reshape((m, rows / m, classes))?)
+            }
             Head::Trained { weight, bias, .. } => {
-                let m = self.encoder.members();
                 let (rows, h) = pooled.dims2()?;
                 let pooled = pooled.reshape((m, rows / m, h))?;
                 let logits = pooled

@@ -1,6 +1,8 @@
 //! A diagonal Gaussian over named vars, apart from any optimizer: what IVON learned, saved
 //! to a file and loaded into a model for prediction.
 
+use std::collections::HashMap;
+use std::ops::Range;
 use std::path::Path;
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
@@ -224,6 +226,38 @@ impl GaussianPosterior {
                         Ok((&e.mean + noise)?)
                     })
                     .collect()
+            })
+            .collect()
+    }
+
+    /// Samples `ks` of every var, stacked: its name to a `(ks.len(), ..var shape)` tensor
+    /// whose row `j` is the weights [`Posterior::with_posterior_sample`] sets for sample
+    /// `ks.start + j`. What [`crate::models::BertClassifier::with_stacked_weights`] takes
+    /// to evaluate the samples in one forward pass; the vars are left alone.
+    ///
+    /// ```
+    /// use candle_core::{DType, Device, Tensor, Var};
+    /// use varlora::predict::GaussianPosterior;
+    ///
+    /// let w = Var::zeros(3, DType::F32, &Device::Cpu)?;
+    /// let (mean, std) = (w.zeros_like()?, w.ones_like()?);
+    /// let posterior =
+    ///     GaussianPosterior::new(vec![vec![("w".into(), w, mean, std)]], 0, Default::default())?;
+    /// let stacked = posterior.stacked_samples(2..6)?;
+    /// assert_eq!(stacked["w"].dims(), &[4, 3]);
+    /// # Ok::<(), varlora::Error>(())
+    /// ```
+    pub fn stacked_samples(&self, ks: Range<usize>) -> Result<HashMap<String, Tensor>> {
+        let samples: Vec<Vec<Tensor>> = ks
+            .map(|k| Ok(self.sample(k)?.into_iter().flatten().collect()))
+            .collect::<Result<_>>()?;
+        self.groups
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, e)| {
+                let rows: Vec<&Tensor> = samples.iter().map(|s| &s[i]).collect();
+                Ok((e.name.clone(), Tensor::stack(&rows, 0)?))
             })
             .collect()
     }

@@ -10,5 +10,6 @@ pub use gaussian::GaussianPosterior;
 pub(crate) use posterior::check_prediction_scale;
 pub use posterior::{PointMass, Posterior};
 pub use predictive::{
-    predictive, predictive_at_point, predictive_from_samples, sample_logits, Predictive,
+    predictive, predictive_at_point, predictive_from_samples, predictive_stacked, sample_logits,
+    Predictive,
 };

@@ -1,5 +1,7 @@
 //! The Monte Carlo predictive and its uncertainty decomposition.
 
+use std::ops::Range;
+
 use candle_core::{DType, Tensor, D};
 
 use super::Posterior;
@@ -61,6 +63,65 @@ pub fn predictive<P: Posterior>(
         match acc.as_mut() {
             None => acc = Some(Accumulator::new(logp, keep_samples)?),
             Some(a) => a.add(logp)?,
+        }
+    }
+    acc.ok_or(Error::InvalidInput("no sample".into()))?
+        .finish(mc_samples)
+}
+
+/// [`predictive`] with the samples evaluated `chunk` at a time: `logits` gets a range of
+/// sample indices and returns their logits stacked, `(samples in range, n, classes)` (or
+/// `(n, classes)` for a range of one), e.g. from one forward pass of a model that carries
+/// the samples in its batch dimension ([`crate::models::BertClassifier::with_stacked_weights`]).
+/// `chunk` bounds the memory: a forward holds `chunk` times a batch's activations.
+///
+/// Given the same samples, the predictive is [`predictive`]'s up to rounding: the
+/// samples' log-probabilities are accumulated in the same order.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use varlora::predict::predictive_stacked;
+/// // Sample k predicts logits (k, -k) for one example.
+/// let p = predictive_stacked(4, 3, false, |ks| {
+///     let z: Vec<f32> = ks.flat_map(|k| [k as f32, -(k as f32)]).collect();
+///     let n = z.len() / 2;
+///     Ok(Tensor::from_vec(z, (n, 1, 2), &Device::Cpu)?)
+/// })?;
+/// assert_eq!(p.probs.dims(), &[1, 2]);
+/// # Ok::<(), varlora::Error>(())
+/// ```
+pub fn predictive_stacked(
+    mc_samples: usize,
+    chunk: usize,
+    keep_samples: bool,
+    mut logits: impl FnMut(Range<usize>) -> Result<Tensor>,
+) -> Result<Predictive> {
+    if mc_samples == 0 || chunk == 0 {
+        return Err(Error::InvalidInput(format!(
+            "mc_samples ({mc_samples}) and chunk ({chunk}) must be at least 1"
+        )));
+    }
+    let mut acc: Option<Accumulator> = None;
+    for start in (0..mc_samples).step_by(chunk) {
+        let ks = start..(start + chunk).min(mc_samples);
+        let z = logits(ks.clone())?;
+        let z = match z.rank() {
+            2 if ks.len() == 1 => z.unsqueeze(0)?,
+            3 if z.dim(0)? == ks.len() => z,
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "logits of shape {:?} for samples {ks:?}: expected ({}, n, classes)",
+                    z.dims(),
+                    ks.len()
+                )))
+            }
+        };
+        for j in 0..ks.len() {
+            let logp = log_softmax_checked(&z.get(j)?, acc.as_ref().map(|a| a.lse.dims()))?;
+            match acc.as_mut() {
+                None => acc = Some(Accumulator::new(logp, keep_samples)?),
+                Some(a) => a.add(logp)?,
+            }
         }
     }
     acc.ok_or(Error::InvalidInput("no sample".into()))?

@@ -1,0 +1,125 @@
+//! Several LoRA updates of one frozen layer in one forward pass, the rows carried
+//! member-major: LoRA-Ensemble's members, or posterior samples of one LoRA evaluated
+//! together ([`Adapter::with_stacked_weights`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use candle_core::Tensor;
+
+use super::Adapter;
+use crate::kernels::encoder::FrozenLinear;
+use crate::{Error, Result};
+
+/// `W0 x + b + B_m A_m x` for `x` `(M, rows, in)`: the frozen product as one GEMM over all
+/// `M * rows` rows, the updates as batched matmuls over `a` `(M, r, in)` and `b`
+/// `(M, out, r)`. Returns `(M, rows, out)`.
+pub(crate) fn members_forward(
+    base: &FrozenLinear,
+    x: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let frozen = base.forward(x)?;
+    let delta = x.matmul(&a.transpose(1, 2)?)?.matmul(&b.transpose(1, 2)?)?;
+    frozen + delta
+}
+
+/// `x` `(M * n, ..., in)`, member-major, as `(M, n * ..., in)`, and the output dims
+/// that [`members_forward`]'s `(M, rows, out)` must be given back.
+pub(crate) fn split_members(
+    x: &Tensor,
+    members: usize,
+    out_dim: usize,
+) -> candle_core::Result<(Tensor, Vec<usize>)> {
+    let mut dims = x.dims().to_vec();
+    let (rows, in_dim) = match dims.split_last() {
+        Some((&in_dim, lead)) => (lead.iter().product::<usize>(), in_dim),
+        None => candle_core::bail!("an adapter's input is a scalar"),
+    };
+    if rows % members != 0 {
+        candle_core::bail!("{rows} rows do not split into {members} members");
+    }
+    let last = dims.len() - 1;
+    dims[last] = out_dim;
+    Ok((x.reshape((members, rows / members, in_dim))?, dims))
+}
+
+/// `S` weight samples of one [`super::LoraLinear`] evaluated in one forward pass: sample
+/// `s` computes `W0 x + b + (alpha / r) B_s A_s x` on the `s`-th block of rows. Made by
+/// [`Adapter::with_stacked_weights`], for prediction only.
+#[derive(Clone, Debug)]
+pub(crate) struct StackedLora {
+    base: FrozenLinear,
+    /// `(S, r, in)`.
+    a: Tensor,
+    /// `(S, out, r)`, the scale `alpha / r` folded in.
+    b: Tensor,
+}
+
+impl StackedLora {
+    /// The layer of `base` with `a` `(r, in)` and `b` `(out, r)` replaced by their stacked
+    /// samples in `weights` under `a_name` and `b_name` (one that is not there, a tensor
+    /// the posterior does not cover, is repeated), `samples` of each, `b` times `scale`.
+    pub(crate) fn new(
+        base: FrozenLinear,
+        (a_name, a): (&str, &Tensor),
+        (b_name, b): (&str, &Tensor),
+        scale: f64,
+        stacked: &HashMap<String, Tensor>,
+        samples: usize,
+    ) -> Result<Self> {
+        let a = stacked_or_repeated(stacked, a_name, a, samples)?;
+        let b = (stacked_or_repeated(stacked, b_name, b, samples)? * scale)?;
+        Ok(Self { base, a, b })
+    }
+}
+
+/// `stacked[name]`, checked to be `(samples, ..like)`, or `like` repeated `samples` times.
+pub(crate) fn stacked_or_repeated(
+    stacked: &HashMap<String, Tensor>,
+    name: &str,
+    like: &Tensor,
+    samples: usize,
+) -> Result<Tensor> {
+    let mut dims = vec![samples];
+    dims.extend_from_slice(like.dims());
+    let Some(t) = stacked.get(name) else {
+        return Ok(like
+            .detach()
+            .unsqueeze(0)?
+            .broadcast_as(dims)?
+            .contiguous()?);
+    };
+    if t.dims() != dims || t.dtype() != like.dtype() || !t.device().same_device(like.device()) {
+        return Err(Error::InvalidInput(format!(
+            "the stacked samples of {name} are {:?} {:?}: expected {dims:?} {:?} on the \
+             layer's device",
+            t.dims(),
+            t.dtype(),
+            like.dtype()
+        )));
+    }
+    Ok(t.detach().contiguous()?)
+}
+
+impl Adapter for StackedLora {
+    fn forward_rows(&self, x: &Tensor, _train: bool) -> candle_core::Result<Tensor> {
+        let (x, dims) = split_members(x, self.a.dim(0)?, self.b.dim(1)?)?;
+        members_forward(&self.base, &x, &self.a, &self.b)?.reshape(dims)
+    }
+
+    fn detach(&self) -> Arc<dyn Adapter> {
+        Arc::new(self.clone())
+    }
+
+    fn init(&self, _seed: u64) -> Result<()> {
+        Err(Error::InvalidState(
+            "stacked samples are for prediction: initialise the model they came from",
+        ))
+    }
+
+    fn members(&self) -> usize {
+        self.a.dims().first().copied().unwrap_or(1)
+    }
+}
