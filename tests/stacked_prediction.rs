@@ -181,6 +181,12 @@ fn what_cannot_be_stacked_is_an_error() {
     let weights = p.stacked_samples(0..3).unwrap();
     let err = model.with_stacked_weights(&weights, 2).unwrap_err();
     assert!(err.to_string().contains("expected [2,"), "{err}");
+    // Samples of a var the model does not use under that name would be left out unseen.
+    let mut renamed = weights.clone();
+    let b = renamed.remove("classifier.bias").unwrap();
+    renamed.insert("head.bias".into(), b);
+    let err = model.with_stacked_weights(&renamed, 3).unwrap_err();
+    assert!(err.to_string().contains("head.bias"), "{err}");
     // A stacked model has no member dimension left for another stacking.
     let sampled = model.with_stacked_weights(&weights, 3).unwrap();
     assert!(sampled.with_stacked_weights(&weights, 3).is_err());

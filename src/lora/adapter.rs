@@ -65,12 +65,13 @@ pub trait Adapter: std::fmt::Debug + Send + Sync {
     /// This layer for `samples` weight samples evaluated in one forward pass, with its
     /// rows carried member-major as an ensemble's members are: `stacked` maps a var's
     /// name to its samples stacked `(samples, ..var shape)`
-    /// ([`crate::predict::GaussianPosterior::stacked_samples`]); a var it lacks is the
-    /// same in every sample. [`super::LoraLinear`] supports it; other adapters get an
-    /// error (predict them sample by sample).
+    /// ([`crate::predict::GaussianPosterior::stacked_samples`]), and the layer takes the
+    /// entries of its vars out of it; a var it lacks is the same in every sample.
+    /// [`super::LoraLinear`] supports it; other adapters get an error (predict them
+    /// sample by sample).
     fn with_stacked_weights(
         &self,
-        _stacked: &HashMap<String, Tensor>,
+        _stacked: &mut HashMap<String, Tensor>,
         _samples: usize,
     ) -> Result<Arc<dyn Adapter>> {
         Err(Error::InvalidInput(

@@ -296,7 +296,7 @@ impl Adapter for LoraLinear {
     /// masks, not its weights.
     fn with_stacked_weights(
         &self,
-        stacked: &HashMap<String, Tensor>,
+        stacked: &mut HashMap<String, Tensor>,
         samples: usize,
     ) -> Result<Arc<dyn Adapter>> {
         if self.merged {

@@ -66,7 +66,7 @@ impl StackedLora {
         (a_name, a): (&str, &Tensor),
         (b_name, b): (&str, &Tensor),
         scale: f64,
-        stacked: &HashMap<String, Tensor>,
+        stacked: &mut HashMap<String, Tensor>,
         samples: usize,
     ) -> Result<Self> {
         let a = stacked_or_repeated(stacked, a_name, a, samples)?;
@@ -75,16 +75,17 @@ impl StackedLora {
     }
 }
 
-/// `stacked[name]`, checked to be `(samples, ..like)`, or `like` repeated `samples` times.
+/// `stacked[name]`, taken out and checked to be `(samples, ..like)`, or `like` repeated
+/// `samples` times.
 pub(crate) fn stacked_or_repeated(
-    stacked: &HashMap<String, Tensor>,
+    stacked: &mut HashMap<String, Tensor>,
     name: &str,
     like: &Tensor,
     samples: usize,
 ) -> Result<Tensor> {
     let mut dims = vec![samples];
     dims.extend_from_slice(like.dims());
-    let Some(t) = stacked.get(name) else {
+    let Some(t) = stacked.remove(name) else {
         return Ok(like
             .detach()
             .unsqueeze(0)?

@@ -240,7 +240,7 @@ impl Proj {
 
     /// The layer for `samples` stacked weight samples (see
     /// [`Adapter::with_stacked_weights`]).
-    fn stacked(&self, stacked: &HashMap<String, Tensor>, samples: usize) -> Result<Self> {
+    fn stacked(&self, stacked: &mut HashMap<String, Tensor>, samples: usize) -> Result<Self> {
         Ok(match self {
             Proj::Frozen(l) => Proj::Frozen(l.clone()),
             Proj::Adapted(a) => Proj::Adapted(a.with_stacked_weights(stacked, samples)?),
@@ -394,11 +394,24 @@ impl BertEncoder {
     /// frozen matmuls run on `samples` times the rows): `stacked` maps an adapter var's
     /// name to its samples stacked `(samples, ..var shape)`, as
     /// [`crate::predict::GaussianPosterior::stacked_samples`] gives them. A var it lacks
-    /// is the same in every sample. Errors for adapters other than plain LoRA and for an
-    /// encoder that already carries members.
+    /// is the same in every sample; an entry that is no adapter var of the encoder is an
+    /// error. Errors too for adapters other than plain LoRA and for an encoder that
+    /// already carries members.
     pub fn with_stacked_weights(
         &self,
         stacked: &HashMap<String, Tensor>,
+        samples: usize,
+    ) -> Result<Self> {
+        let mut rest = stacked.clone();
+        let encoder = self.stack_taking(&mut rest, samples)?;
+        all_taken(&rest)?;
+        Ok(encoder)
+    }
+
+    /// [`Self::with_stacked_weights`], taking the entries it uses out of `stacked`.
+    pub(crate) fn stack_taking(
+        &self,
+        stacked: &mut HashMap<String, Tensor>,
         samples: usize,
     ) -> Result<Self> {
         if self.members != 1 || samples == 0 {
@@ -597,6 +610,19 @@ impl BertEncoder {
         let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
         let count = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
         Ok(sum.broadcast_div(&count)?)
+    }
+}
+
+/// Errors unless every stacked sample found its var in the model: samples of a var the
+/// model does not use under that name would otherwise be left out unseen.
+pub(crate) fn all_taken(rest: &HashMap<String, Tensor>) -> Result<()> {
+    match rest.keys().min() {
+        None => Ok(()),
+        Some(name) => Err(Error::InvalidInput(format!(
+            "stacked samples of {name}, which is no adapter var of the model (and {} more): \
+             the posterior and the model must name the vars alike",
+            rest.len() - 1
+        ))),
     }
 }
 

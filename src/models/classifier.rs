@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use candle_nn::{Linear, VarBuilder};
 
-use super::bert::insert_linear;
+use super::bert::{all_taken, insert_linear};
 use super::BertEncoder;
 use crate::lora::{
     kaiming_uniform_bound, seeded_uniform, set_uniform, stacked_or_repeated, var_name, Adapter,
@@ -161,7 +161,8 @@ impl BertClassifier {
 
     /// A copy for inference that evaluates `samples` weight samples in one forward pass
     /// (see [`BertEncoder::with_stacked_weights`]); `stacked` holds the head's samples too
-    /// (`classifier.weight` `(samples, 1, classes, hidden)` for a head trained whole).
+    /// (`classifier.weight` `(samples, 1, classes, hidden)` for a head trained whole), and
+    /// an entry that is no var of the adapters or the head is an error.
     /// [`Self::forward_t`] then gives `(samples, batch, classes)`, or `(batch, classes)` for
     /// one sample: the logits [`crate::predict::predictive_stacked`] asks for.
     ///
@@ -184,16 +185,17 @@ impl BertClassifier {
         stacked: &HashMap<String, Tensor>,
         samples: usize,
     ) -> Result<Self> {
-        let encoder = self.encoder.with_stacked_weights(stacked, samples)?;
+        let mut rest = stacked.clone();
+        let encoder = self.encoder.stack_taking(&mut rest, samples)?;
         let head = match &self.head {
-            Head::Adapted(a) => Head::Adapted(a.with_stacked_weights(stacked, samples)?),
+            Head::Adapted(a) => Head::Adapted(a.with_stacked_weights(&mut rest, samples)?),
             Head::Trained {
                 weight,
                 bias,
                 prefix,
             } => {
-                let take = |t: &Tensor, name: &str| -> Result<Tensor> {
-                    let s = stacked_or_repeated(stacked, &var_name(prefix, name), t, samples)?;
+                let mut take = |t: &Tensor, name: &str| -> Result<Tensor> {
+                    let s = stacked_or_repeated(&mut rest, &var_name(prefix, name), t, samples)?;
                     let mut dims = t.dims()[1..].to_vec();
                     dims.insert(0, samples);
                     Ok(s.reshape(dims)?)
@@ -205,6 +207,7 @@ impl BertClassifier {
                 }
             }
         };
+        all_taken(&rest)?;
         Ok(Self { encoder, head })
     }
 
