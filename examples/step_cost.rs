@@ -6,16 +6,14 @@
 //! dropout, to show what the dropout mask costs.
 //!
 //! Each round takes one step of every method, in an order that rotates from round to
-//! round, and the ratio is the median of the rounds' ratios. On a shared machine whose
-//! speed drifts over minutes, this pairing resolves differences of a few percent that
-//! criterion's one-benchmark-after-another medians (`cargo bench --bench encoder_step`)
-//! do not.
+//! round, and the ratio is the median of the rounds' ratios (`paired`): this resolves
+//! differences of a few percent that criterion's one-benchmark-after-another medians
+//! (`cargo bench --bench encoder_step`) do not.
 //!
 //! `cargo run --release --example step_cost [-- ROUNDS]` (default 20 rounds)
 
 mod minilm_shape;
-
-use std::time::Instant;
+mod paired;
 
 use candle_core::{Device, Tensor};
 use candle_nn::{loss, AdamW, Optimizer, ParamsAdamW, VarMap};
@@ -23,7 +21,7 @@ use varlora::lora::{BlobConfig, BlobSampler, LoraConfig};
 use varlora::models::{AdapterSpec, BertClassifier};
 use varlora::optim::{Blob, BlobOptimConfig, Ivon, IvonConfig};
 
-type Res<T> = Result<T, Box<dyn std::error::Error>>;
+use paired::{Case, Res};
 
 const BATCH: usize = 32;
 const TOKENS: usize = 48;
@@ -54,10 +52,8 @@ impl Batch {
     }
 }
 
-/// One method: its name and a closure that takes one whole training step.
-type Method<'a> = (&'static str, Box<dyn FnMut() -> Res<()> + 'a>);
-
-fn methods<'a>(batch: &'a Batch, dev: &Device) -> Res<Vec<Method<'a>>> {
+/// Each method: its name and a closure that takes one whole training step.
+fn methods<'a>(batch: &'a Batch, dev: &Device) -> Res<Vec<Case<'a>>> {
     let frozen = minilm_shape::frozen_weights(&minilm_shape::config(), dev)?;
     let model_of = |spec: &AdapterSpec, adapters: &VarMap| {
         minilm_shape::classifier(spec, &frozen, adapters, dev)
@@ -85,72 +81,32 @@ fn methods<'a>(batch: &'a Batch, dev: &Device) -> Res<Vec<Method<'a>>> {
     let mut blob = Blob::new(blob_vars.all_vars(), layers, config)?;
     Ok(vec![
         (
-            "LoRA, AdamW",
+            "LoRA, AdamW".into(),
             Box::new(move || Ok(adamw.backward_step(&batch.nll(&adamw_model)?)?)),
         ),
         (
-            "LoRA, AdamW, no dropout",
+            "LoRA, AdamW, no dropout".into(),
             Box::new(move || Ok(plain.backward_step(&batch.nll(&plain_model)?)?)),
         ),
         (
-            "LoRA, IVON",
+            "LoRA, IVON".into(),
             Box::new(move || Ok(ivon.backward_step(&batch.nll(&ivon_model)?)?)),
         ),
         (
-            "BLoB, optim::Blob",
+            "BLoB, optim::Blob".into(),
             Box::new(move || Ok(blob.backward_step(&batch.nll(&blob_model)?)?)),
         ),
     ])
 }
 
-/// The median and the quartiles of `v`.
-fn quartiles(mut v: Vec<f64>) -> [f64; 3] {
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    [at(0.5), at(0.25), at(0.75)]
-}
-
-/// Seconds of each method's step in each round, after one warm-up step each.
-fn rounds(methods: &mut [Method<'_>], rounds: usize) -> Res<Vec<Vec<f64>>> {
-    let k = methods.len();
-    let mut secs = vec![Vec::with_capacity(rounds); k];
-    for (_, step) in methods.iter_mut() {
-        step()?;
-    }
-    for r in 0..rounds {
-        for i in 0..k {
-            let m = (r + i) % k;
-            let start = Instant::now();
-            (methods[m].1)()?;
-            secs[m].push(start.elapsed().as_secs_f64());
-        }
-    }
-    Ok(secs)
-}
-
 fn main() -> Res<()> {
     varlora::alloc::keep_freed_memory();
-    let n: usize = match std::env::args().nth(1) {
-        Some(a) => a
-            .parse()
-            .map_err(|_| format!("rounds: {a:?} is not a count"))?,
-        None => 20,
-    };
-    if n == 0 {
-        return Err("rounds: at least 1".into());
-    }
+    let n = paired::count_arg(1, "rounds", 20)?;
     let dev = Device::Cpu;
     let batch = Batch::new(&dev)?;
     let mut methods = methods(&batch, &dev)?;
-    let secs = rounds(&mut methods, n)?;
+    let secs = paired::rounds(&mut methods, n)?;
     println!("{n} rounds, median step and paired ratio to AdamW (quartiles in brackets)\n");
-    println!("| whole step | median | vs AdamW, paired |");
-    println!("|---|---:|---:|");
-    for ((name, _), s) in methods.iter().zip(&secs) {
-        let ratios = s.iter().zip(&secs[0]).map(|(a, b)| a / b).collect();
-        let [ms, _, _] = quartiles(s.iter().map(|x| x * 1e3).collect());
-        let [r, lo, hi] = quartiles(ratios);
-        println!("| {name} | {ms:.0} ms | {r:.3} [{lo:.3}, {hi:.3}] |");
-    }
+    paired::print_table("whole step", &methods, &secs);
     Ok(())
 }
