@@ -58,12 +58,13 @@ struct Args {
     /// Posterior samples per sentence (with `--posterior` or a BLoB classifier).
     #[arg(long, default_value_t = 10)]
     samples: usize,
-    /// IVON's samples per forward pass (with `--posterior`): they run stacked in the batch
-    /// dimension, which on a CPU pays for a few sentences (10 samples of one sentence cost
-    /// 3.5 forwards stacked, 10.7 one at a time) and is level at full batches. 1
-    /// evaluates them one at a time.
-    #[arg(long, default_value_t = 10)]
-    stack: usize,
+    /// IVON's samples per forward pass (with `--posterior`), stacked in the batch
+    /// dimension. On a CPU that pays for a few sentences (10 samples of one sentence cost
+    /// 3.6 forwards stacked, 10.8 one at a time) and not for full batches (64 sentences:
+    /// 11.1 against 10.2), so by default a forward holds up to 32 sentences' worth:
+    /// `32 / sentences in the batch` samples. 1 evaluates them one at a time.
+    #[arg(long)]
+    stack: Option<usize>,
     /// Number of classes of the adapter's head (with `--adapter`).
     #[arg(long, default_value_t = 2)]
     classes: usize,
@@ -257,14 +258,20 @@ fn one_at_a_time<'a>(
     }
 }
 
-/// The predictive of a batch over `samples` draws of `posterior`, `stack` to a forward.
+/// Sentences a forward pass holds by default when samples are stacked.
+const STACKED_SENTENCES: usize = 32;
+
+/// The predictive of a batch over `samples` draws of `posterior`, `stack` to a forward
+/// (by default as many as [`STACKED_SENTENCES`] allow).
 fn stacked<'a>(
     model: &'a BertClassifier,
     posterior: &'a GaussianPosterior,
     samples: usize,
-    stack: usize,
+    stack: Option<usize>,
 ) -> impl FnMut(&Encoded) -> varlora::Result<Predictive> + 'a {
     move |(ids, types, mask)| {
+        let sentences = ids.dim(0)?.max(1);
+        let stack = stack.unwrap_or((STACKED_SENTENCES / sentences).clamp(1, samples));
         predictive_stacked(samples, stack, false, |ks| {
             let weights = posterior.stacked_samples(ks.clone())?;
             let sampled = model.with_stacked_weights(&weights, ks.len())?;
@@ -274,7 +281,7 @@ fn stacked<'a>(
 }
 
 fn predict(args: &Args) -> Res<()> {
-    if args.samples == 0 || args.stack == 0 {
+    if args.samples == 0 || args.stack == Some(0) {
         return Err("--samples and --stack must be at least 1".into());
     }
     let dev = Device::Cpu;
@@ -292,7 +299,7 @@ fn predict(args: &Args) -> Res<()> {
         }
         (None, Some(path)) => {
             let mut posterior = GaussianPosterior::load(path, &served.varmap)?;
-            if args.stack == 1 {
+            if args.stack == Some(1) {
                 let predict = one_at_a_time(&model, &mut posterior, n);
                 return run(args, tokenizer, &sentences, &dev, predict);
             }
