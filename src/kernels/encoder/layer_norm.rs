@@ -5,9 +5,8 @@
 //! and `layer_norm_slow` takes eight tensor ops forward and about twenty backward.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::{cpu_f32, rows_per_task, slice, with_slice};
+use super::{cpu_f32, par_output, rows_per_task, slice, with_slice};
 
 /// `(x - mean) / sqrt(var + eps) * weight + bias` over the last dimension. The fused kernel
 /// treats `weight` and `bias` as frozen; where either is tracked, the composed op computes
@@ -69,18 +68,15 @@ impl CustomOp3 for LayerNorm {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, b) = (slice(xs, xl)?, slice(ws, wl)?, slice(bs, bl)?);
         let h = w.len();
-        let mut y = vec![0f32; x.len()];
-        let rows = rows_per_task(h);
-        y.par_chunks_mut(rows * h)
-            .zip(x.par_chunks(rows * h))
-            .for_each(|(y, x)| {
-                for (y, x) in y.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
-                    let (mean, rstd) = moments(x, self.eps);
-                    for i in 0..h {
-                        y[i] = (x[i] - mean) * rstd * w[i] + b[i];
-                    }
+        let y = par_output(x.len(), rows_per_task(h) * h, |start, y| {
+            let x = &x[start..start + y.len()];
+            for (y, x) in y.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
+                let (mean, rstd) = moments(x, self.eps);
+                for i in 0..h {
+                    y[i] = (x[i] - mean) * rstd * w[i] + b[i];
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
 
@@ -128,28 +124,25 @@ impl CustomOp2 for LayerNormGrad {
         }
         let gx = with_slice(&self.weight, |w| {
             let h = w.len();
-            let mut gx = vec![0f32; x.len()];
-            let rows = rows_per_task(h);
-            gx.par_chunks_mut(rows * h)
-                .zip(x.par_chunks(rows * h).zip(g.par_chunks(rows * h)))
-                .for_each(|(gx, (x, g))| {
-                    let rows = gx.chunks_exact_mut(h).zip(x.chunks_exact(h));
-                    for ((gx, x), g) in rows.zip(g.chunks_exact(h)) {
-                        let (mean, rstd) = moments(x, self.eps);
-                        let (mut d_mean, mut dx_mean) = (0f32, 0f32);
-                        for i in 0..h {
-                            let d = g[i] * w[i];
-                            d_mean += d;
-                            dx_mean += d * (x[i] - mean) * rstd;
-                        }
-                        let (d_mean, dx_mean) = (d_mean / h as f32, dx_mean / h as f32);
-                        for i in 0..h {
-                            let xhat = (x[i] - mean) * rstd;
-                            gx[i] = rstd * (g[i] * w[i] - d_mean - xhat * dx_mean);
-                        }
+            Ok(par_output(x.len(), rows_per_task(h) * h, |start, gx| {
+                let range = start..start + gx.len();
+                let (x, g) = (&x[range.clone()], &g[range]);
+                let rows = gx.chunks_exact_mut(h).zip(x.chunks_exact(h));
+                for ((gx, x), g) in rows.zip(g.chunks_exact(h)) {
+                    let (mean, rstd) = moments(x, self.eps);
+                    let (mut d_mean, mut dx_mean) = (0f32, 0f32);
+                    for i in 0..h {
+                        let d = g[i] * w[i];
+                        d_mean += d;
+                        dx_mean += d * (x[i] - mean) * rstd;
                     }
-                });
-            Ok(gx)
+                    let (d_mean, dx_mean) = (d_mean / h as f32, dx_mean / h as f32);
+                    for i in 0..h {
+                        let xhat = (x[i] - mean) * rstd;
+                        gx[i] = rstd * (g[i] * w[i] - d_mean - xhat * dx_mean);
+                    }
+                }
+            }))
         })?;
         Ok((CpuStorage::F32(gx), xl.shape().clone()))
     }
@@ -170,24 +163,26 @@ mod tests {
 
     /// Output and input gradient against candle-nn's composed `layer_norm_slow`, on rows
     /// with an offset (as residual streams have) and a width with a tail past the eight
-    /// partial sums.
+    /// partial sums; the second shape spans several rayon tasks.
     #[test]
     fn matches_composed_layer_norm() {
         let (w, b) = params(19);
-        let x = Var::new(
-            (Tensor::randn(0f32, 2., (3, 5, 19), &Device::Cpu).unwrap() + 4.)
-                .unwrap()
-                .to_vec3::<f32>()
-                .unwrap(),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let ours = layer_norm(&x, &w, &b, 1e-5).unwrap();
-        let theirs = candle_nn::ops::layer_norm_slow(&x, &w, &b, 1e-5).unwrap();
-        assert!(max_diff(&ours, &theirs) < 1e-5);
-        let weights = Tensor::randn(0f32, 1., (3, 5, 19), &Device::Cpu).unwrap();
-        let g = |y: &Tensor| weighted_grad(y, &weights, &x);
-        assert!(max_diff(&g(&ours), &g(&theirs)) < 1e-5);
+        for shape in [(3, 5, 19), (2, 1000, 19)] {
+            let x = Var::new(
+                (Tensor::randn(0f32, 2., shape, &Device::Cpu).unwrap() + 4.)
+                    .unwrap()
+                    .to_vec3::<f32>()
+                    .unwrap(),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let ours = layer_norm(&x, &w, &b, 1e-5).unwrap();
+            let theirs = candle_nn::ops::layer_norm_slow(&x, &w, &b, 1e-5).unwrap();
+            assert!(max_diff(&ours, &theirs) < 1e-5);
+            let weights = Tensor::randn(0f32, 1., shape, &Device::Cpu).unwrap();
+            let g = |y: &Tensor| weighted_grad(y, &weights, &x);
+            assert!(max_diff(&g(&ours), &g(&theirs)) < 1e-5);
+        }
     }
 
     /// The input gradient against central finite differences, computed in f64 from the

@@ -8,7 +8,7 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Module, Shape, Tensor};
 
-use super::{cpu_f32, slice, with_slice};
+use super::{cpu_f32, par_output, rows_per_task, slice, with_slice};
 
 /// `y = x W^T + b` with `W` (out x in) and `b` frozen.
 #[derive(Clone, Debug)]
@@ -61,9 +61,15 @@ impl CustomOp1 for FrozenLinear {
         }
         let rows = x.len() / in_dim;
         // The bias rows go in first and the product is added to them.
+        let task = rows_per_task(out_dim) * out_dim;
         let mut y = match self.linear.bias() {
-            Some(b) => with_slice(b, |b| Ok(b.repeat(rows)))?,
-            None => vec![0f32; rows * out_dim],
+            Some(b) => with_slice(b, |b| {
+                Ok(par_output(rows * out_dim, task, |_, y| {
+                    y.chunks_exact_mut(out_dim)
+                        .for_each(|row| row.copy_from_slice(b));
+                }))
+            })?,
+            None => par_output(rows * out_dim, task, |_, _| {}),
         };
         with_slice(self.linear.weight(), |w| {
             let threads = rayon::current_num_threads();
@@ -124,19 +130,26 @@ mod tests {
         candle_nn::Linear::new(w, b)
     }
 
-    /// Output and input gradient against candle-nn's Linear on a batch of sequences.
+    /// Output and input gradient against candle-nn's Linear on a batch of sequences; the
+    /// second batch's output spans several rayon tasks.
     #[test]
     fn matches_candle_linear() {
-        for bias in [true, false] {
+        let cases = [
+            (true, 3, 4),
+            (false, 3, 4),
+            (true, 2, 2000),
+            (false, 2, 2000),
+        ];
+        for (bias, b, t) in cases {
             let reference = linear(bias);
             let fused = FrozenLinear::new(reference.clone());
             assert!(fused.fused);
-            let x = Var::randn(0f32, 1., (3, 4, 7), &Device::Cpu).unwrap();
+            let x = Var::randn(0f32, 1., (b, t, 7), &Device::Cpu).unwrap();
             let ours = fused.forward(&x).unwrap();
             let theirs = reference.forward(&x).unwrap();
-            assert_eq!(ours.dims(), &[3, 4, 5]);
+            assert_eq!(ours.dims(), &[b, t, 5]);
             assert!(max_diff(&ours, &theirs) < 1e-5);
-            let weights = Tensor::randn(0f32, 1., (3, 4, 5), &Device::Cpu).unwrap();
+            let weights = Tensor::randn(0f32, 1., (b, t, 5), &Device::Cpu).unwrap();
             let g = |y: &Tensor| weighted_grad(y, &weights, &x);
             assert!(max_diff(&g(&ours), &g(&theirs)) < 1e-5);
         }

@@ -19,6 +19,7 @@ pub(crate) use linear::FrozenLinear;
 pub(crate) use softmax::masked_softmax;
 
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
+use rayon::prelude::*;
 
 /// Elements per rayon task: enough to amortise the task, few enough to share the work.
 const TASK: usize = 1 << 14;
@@ -32,6 +33,31 @@ fn cpu_f32(ts: &[&Tensor]) -> bool {
 /// Rows per rayon task for rows of `width` elements.
 fn rows_per_task(width: usize) -> usize {
     (TASK / width.max(1)).max(1)
+}
+
+/// A kernel's output of `len` values, written chunk by chunk in parallel: `fill(start,
+/// chunk)` gets the `chunk` values from `start` (`task` values, the last chunk fewer),
+/// zeroed. Zeroed on the workers, a chunk at a time while it is in cache, rather than by
+/// `vec![0.0; len]`: the allocator hands back a freed block and zeroes it on one thread,
+/// a whole serial pass over memory per kernel.
+fn par_output(len: usize, task: usize, fill: impl Fn(usize, &mut [f32]) + Sync + Send) -> Vec<f32> {
+    let task = task.max(1);
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(task)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            for x in chunk.iter_mut() {
+                x.write(0.0);
+            }
+            // SAFETY: every value of the chunk was just initialised, and `MaybeUninit<f32>`
+            // has `f32`'s layout.
+            let chunk = unsafe { &mut *(std::ptr::from_mut(chunk) as *mut [f32]) };
+            fill(c * task, chunk);
+        });
+    // SAFETY: the chunks cover `0..len`, and every value was initialised above.
+    unsafe { v.set_len(len) };
+    v
 }
 
 /// The contiguous f32 data of a CPU storage.
@@ -51,6 +77,25 @@ fn with_slice<R>(
     match &*storage {
         Storage::Cpu(s) => f(slice(s, layout)?),
         _ => candle_core::bail!("the fused encoder kernels need CPU tensors"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every chunk is filled from its own start, the last one short, and what a fill
+    /// leaves alone is zero.
+    #[test]
+    fn par_output_fills_every_chunk_from_its_start() {
+        let len = 3 * 64 + 5;
+        let v = super::par_output(len, 64, |start, out| {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = (start + i) as f32;
+            }
+        });
+        assert_eq!(v, (0..len).map(|i| i as f32).collect::<Vec<_>>());
+        assert!(super::par_output(len, 64, |_, _| {})
+            .iter()
+            .all(|&x| x == 0.0));
     }
 }
 

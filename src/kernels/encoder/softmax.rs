@@ -5,9 +5,8 @@
 //! dozen ops backward, each over a `(batch, heads, tokens, tokens)` tensor.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, D};
-use rayon::prelude::*;
 
-use super::{cpu_f32, rows_per_task, slice};
+use super::{cpu_f32, par_output, rows_per_task, slice};
 
 /// `softmax(scores * scale + key_bias)` over the last dimension, for `scores`
 /// `(batch, heads, queries, keys)` and `key_bias` `(batch, keys)` (0 for a token, a large
@@ -50,33 +49,29 @@ impl CustomOp2 for MaskedSoftmax {
         let (_, heads, queries, keys) = sl.shape().dims4()?;
         // Rows of one sentence share its key bias.
         let rows_per_sentence = heads * queries;
-        let mut p = vec![0f32; s.len()];
-        let task_rows = rows_per_task(keys);
-        p.par_chunks_mut(task_rows * keys)
-            .zip(s.par_chunks(task_rows * keys))
-            .enumerate()
-            .for_each(|(c, (p, s))| {
-                let rows = p.chunks_exact_mut(keys).zip(s.chunks_exact(keys));
-                for (r, (p, s)) in rows.enumerate() {
-                    let sentence = (c * task_rows + r) / rows_per_sentence;
-                    let bias = &bias[sentence * keys..(sentence + 1) * keys];
-                    let mut max = f32::NEG_INFINITY;
-                    for j in 0..keys {
-                        p[j] = s[j] * self.scale + bias[j];
-                        max = max.max(p[j]);
-                    }
-                    let mut sum = 0f32;
-                    for v in p.iter_mut() {
-                        // Masked keys sit near f32::MIN: skip libm's slow underflow path.
-                        let d = *v - max;
-                        *v = if d > -104. { d.exp() } else { 0. };
-                        sum += *v;
-                    }
-                    for v in p.iter_mut() {
-                        *v /= sum;
-                    }
+        let p = par_output(s.len(), rows_per_task(keys) * keys, |start, p| {
+            let s = &s[start..start + p.len()];
+            let rows = p.chunks_exact_mut(keys).zip(s.chunks_exact(keys));
+            for (r, (p, s)) in rows.enumerate() {
+                let sentence = (start / keys + r) / rows_per_sentence;
+                let bias = &bias[sentence * keys..(sentence + 1) * keys];
+                let mut max = f32::NEG_INFINITY;
+                for j in 0..keys {
+                    p[j] = s[j] * self.scale + bias[j];
+                    max = max.max(p[j]);
                 }
-            });
+                let mut sum = 0f32;
+                for v in p.iter_mut() {
+                    // Masked keys sit near f32::MIN: skip libm's slow underflow path.
+                    let d = *v - max;
+                    *v = if d > -104. { d.exp() } else { 0. };
+                    sum += *v;
+                }
+                for v in p.iter_mut() {
+                    *v /= sum;
+                }
+            }
+        });
         Ok((CpuStorage::F32(p), sl.shape().clone()))
     }
 
@@ -118,19 +113,17 @@ impl CustomOp2 for SoftmaxGrad {
             );
         }
         let keys = pl.dims().last().copied().unwrap_or(1);
-        let mut gs = vec![0f32; p.len()];
-        let rows = rows_per_task(keys);
-        gs.par_chunks_mut(rows * keys)
-            .zip(p.par_chunks(rows * keys).zip(g.par_chunks(rows * keys)))
-            .for_each(|(gs, (p, g))| {
-                let rows = gs.chunks_exact_mut(keys).zip(p.chunks_exact(keys));
-                for ((gs, p), g) in rows.zip(g.chunks_exact(keys)) {
-                    let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
-                    for j in 0..keys {
-                        gs[j] = self.scale * p[j] * (g[j] - dot);
-                    }
+        let gs = par_output(p.len(), rows_per_task(keys) * keys, |start, gs| {
+            let range = start..start + gs.len();
+            let (p, g) = (&p[range.clone()], &g[range]);
+            let rows = gs.chunks_exact_mut(keys).zip(p.chunks_exact(keys));
+            for ((gs, p), g) in rows.zip(g.chunks_exact(keys)) {
+                let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
+                for j in 0..keys {
+                    gs[j] = self.scale * p[j] * (g[j] - dot);
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(gs), pl.shape().clone()))
     }
 }
