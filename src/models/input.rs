@@ -9,6 +9,7 @@ use candle_nn::{embedding, Embedding, VarBuilder};
 use super::norm::Norm;
 use super::BertConfig;
 use crate::ensemble::LoraEnsembleLinear;
+use crate::kernels::encoder::RowIndex;
 use crate::{Error, Result};
 
 /// The embedding layer: word, position and token-type tables, summed and normalised.
@@ -163,7 +164,7 @@ pub(crate) fn repeat_members(x: &Tensor, members: usize) -> Result<Tensor> {
 /// positions the mask keeps.
 pub(crate) struct Tokens {
     /// Flat positions of the real tokens, ascending; `None` when there is no padding.
-    index: Option<Tensor>,
+    index: Option<RowIndex>,
     positions: usize,
 }
 
@@ -177,7 +178,8 @@ impl Tokens {
             None
         } else {
             let n = index.len();
-            Some(Tensor::from_vec(index, n, mask.device())?)
+            let tensor = Tensor::from_vec(index.clone(), n, mask.device())?;
+            Some(RowIndex::new(index, keep.len(), tensor)?)
         };
         Ok(Self {
             index,
@@ -188,7 +190,7 @@ impl Tokens {
     /// `(batch * seq, hidden)` to the real tokens' rows.
     pub(crate) fn pack(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.index {
-            Some(i) => x.index_select(i, 0),
+            Some(i) => i.gather(x),
             None => Ok(x.clone()),
         }
     }
@@ -197,7 +199,7 @@ impl Tokens {
     pub(crate) fn sequence_of_tokens(&self, seq: usize, dev: &Device) -> Result<Tensor> {
         let seq = seq.max(1) as u32;
         let flat: Vec<u32> = match &self.index {
-            Some(i) => i.to_vec1::<u32>()?,
+            Some(i) => i.rows().to_vec(),
             None => (0..self.positions as u32).collect(),
         };
         let n = flat.len();
@@ -211,10 +213,7 @@ impl Tokens {
     /// The real tokens' rows back to `(batch * seq, hidden)`, zero at padding.
     pub(crate) fn unpack(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match &self.index {
-            Some(i) => {
-                let h = x.dim(1)?;
-                Tensor::zeros((self.positions, h), x.dtype(), x.device())?.index_add(i, x, 0)
-            }
+            Some(i) => i.scatter(x),
             None => Ok(x.clone()),
         }
     }

@@ -11,11 +11,13 @@
 mod gelu;
 mod layer_norm;
 mod linear;
+mod rows;
 mod softmax;
 
 pub(crate) use gelu::gelu_erf;
 pub(crate) use layer_norm::layer_norm;
 pub(crate) use linear::FrozenLinear;
+pub(crate) use rows::RowIndex;
 pub(crate) use softmax::masked_softmax;
 
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
