@@ -7,7 +7,9 @@
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
+use super::exp::exp_nonpositive;
 use super::{cpu_f32, par_output, slice, TASK};
+use crate::vector_unit::widest_vector_unit;
 
 /// `1 / sqrt(2 pi)`.
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
@@ -23,6 +25,8 @@ pub(crate) fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
 /// `Φ(x)`, the standard normal CDF, and `exp(-x^2 / 2)`. With `z = |x| / sqrt 2`,
 /// `erfc(z) = t (a1 + a2 t + ... + a5 t^4) exp(-z^2)` with `t = 1 / (1 + p z)`, and
 /// `Φ(x) = 1 - erfc(z) / 2` for `x >= 0`, `erfc(z) / 2` below (so no cancellation there).
+/// Branch-free, so that the loops over it vectorise.
+#[inline(always)]
 fn cdf_and_gauss(x: f32) -> (f32, f32) {
     const P: f32 = 0.327_591_1;
     const A: [f32; 5] = [
@@ -33,8 +37,7 @@ fn cdf_and_gauss(x: f32) -> (f32, f32) {
         1.061_405_4,
     ];
     let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
-    // exp underflows to 0 past z^2 = 104; skip libm's slow underflow path.
-    let gauss = if z < 10. { (-z * z).exp() } else { 0. };
+    let gauss = exp_nonpositive(-z * z);
     let t = 1. / (1. + P * z);
     let poly = A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4])));
     let half_erfc = 0.5 * t * poly * gauss;
@@ -42,13 +45,37 @@ fn cdf_and_gauss(x: f32) -> (f32, f32) {
     (cdf, gauss)
 }
 
-/// Applies `f` to each element of `x` (and `g`), in parallel chunks.
-fn map(x: &[f32], g: Option<&[f32]>, f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    par_output(x.len(), TASK, |start, out| {
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = f(x[start + i], g.map_or(0., |g| g[start + i]));
-        }
-    })
+widest_vector_unit! {
+    /// `x Φ(x)` of each value of `x` into `y`, with the widest vector unit.
+    fn gelu_values, gelu_values_avx512, gelu_values_avx2 => gelu_values_baseline(
+        x: &[f32],
+        y: &mut [f32],
+    )
+}
+
+#[inline(always)]
+fn gelu_values_baseline(x: &[f32], y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = cdf_and_gauss(x).0 * x;
+    }
+}
+
+widest_vector_unit! {
+    /// `g (Φ(x) + x φ(x))` of each value of `x` and `g` into `y`, with the widest vector
+    /// unit.
+    fn gelu_grads, gelu_grads_avx512, gelu_grads_avx2 => gelu_grads_baseline(
+        x: &[f32],
+        g: &[f32],
+        y: &mut [f32],
+    )
+}
+
+#[inline(always)]
+fn gelu_grads_baseline(x: &[f32], g: &[f32], y: &mut [f32]) {
+    for ((y, &x), &g) in y.iter_mut().zip(x).zip(g) {
+        let (cdf, gauss) = cdf_and_gauss(x);
+        *y = g * (cdf + x * FRAC_1_SQRT_2PI * gauss);
+    }
 }
 
 struct Gelu;
@@ -59,7 +86,10 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = map(slice(s, l)?, None, |x, _| cdf_and_gauss(x).0 * x);
+        let x = slice(s, l)?;
+        let y = par_output(x.len(), TASK, |start, y| {
+            gelu_values(&x[start..start + y.len()], y);
+        });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -87,9 +117,9 @@ impl CustomOp2 for GeluGrad {
         if x.len() != g.len() {
             candle_core::bail!("gelu-erf-grad: {} inputs, {} gradients", x.len(), g.len());
         }
-        let y = map(x, Some(g), |x, g| {
-            let (cdf, gauss) = cdf_and_gauss(x);
-            g * (cdf + x * FRAC_1_SQRT_2PI * gauss)
+        let y = par_output(x.len(), TASK, |start, y| {
+            let range = start..start + y.len();
+            gelu_grads(&x[range.clone()], &g[range], y);
         });
         Ok((CpuStorage::F32(y), xl.shape().clone()))
     }
@@ -160,6 +190,41 @@ mod tests {
         for i in 0..xs.len() {
             let fd = (f64::from(up[i]) - f64::from(down[i])) / (2. * f64::from(h));
             assert!((fd - f64::from(ours[i])).abs() < 2e-4, "x {}", xs[i]);
+        }
+    }
+
+    /// Every vector-unit variant gives the baseline's bits, forward and backward.
+    #[test]
+    fn simd_variants_match_the_baseline() {
+        let x = inputs();
+        let g: Vec<f32> = x.iter().map(|v| (v * 3.1).sin()).collect();
+        let run = |f: &dyn Fn(&mut [f32], &mut [f32])| {
+            let (mut y, mut gy) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+            f(&mut y, &mut gy);
+            (y, gy)
+        };
+        let baseline = run(&|y, gy| {
+            gelu_values_baseline(&x, y);
+            gelu_grads_baseline(&x, &g, gy);
+        });
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 is present.
+                let avx2 = run(&|y, gy| unsafe {
+                    gelu_values_avx2(&x, y);
+                    gelu_grads_avx2(&x, &g, gy);
+                });
+                assert_eq!(avx2, baseline);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F is present.
+                let avx512 = run(&|y, gy| unsafe {
+                    gelu_values_avx512(&x, y);
+                    gelu_grads_avx512(&x, &g, gy);
+                });
+                assert_eq!(avx512, baseline);
+            }
         }
     }
 }

@@ -8,6 +8,7 @@
 //! treats as frozen is tracked (a var, or computed from one), so that no gradient is ever
 //! silently dropped.
 
+mod exp;
 mod gelu;
 mod layer_norm;
 mod linear;

@@ -6,7 +6,9 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, D};
 
+use super::exp::exp_nonpositive;
 use super::{cpu_f32, par_output, rows_per_task, slice};
+use crate::vector_unit::widest_vector_unit;
 
 /// `softmax(scores * scale + key_bias)` over the last dimension, for `scores`
 /// `(batch, heads, queries, keys)` and `key_bias` `(batch, keys)` (0 for a token, a large
@@ -50,27 +52,13 @@ impl CustomOp2 for MaskedSoftmax {
         // Rows of one sentence share its key bias.
         let rows_per_sentence = heads * queries;
         let p = par_output(s.len(), rows_per_task(keys) * keys, |start, p| {
-            let s = &s[start..start + p.len()];
-            let rows = p.chunks_exact_mut(keys).zip(s.chunks_exact(keys));
-            for (r, (p, s)) in rows.enumerate() {
-                let sentence = (start / keys + r) / rows_per_sentence;
-                let bias = &bias[sentence * keys..(sentence + 1) * keys];
-                let mut max = f32::NEG_INFINITY;
-                for j in 0..keys {
-                    p[j] = s[j] * self.scale + bias[j];
-                    max = max.max(p[j]);
-                }
-                let mut sum = 0f32;
-                for v in p.iter_mut() {
-                    // Masked keys sit near f32::MIN: skip libm's slow underflow path.
-                    let d = *v - max;
-                    *v = if d > -104. { d.exp() } else { 0. };
-                    sum += *v;
-                }
-                for v in p.iter_mut() {
-                    *v /= sum;
-                }
-            }
+            let rows = Rows {
+                first: start / keys.max(1),
+                keys,
+                per_sentence: rows_per_sentence,
+                scale: self.scale,
+            };
+            softmax_rows(&s[start..start + p.len()], bias, rows, p);
         });
         Ok((CpuStorage::F32(p), sl.shape().clone()))
     }
@@ -84,6 +72,65 @@ impl CustomOp2 for MaskedSoftmax {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let gs = p.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad { scale: self.scale })?;
         Ok((Some(gs), None))
+    }
+}
+
+/// Where a chunk of rows sits: its first row, the row width, the rows per sentence (which
+/// share a key bias) and the scores' scale.
+#[derive(Clone, Copy)]
+struct Rows {
+    first: usize,
+    keys: usize,
+    per_sentence: usize,
+    scale: f32,
+}
+
+widest_vector_unit! {
+    /// The softmax of each row of scores `s` plus its sentence's key bias, into `p`, with
+    /// the widest vector unit.
+    fn softmax_rows, softmax_rows_avx512, softmax_rows_avx2 => softmax_rows_baseline(
+        s: &[f32],
+        bias: &[f32],
+        rows: Rows,
+        p: &mut [f32],
+    )
+}
+
+/// Lanes of the partial maxima and sums: the rows' reductions vectorise.
+const LANES: usize = 16;
+
+#[inline(always)]
+fn softmax_rows_baseline(s: &[f32], bias: &[f32], rows: Rows, p: &mut [f32]) {
+    let keys = rows.keys;
+    for (r, (p, s)) in p
+        .chunks_exact_mut(keys)
+        .zip(s.chunks_exact(keys))
+        .enumerate()
+    {
+        let sentence = (rows.first + r) / rows.per_sentence;
+        let bias = &bias[sentence * keys..(sentence + 1) * keys];
+        let mut max = [f32::NEG_INFINITY; LANES];
+        for ((p, &s), &b) in p.iter_mut().zip(s).zip(bias) {
+            *p = s * rows.scale + b;
+        }
+        for chunk in p.chunks(LANES) {
+            for (m, &v) in max.iter_mut().zip(chunk) {
+                *m = m.max(v);
+            }
+        }
+        let max = max.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut sum = [0f32; LANES];
+        for chunk in p.chunks_mut(LANES) {
+            for (acc, v) in sum.iter_mut().zip(chunk) {
+                // Masked keys sit near f32::MIN and come out 0.
+                *v = exp_nonpositive(*v - max);
+                *acc += *v;
+            }
+        }
+        let sum: f32 = sum.iter().sum();
+        for v in p.iter_mut() {
+            *v /= sum;
+        }
     }
 }
 
@@ -172,5 +219,43 @@ mod tests {
         let weights = Tensor::randn(0f32, 1., (b, heads, t, t), &dev).unwrap();
         let g = |y: &Tensor| weighted_grad(y, &weights, &scores);
         assert!(max_diff(&g(&ours), &g(&theirs)) < 1e-6);
+    }
+
+    /// Every vector-unit variant gives the baseline's bits, on rows of a width that
+    /// leaves a partial lane block and with masked keys.
+    #[test]
+    fn simd_variants_match_the_baseline() {
+        let (keys, n) = (37, 40);
+        let s: Vec<f32> = (0..keys * n)
+            .map(|i| (i as f32 * 0.37).sin() * 4.0)
+            .collect();
+        let bias: Vec<f32> = (0..2 * keys)
+            .map(|j| if j % 5 == 0 { -1e30 } else { 0.0 })
+            .collect();
+        let rows = Rows {
+            first: 0,
+            keys,
+            per_sentence: n / 2,
+            scale: 0.5,
+        };
+        let run = |f: &dyn Fn(&mut [f32])| {
+            let mut p = vec![0f32; s.len()];
+            f(&mut p);
+            p
+        };
+        let baseline = run(&|p| softmax_rows_baseline(&s, &bias, rows, p));
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: AVX2 is present.
+                let avx2 = run(&|p| unsafe { softmax_rows_avx2(&s, &bias, rows, p) });
+                assert_eq!(avx2, baseline);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F is present.
+                let avx512 = run(&|p| unsafe { softmax_rows_avx512(&s, &bias, rows, p) });
+                assert_eq!(avx512, baseline);
+            }
+        }
     }
 }
