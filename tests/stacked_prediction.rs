@@ -177,6 +177,8 @@ fn what_cannot_be_stacked_is_an_error() {
     let (model, varmap) = classifier(&spec, false);
     let p = posterior(&varmap);
     assert!(model.with_stacked_weights(&Default::default(), 0).is_err());
+    let err = p.stacked_samples(3..3).unwrap_err();
+    assert!(err.to_string().contains("stack at least one"), "{err}");
     // Stacked samples of another count than the forward is told.
     let weights = p.stacked_samples(0..3).unwrap();
     let err = model.with_stacked_weights(&weights, 2).unwrap_err();

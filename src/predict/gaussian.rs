@@ -248,6 +248,9 @@ impl GaussianPosterior {
     /// # Ok::<(), varlora::Error>(())
     /// ```
     pub fn stacked_samples(&self, ks: Range<usize>) -> Result<HashMap<String, Tensor>> {
+        if ks.is_empty() {
+            return Err(invalid(format!("no sample in {ks:?}: stack at least one")));
+        }
         let samples: Vec<Vec<Tensor>> = ks
             .map(|k| Ok(self.sample(k)?.into_iter().flatten().collect()))
             .collect::<Result<_>>()?;
