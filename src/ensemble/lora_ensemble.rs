@@ -6,7 +6,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::{init::Init, Linear, VarBuilder};
 
 use crate::kernels::encoder::FrozenLinear;
-use crate::lora::{init_lora_pair, members_forward, split_members, Adapter};
+use crate::lora::{init_lora_pair, members_forward, Adapter};
 use crate::{Error, Result};
 
 /// `M` LoRA adapters on one frozen `Linear`, all applied in one forward pass:
@@ -134,9 +134,7 @@ impl Adapter for LoraEnsembleLinear {
     /// Rows are member-major: `(M * batch, ..., in)` is read as `(M, batch * ..., in)`.
     /// There is no dropout to switch: the reference trains the members without it.
     fn forward_rows(&self, x: &Tensor, _train: bool) -> candle_core::Result<Tensor> {
-        let out_dim = self.base().weight().dim(0)?;
-        let (flat, out_dims) = split_members(x, self.members, out_dim)?;
-        members_forward(&self.base, &flat, &self.a, &self.b)?.reshape(out_dims)
+        members_forward(&self.base, x, &self.a, &self.b)
     }
 
     fn detach(&self) -> Arc<dyn Adapter> {

@@ -16,4 +16,4 @@ pub(crate) use init::{
     init_lora_pair, kaiming_uniform_bound, seeded_uniform, set_uniform, var_name,
 };
 pub use linear::{LoraConfig, LoraLinear};
-pub(crate) use stacked::{members_forward, split_members, stacked_or_repeated};
+pub(crate) use stacked::{members_forward, stacked_or_repeated};

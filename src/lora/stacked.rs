@@ -11,27 +11,17 @@ use super::Adapter;
 use crate::kernels::encoder::FrozenLinear;
 use crate::{Error, Result};
 
-/// `W0 x + b + B_m A_m x` for `x` `(M, rows, in)`: the frozen product as one GEMM over all
-/// `M * rows` rows, the updates as batched matmuls over `a` `(M, r, in)` and `b`
-/// `(M, out, r)`. Returns `(M, rows, out)`.
+/// `W0 x + b + B_m A_m x` for `x` `(M * n, ..., in)`, its rows member-major (block `m`
+/// of the leading rows for member `m`): the frozen product as one GEMM over all rows, the
+/// updates as batched matmuls over `a` `(M, r, in)` and `b` `(M, out, r)`. Returns
+/// `(M * n, ..., out)`.
 pub(crate) fn members_forward(
     base: &FrozenLinear,
     x: &Tensor,
     a: &Tensor,
     b: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    let frozen = base.forward(x)?;
-    let delta = x.matmul(&a.transpose(1, 2)?)?.matmul(&b.transpose(1, 2)?)?;
-    frozen + delta
-}
-
-/// `x` `(M * n, ..., in)`, member-major, as `(M, n * ..., in)`, and the output dims
-/// that [`members_forward`]'s `(M, rows, out)` must be given back.
-pub(crate) fn split_members(
-    x: &Tensor,
-    members: usize,
-    out_dim: usize,
-) -> candle_core::Result<(Tensor, Vec<usize>)> {
+    let (members, out_dim) = (a.dim(0)?, b.dim(1)?);
     let mut dims = x.dims().to_vec();
     let (rows, in_dim) = match dims.split_last() {
         Some((&in_dim, lead)) => (lead.iter().product::<usize>(), in_dim),
@@ -42,7 +32,10 @@ pub(crate) fn split_members(
     }
     let last = dims.len() - 1;
     dims[last] = out_dim;
-    Ok((x.reshape((members, rows / members, in_dim))?, dims))
+    let x = x.reshape((members, rows / members, in_dim))?;
+    let frozen = base.forward(&x)?;
+    let delta = x.matmul(&a.transpose(1, 2)?)?.matmul(&b.transpose(1, 2)?)?;
+    (frozen + delta)?.reshape(dims)
 }
 
 /// `S` weight samples of one [`super::LoraLinear`] evaluated in one forward pass: sample
@@ -106,8 +99,7 @@ pub(crate) fn stacked_or_repeated(
 
 impl Adapter for StackedLora {
     fn forward_rows(&self, x: &Tensor, _train: bool) -> candle_core::Result<Tensor> {
-        let (x, dims) = split_members(x, self.a.dim(0)?, self.b.dim(1)?)?;
-        members_forward(&self.base, &x, &self.a, &self.b)?.reshape(dims)
+        members_forward(&self.base, x, &self.a, &self.b)
     }
 
     fn detach(&self) -> Arc<dyn Adapter> {
