@@ -56,17 +56,11 @@ pub fn predictive<P: Posterior>(
             "mc_samples must be at least 1; use predictive_at_point for the point estimate".into(),
         ));
     }
-    let mut acc: Option<Accumulator> = None;
+    let mut acc = Running::new(keep_samples);
     for k in 0..mc_samples {
-        let z = posterior.with_posterior_sample(k, &mut logits)?;
-        let logp = log_softmax_checked(&z, acc.as_ref().map(|a| a.lse.dims()))?;
-        match acc.as_mut() {
-            None => acc = Some(Accumulator::new(logp, keep_samples)?),
-            Some(a) => a.add(logp)?,
-        }
+        acc.add(&posterior.with_posterior_sample(k, &mut logits)?)?;
     }
-    acc.ok_or(Error::InvalidInput("no sample".into()))?
-        .finish(mc_samples)
+    acc.finish(mc_samples)
 }
 
 /// [`predictive`] with the samples evaluated `chunk` at a time: `logits` gets a range of
@@ -101,7 +95,7 @@ pub fn predictive_stacked(
             "mc_samples ({mc_samples}) and chunk ({chunk}) must be at least 1"
         )));
     }
-    let mut acc: Option<Accumulator> = None;
+    let mut acc = Running::new(keep_samples);
     for start in (0..mc_samples).step_by(chunk) {
         let ks = start..(start + chunk).min(mc_samples);
         let z = logits(ks.clone())?;
@@ -117,15 +111,10 @@ pub fn predictive_stacked(
             }
         };
         for j in 0..ks.len() {
-            let logp = log_softmax_checked(&z.get(j)?, acc.as_ref().map(|a| a.lse.dims()))?;
-            match acc.as_mut() {
-                None => acc = Some(Accumulator::new(logp, keep_samples)?),
-                Some(a) => a.add(logp)?,
-            }
+            acc.add(&z.get(j)?)?;
         }
     }
-    acc.ok_or(Error::InvalidInput("no sample".into()))?
-        .finish(mc_samples)
+    acc.finish(mc_samples)
 }
 
 /// The logits of posterior samples `0..samples`, stacked `(samples, n, classes)`: a
@@ -167,10 +156,9 @@ pub fn predictive_from_samples(logits: &Tensor, keep_samples: bool) -> Result<Pr
     if s == 0 {
         return Err(Error::InvalidInput("no samples".into()));
     }
-    let mut acc = Accumulator::new(log_softmax_checked(&logits.get(0)?, None)?, keep_samples)?;
-    for k in 1..s {
-        let dims = acc.lse.dims().to_vec();
-        acc.add(log_softmax_checked(&logits.get(k)?, Some(&dims))?)?;
+    let mut acc = Running::new(keep_samples);
+    for k in 0..s {
+        acc.add(&logits.get(k)?)?;
     }
     acc.finish(s)
 }
@@ -210,6 +198,34 @@ fn log_softmax_checked(z: &Tensor, expected: Option<&[usize]>) -> Result<Tensor>
 /// `-sum_c p log p` over the last dimension, from log-probabilities (0 log 0 = 0).
 fn entropy(logp: &Tensor) -> Result<Tensor> {
     Ok((logp.exp()? * logp)?.sum(D::Minus1)?.neg()?)
+}
+
+/// The samples' logits added one at a time: the first starts the [`Accumulator`], and
+/// every later one must have its shape.
+struct Running {
+    acc: Option<Accumulator>,
+    keep: bool,
+}
+
+impl Running {
+    fn new(keep: bool) -> Self {
+        Self { acc: None, keep }
+    }
+
+    fn add(&mut self, z: &Tensor) -> Result<()> {
+        let logp = log_softmax_checked(z, self.acc.as_ref().map(|a| a.lse.dims()))?;
+        match self.acc.as_mut() {
+            None => self.acc = Some(Accumulator::new(logp, self.keep)?),
+            Some(a) => a.add(logp)?,
+        }
+        Ok(())
+    }
+
+    fn finish(self, count: usize) -> Result<Predictive> {
+        self.acc
+            .ok_or(Error::InvalidInput("no sample".into()))?
+            .finish(count)
+    }
 }
 
 struct Accumulator {
