@@ -402,10 +402,7 @@ impl BertEncoder {
         stacked: &HashMap<String, Tensor>,
         samples: usize,
     ) -> Result<Self> {
-        let mut rest = stacked.clone();
-        let encoder = self.stack_taking(&mut rest, samples)?;
-        all_taken(&rest)?;
-        Ok(encoder)
+        take_all_stacked(stacked, |rest| self.stack_taking(rest, samples))
     }
 
     /// [`Self::with_stacked_weights`], taking the entries it uses out of `stacked`.
@@ -613,11 +610,17 @@ impl BertEncoder {
     }
 }
 
-/// Errors unless every stacked sample found its var in the model: samples of a var the
+/// `stack` run on a copy of `stacked` that it takes the samples it uses out of; errors
+/// unless every stacked sample found its var in the model, since samples of a var the
 /// model does not use under that name would otherwise be left out unseen.
-pub(crate) fn all_taken(rest: &HashMap<String, Tensor>) -> Result<()> {
+pub(crate) fn take_all_stacked<T>(
+    stacked: &HashMap<String, Tensor>,
+    stack: impl FnOnce(&mut HashMap<String, Tensor>) -> Result<T>,
+) -> Result<T> {
+    let mut rest = stacked.clone();
+    let out = stack(&mut rest)?;
     match rest.keys().min() {
-        None => Ok(()),
+        None => Ok(out),
         Some(name) => Err(Error::InvalidInput(format!(
             "stacked samples of {name}, which is no adapter var of the model (and {} more): \
              the posterior and the model must name the vars alike",

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use candle_nn::{Linear, VarBuilder};
 
-use super::bert::{all_taken, insert_linear};
+use super::bert::{insert_linear, take_all_stacked};
 use super::BertEncoder;
 use crate::lora::{
     kaiming_uniform_bound, seeded_uniform, set_uniform, stacked_or_repeated, var_name, Adapter,
@@ -185,30 +185,39 @@ impl BertClassifier {
         stacked: &HashMap<String, Tensor>,
         samples: usize,
     ) -> Result<Self> {
-        let mut rest = stacked.clone();
-        let encoder = self.encoder.stack_taking(&mut rest, samples)?;
-        let head = match &self.head {
-            Head::Adapted(a) => Head::Adapted(a.with_stacked_weights(&mut rest, samples)?),
+        take_all_stacked(stacked, |rest| {
+            Ok(Self {
+                encoder: self.encoder.stack_taking(rest, samples)?,
+                head: self.stacked_head(rest, samples)?,
+            })
+        })
+    }
+
+    /// The head for `samples` stacked samples, taken out of `stacked` (a head trained whole
+    /// without samples there is repeated).
+    fn stacked_head(&self, stacked: &mut HashMap<String, Tensor>, samples: usize) -> Result<Head> {
+        let (weight, bias, prefix) = match &self.head {
+            Head::Adapted(a) => {
+                return Ok(Head::Adapted(a.with_stacked_weights(stacked, samples)?))
+            }
             Head::Trained {
                 weight,
                 bias,
                 prefix,
-            } => {
-                let mut take = |t: &Tensor, name: &str| -> Result<Tensor> {
-                    let s = stacked_or_repeated(&mut rest, &var_name(prefix, name), t, samples)?;
-                    let mut dims = t.dims()[1..].to_vec();
-                    dims.insert(0, samples);
-                    Ok(s.reshape(dims)?)
-                };
-                Head::Trained {
-                    weight: take(weight, "weight")?,
-                    bias: take(bias, "bias")?,
-                    prefix: prefix.clone(),
-                }
-            }
+            } => (weight, bias, prefix),
         };
-        all_taken(&rest)?;
-        Ok(Self { encoder, head })
+        // `(samples, 1, ..)` from the `(1, ..)` var to `(samples, ..)`.
+        let mut take = |t: &Tensor, name: &str| -> Result<Tensor> {
+            let s = stacked_or_repeated(stacked, &var_name(prefix, name), t, samples)?;
+            let mut dims = t.dims()[1..].to_vec();
+            dims.insert(0, samples);
+            Ok(s.reshape(dims)?)
+        };
+        Ok(Head::Trained {
+            weight: take(weight, "weight")?,
+            bias: take(bias, "bias")?,
+            prefix: prefix.clone(),
+        })
     }
 
     /// Every weight as one plain fine-tuned BERT classifier (see
