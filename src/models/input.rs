@@ -177,9 +177,7 @@ impl Tokens {
         let index = if index.len() == keep.len() {
             None
         } else {
-            let n = index.len();
-            let tensor = Tensor::from_vec(index.clone(), n, mask.device())?;
-            Some(RowIndex::new(index, keep.len(), tensor)?)
+            Some(RowIndex::new(index, keep.len(), mask.device())?)
         };
         Ok(Self {
             index,

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
 
 use super::{cpu_f32, par_output, rows_per_task, slice};
 use crate::{Error, Result};
@@ -23,14 +23,16 @@ pub(crate) struct RowIndex {
 }
 
 impl RowIndex {
-    /// Errors unless `rows` ascend strictly and stay below `positions`.
-    pub(crate) fn new(rows: Vec<u32>, positions: usize, tensor: Tensor) -> Result<Self> {
+    /// Errors unless `rows` ascend strictly and stay below `positions`; the index tensor
+    /// for candle's ops goes on `device`.
+    pub(crate) fn new(rows: Vec<u32>, positions: usize, device: &Device) -> Result<Self> {
         let ascending = rows.windows(2).all(|w| w[0] < w[1]);
         if !ascending || rows.last().is_some_and(|&r| r as usize >= positions) {
             return Err(Error::InvalidInput(format!(
                 "row positions must ascend strictly below {positions}"
             )));
         }
+        let tensor = Tensor::new(rows.as_slice(), device)?;
         Ok(Self {
             rows: rows.into(),
             tensor,
@@ -127,7 +129,7 @@ impl CustomOp1 for Scatter {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
     use super::super::test_util::{max_diff, weighted_grad};
     use super::*;
@@ -136,9 +138,7 @@ mod tests {
     /// tokens are.
     fn index() -> RowIndex {
         let rows: Vec<u32> = (0..3000).filter(|r| r % 3 != 1).collect();
-        let n = rows.len();
-        let t = Tensor::from_vec(rows.clone(), n, &Device::Cpu).unwrap();
-        RowIndex::new(rows, 3000, t).unwrap()
+        RowIndex::new(rows, 3000, &Device::Cpu).unwrap()
     }
 
     /// Forward and backward against candle's `index_select` and `index_add`.
@@ -168,10 +168,10 @@ mod tests {
 
     #[test]
     fn bad_indices_and_shapes_are_errors() {
-        let t = Tensor::new(&[0u32], &Device::Cpu).unwrap();
-        assert!(RowIndex::new(vec![2, 1], 3, t.clone()).is_err());
-        assert!(RowIndex::new(vec![1, 1], 3, t.clone()).is_err());
-        assert!(RowIndex::new(vec![0, 3], 3, t).is_err());
+        let dev = &Device::Cpu;
+        assert!(RowIndex::new(vec![2, 1], 3, dev).is_err());
+        assert!(RowIndex::new(vec![1, 1], 3, dev).is_err());
+        assert!(RowIndex::new(vec![0, 3], 3, dev).is_err());
         let x = Tensor::zeros((10, 2), candle_core::DType::F32, &Device::Cpu).unwrap();
         assert!(index().gather(&x).is_err());
         assert!(index().scatter(&x).is_err());
