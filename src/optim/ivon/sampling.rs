@@ -198,8 +198,8 @@ impl Ivon {
     /// The posterior as it stands, apart from the optimizer: every var's mean and standard
     /// deviation `1 / sqrt(ess (h + wd))`, its group, the seed of the prediction samples
     /// (sample `k` is this optimizer's sample `k`, at its prediction scale) and the
-    /// configuration and group settings. Save it with [`GaussianPosterior::save`] to serve predictions without the
-    /// optimizer. The vars must have names ([`Ivon::from_varmap`],
+    /// configuration and group settings. Save it with [`GaussianPosterior::save`] to serve
+    /// predictions without the optimizer. The vars must have names ([`Ivon::from_varmap`],
     /// [`crate::optim::ParamGroup::from_varmap`]), by which a loaded posterior finds them.
     pub fn posterior(&self) -> Result<GaussianPosterior> {
         let mut groups = Vec::new();
