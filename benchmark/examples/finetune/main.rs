@@ -538,6 +538,13 @@ impl Inputs {
             .filter(|_| args.scores_multiemo())
         {
             ood.push(("multiemo", batches(tokenizer, rows, 64, dev)?));
+        } else if split.ood_multiemo.is_none() && args.scores_multiemo() {
+            eprintln!(
+                "MultiEmo is not in {}/corpora/multiemo: its OOD columns are left out. \
+                 `scripts/fetch-assets.sh --multiemo` fetched it from bigbench 1.0.0, which \
+                 PyPI no longer serves; pass --no-multiemo to silence this.",
+                args.assets.display()
+            );
         }
         Ok(ood)
     }
