@@ -4,9 +4,11 @@ row that `benchmark/examples/finetune` or `tools/reference/finetune.py` wrote, a
     python3 tools/results_table.py results/test/*/*.json results/reference/*.json
     python3 tools/results_table.py --keys=accuracy,nll,ece results/overconfident/*/*.json
 
-`--keys` keeps those columns (names as in METRICS), in that order. `--by-run` names each
-row after its run's directory too, so that runs of one method with different settings
-get rows of their own:
+A row is one method in one run directory: a directory holds the seeds of one setting,
+so runs pool only within it, and one method run under several settings gets a row for
+each, named after its directory. `--keys` keeps those columns (names as in METRICS), in
+that order. `--by-run` names every row after its directory, also where its method occurs
+in one directory only:
 
     python3 tools/results_table.py --by-run --keys=nll,auroc_mi results/val/overconfident-ivon-*/*.json
 """
@@ -63,27 +65,33 @@ def main(args):
         if "results" not in run:  # a split file
             continue
         prefix = "torch " if "implementation" in run else ""
-        if by_run:
-            prefix = os.path.basename(os.path.dirname(path)) + ": " + prefix
+        setting = os.path.basename(os.path.dirname(os.path.abspath(path)))
         for r in run["results"]:
-            name = prefix + r["model"]
-            if name not in rows:
-                order.append(name)
-            seeds[name].add(run["seed"])
+            row = (setting, prefix + r["model"])
+            if row not in rows:
+                order.append(row)
+            if run["seed"] in seeds[row]:
+                sys.exit(f"{path}: a second run of seed {run['seed']} for {row[1]} in {setting}/")
+            seeds[row].add(run["seed"])
             for key, _, _ in METRICS:
                 value = r.get(key, run.get(key) if key in RUN_LEVEL else None)
                 if value is not None:
-                    rows[name][key].append(value)
+                    rows[row][key].append(value)
     # Only the columns some run has (MultiEmo only where it was fetched).
-    metrics = [m for m in METRICS if any(rows[name][m[0]] for name in order)]
+    metrics = [m for m in METRICS if any(rows[row][m[0]] for row in order)]
     if keys is not None:
         by_key = {m[0]: m for m in metrics}
         metrics = [by_key[k] for k in keys if k in by_key]
     print("| model | seeds | " + " | ".join(label for _, label, _ in metrics) + " |")
     print("|---|---|" + "---|" * len(metrics))
-    for name in order:
-        cells = [cell(rows[name][key], fmt) for key, _, fmt in metrics]
-        print(f"| {name} | {len(seeds[name])} | " + " | ".join(cells) + " |")
+    settings_of = defaultdict(set)
+    for setting, name in order:
+        settings_of[name].add(setting)
+    for row in order:
+        setting, name = row
+        label = f"{setting}: {name}" if by_run or len(settings_of[name]) > 1 else name
+        cells = [cell(rows[row][key], fmt) for key, _, fmt in metrics]
+        print(f"| {label} | {len(seeds[row])} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
