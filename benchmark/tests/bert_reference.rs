@@ -78,16 +78,20 @@ fn matches_candle_transformers_bert_with_inert_adapters() {
     }
 }
 
-/// The real all-MiniLM-L6-v2 against BertModel, when `scripts/fetch-assets.sh` (or the
-/// user) has put its files in `assets/all-minilm-l6-v2/`.
+/// The real all-MiniLM-L6-v2 against BertModel, from `assets/all-minilm-l6-v2/`. Ignored
+/// by a plain `cargo test`, so that a missing model shows as a skip rather than a pass;
+/// `.ci/run` runs it with `--ignored` when the files are there, and says so when not.
 #[test]
-fn minilm_matches_bert_model_when_present() {
+#[ignore = "needs the real all-MiniLM-L6-v2: bash scripts/fetch-assets.sh, then \
+            cargo test -p varlora-benchmark --test bert_reference -- --ignored"]
+fn minilm_matches_bert_model() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/all-minilm-l6-v2");
     let (weights, config_path) = (dir.join("model.safetensors"), dir.join("config.json"));
-    if !weights.exists() || !config_path.exists() {
-        eprintln!("skipped: no model files in {}", dir.display());
-        return;
-    }
+    assert!(
+        weights.exists() && config_path.exists(),
+        "no model files in {}: run bash scripts/fetch-assets.sh",
+        dir.display()
+    );
     let dev = Device::Cpu;
     let json = std::fs::read_to_string(config_path).unwrap();
     let theirs_config: Config = serde_json::from_str(&json).unwrap();

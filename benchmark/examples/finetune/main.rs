@@ -18,6 +18,8 @@ mod minilm;
 mod report;
 mod save;
 mod scale;
+#[cfg(test)]
+mod smoke;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -263,6 +265,10 @@ struct Args {
     /// Use only this many training and evaluation sentences (a smoke run).
     #[arg(long)]
     limit: Option<usize>,
+    /// Also write the evaluation set's labels and each row's predictive probabilities
+    /// (`{stem}-predictions.json`), from which every calibration metric can be recomputed.
+    #[arg(long)]
+    predictions: bool,
     #[arg(long, default_value = "assets")]
     assets: PathBuf,
     #[arg(long, default_value = "results")]
@@ -620,7 +626,6 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if !scales.is_empty() {
         println!("{}", scale::summary(&scales));
     }
-    let ms_per_step = trained.ms_per_step;
     write_results(
         &args,
         method,
@@ -628,7 +633,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         &rows,
         &extras,
         &scales,
-        ms_per_step,
+        &trained,
     )
 }
 
@@ -677,13 +682,14 @@ fn evaluate_trained<'a>(
     Ok((rows, extras))
 }
 
-/// A trained model with its trainer (for the posterior), BLoB's posterior vars and the
-/// mean time of a training step.
+/// A trained model with its trainer (for the posterior), BLoB's posterior vars, the
+/// mean time of a training step and the mean training NLL over the last epoch.
 struct Trained {
     model: BertClassifier,
     trainer: Trainer,
     blob_layers: Vec<varlora::lora::BlobLayerVars>,
     ms_per_step: f64,
+    train_loss: f64,
 }
 
 /// Builds the model of `method` and trains it on the training split.
@@ -716,12 +722,13 @@ fn train_model(
         n_train,
         total_steps: n_train / args.batch * args.epochs(),
     })?;
-    let ms_per_step = train::epochs(&model, &mut trainer, inputs, args, rng)?;
+    let measured = train::epochs(&model, &mut trainer, inputs, args, rng)?;
     Ok(Trained {
         model,
         trainer,
         blob_layers,
-        ms_per_step,
+        ms_per_step: measured.ms_per_step,
+        train_loss: measured.last_epoch_loss,
     })
 }
 
@@ -734,7 +741,7 @@ fn write_results(
     rows: &Rows,
     extras: &methods::Extras,
     scales: &[scale::Scale],
-    ms_per_step: f64,
+    trained: &Trained,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let summary = serde_json::json!({
         "optimizer": method.name(),
@@ -749,7 +756,8 @@ fn write_results(
         "eval_sentences": split.eval.len(),
         "ood_sentences": if args.no_ood { 0 } else { split.ood.len() },
         "ood_multiemo_sentences": split.ood_multiemo.as_ref().filter(|_| args.scores_multiemo()).map(Vec::len),
-        "ms_per_step": ms_per_step,
+        "ms_per_step": trained.ms_per_step,
+        "train_loss": trained.train_loss,
         "peak_rss_mb": peak_rss_mb(),
         "args": format!("{args:?}"),
         "results": rows.report.rows,
@@ -765,7 +773,10 @@ fn write_results(
         args.seed,
         args.tag()
     );
-    print!("{}", rows.report.write(&args.out, &stem, &summary)?);
+    let md = rows
+        .report
+        .write(&args.out, &stem, &summary, args.predictions)?;
+    print!("{md}");
     println!(
         "peak memory {:.0} MB; results in {}",
         peak_rss_mb().unwrap_or(f64::NAN),

@@ -70,6 +70,9 @@ pub struct Report {
     pub rows: Vec<serde_json::Value>,
     /// Each row's reliability diagram on the evaluation set, as SVG, with the row's name.
     pub svgs: Vec<(String, String)>,
+    /// Each row's predictive probabilities on the evaluation set, with the row's name, for
+    /// `--predictions`.
+    probs: Vec<(String, Tensor)>,
 }
 
 /// What one model's predictions cost.
@@ -87,6 +90,7 @@ impl Report {
             labels: Tensor::cat(&labels, 0)?,
             rows: Vec::new(),
             svgs: Vec::new(),
+            probs: Vec::new(),
         })
     }
 
@@ -139,17 +143,27 @@ impl Report {
             }
         }
         self.rows.push(row);
+        self.probs.push((name, id.probs.clone()));
         Ok(())
     }
 
-    /// Writes `summary` as `{stem}.json`, the rows as `{stem}.md` and each row's reliability
-    /// diagram as `{stem}-{row}.svg` into `dir`; returns the Markdown table.
+    /// Writes `summary` as `{stem}.json`, the rows as `{stem}.md`, each row's reliability
+    /// diagram as `{stem}-{row}.svg` and, with `predictions`, the evaluation set's labels
+    /// and each row's probabilities as `{stem}-predictions.json` into `dir`; returns the
+    /// Markdown table.
     pub fn write(
         &self,
         dir: &std::path::Path,
         stem: &str,
         summary: &serde_json::Value,
+        predictions: bool,
     ) -> Result<String, Box<dyn std::error::Error>> {
+        if predictions {
+            std::fs::write(
+                dir.join(format!("{stem}-predictions.json")),
+                serde_json::to_string(&self.predictions()?)?,
+            )?;
+        }
         std::fs::write(
             dir.join(format!("{stem}.json")),
             serde_json::to_string_pretty(summary)?,
@@ -160,6 +174,21 @@ impl Report {
             std::fs::write(dir.join(format!("{stem}-{}.svg", slug(row))), svg)?;
         }
         Ok(md)
+    }
+
+    /// `{"labels": [..], "rows": [{"model", "probs": [[..], ..]}, ..]}`, the probabilities
+    /// widened to f64 exactly, so that a reader recomputes the metrics from the very values
+    /// they were computed from.
+    fn predictions(&self) -> varlora::Result<serde_json::Value> {
+        let rows = self
+            .probs
+            .iter()
+            .map(|(name, p)| {
+                let probs = p.to_dtype(candle_core::DType::F64)?.to_vec2::<f64>()?;
+                Ok(serde_json::json!({ "model": name, "probs": probs }))
+            })
+            .collect::<varlora::Result<Vec<_>>>()?;
+        Ok(serde_json::json!({ "labels": self.labels.to_vec1::<u32>()?, "rows": rows }))
     }
 
     /// The rows as a Markdown table; the MultiEmo AUROCs as three more columns when any

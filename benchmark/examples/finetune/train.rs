@@ -95,16 +95,22 @@ impl Trainer {
     }
 }
 
-/// Trains `model` for the run's epochs over shuffled batches of the training sentences;
-/// milliseconds per step. A LoRA-Ensemble's `(M, B, C)` logits train on the mean of the
-/// members' losses.
+/// What a training run measured: milliseconds per step, and the mean training NLL over
+/// the last epoch's batches (of the weights as they were at each batch).
+pub struct Measured {
+    pub ms_per_step: f64,
+    pub last_epoch_loss: f64,
+}
+
+/// Trains `model` for the run's epochs over shuffled batches of the training sentences.
+/// A LoRA-Ensemble's `(M, B, C)` logits train on the mean of the members' losses.
 pub fn epochs(
     model: &BertClassifier,
     trainer: &mut Trainer,
     inputs: &Inputs,
     args: &Args,
     rng: &mut StdRng,
-) -> Result<f64, Box<dyn std::error::Error>> {
+) -> Result<Measured, Box<dyn std::error::Error>> {
     let train = &inputs.split.train;
     let steps_per_epoch = train.len() / args.batch;
     let total = steps_per_epoch * args.epochs();
@@ -116,7 +122,9 @@ pub fn epochs(
     let start = Instant::now();
     let mut step = 0usize;
     let ivon = matches!(trainer, Trainer::Ivon(_));
+    let mut epoch_losses = Vec::new();
     for epoch in 0..args.epochs() {
+        epoch_losses.clear();
         let mut order = train.clone();
         order.shuffle(rng);
         let rows = &order[..steps_per_epoch * args.batch];
@@ -129,6 +137,7 @@ pub fn epochs(
                 trainer.step(&objective(&nll, &logits, ivon)?)?;
                 loss = nll.to_scalar::<f32>()?;
             }
+            epoch_losses.push(f64::from(loss));
             step += 1;
             bar.set_message(format!("epoch {} loss {loss:.4}", epoch + 1));
             bar.inc(1);
@@ -136,7 +145,10 @@ pub fn epochs(
         }
     }
     bar.finish();
-    Ok(1e3 * start.elapsed().as_secs_f64() / total.max(1) as f64)
+    Ok(Measured {
+        ms_per_step: 1e3 * start.elapsed().as_secs_f64() / total.max(1) as f64,
+        last_epoch_loss: epoch_losses.iter().sum::<f64>() / epoch_losses.len().max(1) as f64,
+    })
 }
 
 /// What the optimizer minimises: `nll`, except that with `sum_members` (IVON) an
