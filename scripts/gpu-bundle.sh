@@ -33,7 +33,8 @@ for line in sys.stdin:
 {
     executables test --release --features cuda --no-run \
         --test ivon_cuda --test ivon_fused --test ivon_api
-    executables bench --features cuda --no-run --bench optimizer_step
+    # The bench lives in the speed/ member, whose cuda feature turns on the crate's.
+    executables bench -p varlora-speed --features cuda --no-run --bench optimizer_step
     executables build --release --features cuda --example quickstart
     # The NCCL backend in a world of one GPU (needs libnccl there).
     executables test --release --features nccl --no-run --test collective_nccl
