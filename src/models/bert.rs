@@ -10,13 +10,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use candle_core::{ModuleT, Tensor, D};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::input::{repeat_members, Embeddings, Packed, Tokens};
 use super::norm::Norm;
+use super::proj::Proj;
 use crate::ensemble::LoraEnsembleLinear;
-use crate::kernels::encoder::{gelu_erf, masked_softmax, FrozenLinear};
+use crate::kernels::encoder::{gelu_erf, masked_softmax};
 use crate::lora::{
     Adapter, AdapterBuilder, BayesianLoraLinear, BlobConfig, BlobLayerVars, BlobSampler,
     LoraConfig, LoraLinear, McDropout,
@@ -201,70 +202,6 @@ impl AdapterBuilder for AdapterSpec {
     }
 }
 
-/// A linear layer, frozen or with an adapter.
-#[derive(Clone, Debug)]
-enum Proj {
-    Frozen(FrozenLinear),
-    Adapted(Arc<dyn Adapter>),
-}
-
-impl Proj {
-    fn load(
-        d_in: usize,
-        d_out: usize,
-        name: &str,
-        base: &VarBuilder,
-        adapters: &VarBuilder,
-        builder: Option<&dyn AdapterBuilder>,
-    ) -> Result<Self> {
-        let frozen = linear(d_in, d_out, base.pp(name))?;
-        Ok(match builder {
-            None => Proj::Frozen(FrozenLinear::new(frozen)),
-            Some(b) => Proj::Adapted(b.build(frozen, adapters.pp(name))?),
-        })
-    }
-
-    fn detach(&self) -> Self {
-        match self {
-            Proj::Frozen(l) => Proj::Frozen(l.clone()),
-            Proj::Adapted(a) => Proj::Adapted(a.detach()),
-        }
-    }
-
-    fn adapter(&self) -> Option<&dyn Adapter> {
-        match self {
-            Proj::Frozen(_) => None,
-            Proj::Adapted(a) => Some(a.as_ref()),
-        }
-    }
-
-    /// The layer for `samples` stacked weight samples (see
-    /// [`Adapter::with_stacked_weights`]).
-    fn stacked(&self, stacked: &mut HashMap<String, Tensor>, samples: usize) -> Result<Self> {
-        Ok(match self {
-            Proj::Frozen(l) => Proj::Frozen(l.clone()),
-            Proj::Adapted(a) => Proj::Adapted(a.with_stacked_weights(stacked, samples)?),
-        })
-    }
-
-    /// The layer with its adapter's update folded in.
-    fn merged(&self) -> Result<Linear> {
-        match self {
-            Proj::Frozen(l) => Ok(l.linear().clone()),
-            Proj::Adapted(a) => a.merged_linear(),
-        }
-    }
-}
-
-impl ModuleT for Proj {
-    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        match self {
-            Proj::Frozen(l) => l.forward(x),
-            Proj::Adapted(a) => a.forward_rows(x, train),
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 struct Layer {
     query: Proj,
@@ -298,12 +235,12 @@ impl Layer {
         // `dense` under their own prefix.
         let dense = |prefix: &str, fan_in, fan_out, on| {
             let (bp, ap) = (b.pp(prefix), a.pp(prefix));
-            Proj::load(fan_in, fan_out, "dense", &bp, &ap, pick(on))
+            Proj::load((fan_in, fan_out, true), "dense", &bp, &ap, pick(on))
         };
         Ok(Self {
-            query: Proj::load(h, h, "query", &bs, &as_, pick(targets.query))?,
-            key: Proj::load(h, h, "key", &bs, &as_, pick(targets.key))?,
-            value: Proj::load(h, h, "value", &bs, &as_, pick(targets.value))?,
+            query: Proj::load((h, h, true), "query", &bs, &as_, pick(targets.query))?,
+            key: Proj::load((h, h, true), "key", &bs, &as_, pick(targets.key))?,
+            value: Proj::load((h, h, true), "value", &bs, &as_, pick(targets.value))?,
             attention_output: dense("attention.output", h, h, targets.attention_output)?,
             attention_norm: Norm::load(h, eps, b.pp("attention.output.LayerNorm"))?,
             intermediate: dense("intermediate", h, wide, targets.intermediate)?,

@@ -3,11 +3,16 @@
 mod bert;
 mod classifier;
 mod input;
+mod llama;
 mod norm;
+mod proj;
 mod saved;
+mod targets;
 
 pub use bert::{AdapterSpec, AdapterTargets, BertConfig, BertEncoder};
 pub use classifier::BertClassifier;
 pub(crate) use input::{Embeddings, Tokens};
+pub use llama::{LlamaConfig, LlamaDecoder, RopeParameters};
 pub(crate) use norm::Norm;
 pub use saved::{LoadedClassifier, SavedAdapter, SavedClassifier};
+pub use targets::TargetModules;

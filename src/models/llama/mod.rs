@@ -1,0 +1,379 @@
+//! A Llama-family decoder (Llama 2/3, SmolLM2, Qwen2, Qwen3) whose linear layers can carry
+//! adapters, for fine-tuning: the whole sequence's logits in one forward pass, with left
+//! padding, and a backward pass to the adapters through every op.
+//!
+//! It computes what transformers' `LlamaForCausalLM` (and `Qwen2ForCausalLM`,
+//! `Qwen3ForCausalLM`) computes from the same weights, which it loads by their Hugging
+//! Face names: grouped-query attention with rotary position embeddings, a SwiGLU MLP,
+//! RMSNorm, and tied or untied output matrices.
+
+mod config;
+mod ops;
+
+use candle_core::{ModuleT, Tensor, D};
+use candle_nn::VarBuilder;
+
+pub use config::{LlamaConfig, RopeParameters};
+use ops::{causal_bias, repeat_kv, RmsNorm, Rope};
+
+use super::proj::Proj;
+use super::targets::TargetModules;
+use crate::lora::{Adapter, AdapterBuilder};
+use crate::{Error, Result};
+
+/// One decoder layer's attention: projections, the optional per-head norms of Qwen3.
+#[derive(Clone, Debug)]
+struct Attention {
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+}
+
+/// One decoder layer's SwiGLU MLP: `down(silu(gate(x)) * up(x))`.
+#[derive(Clone, Debug)]
+struct Mlp {
+    gate_proj: Proj,
+    up_proj: Proj,
+    down_proj: Proj,
+}
+
+#[derive(Clone, Debug)]
+struct Layer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// What each layer's loader needs besides its weights.
+struct LayerSetup<'a> {
+    config: &'a LlamaConfig,
+    adapter: Option<&'a dyn AdapterBuilder>,
+    targets: &'a TargetModules,
+}
+
+impl Layer {
+    /// Layer `prefix` (`model.layers.{i}`) of `base`, with adapters under the same names in
+    /// `adapters` on the modules `targets` names.
+    fn load(
+        prefix: &str,
+        base: &VarBuilder,
+        adapters: &VarBuilder,
+        s: &LayerSetup,
+    ) -> Result<Self> {
+        let c = s.config;
+        let (h, hd, wide) = (c.hidden_size, c.head_dim(), c.intermediate_size);
+        let (q_out, kv_out) = (c.num_attention_heads * hd, c.kv_heads() * hd);
+        let proj = |module: &str, shape| {
+            let name = format!("{prefix}.{module}");
+            let adapter = s.adapter.filter(|_| s.targets.matches(&name));
+            Proj::load(shape, &name, base, adapters, adapter)
+        };
+        let (qkv_bias, o_bias) = (c.qkv_bias(), c.output_bias());
+        let head_norm = |which: &str| {
+            c.qk_norm()
+                .then(|| {
+                    RmsNorm::load(
+                        hd,
+                        c.rms_norm_eps,
+                        base.pp(format!("{prefix}.self_attn.{which}")),
+                    )
+                })
+                .transpose()
+        };
+        Ok(Self {
+            input_layernorm: RmsNorm::load(
+                h,
+                c.rms_norm_eps,
+                base.pp(format!("{prefix}.input_layernorm")),
+            )?,
+            self_attn: Attention {
+                q_proj: proj("self_attn.q_proj", (h, q_out, qkv_bias))?,
+                k_proj: proj("self_attn.k_proj", (h, kv_out, qkv_bias))?,
+                v_proj: proj("self_attn.v_proj", (h, kv_out, qkv_bias))?,
+                o_proj: proj("self_attn.o_proj", (q_out, h, o_bias))?,
+                q_norm: head_norm("q_norm")?,
+                k_norm: head_norm("k_norm")?,
+            },
+            post_attention_layernorm: RmsNorm::load(
+                h,
+                c.rms_norm_eps,
+                base.pp(format!("{prefix}.post_attention_layernorm")),
+            )?,
+            mlp: Mlp {
+                gate_proj: proj("mlp.gate_proj", (h, wide, false))?,
+                up_proj: proj("mlp.up_proj", (h, wide, false))?,
+                down_proj: proj("mlp.down_proj", (wide, h, false))?,
+            },
+        })
+    }
+
+    /// The layer's seven linear layers, attention's then the MLP's.
+    fn projs(&self) -> [&Proj; 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+    }
+
+    /// The layer with every adapter detached.
+    fn detach(&self) -> Self {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        Self {
+            self_attn: Attention {
+                q_proj: a.q_proj.detach(),
+                k_proj: a.k_proj.detach(),
+                v_proj: a.v_proj.detach(),
+                o_proj: a.o_proj.detach(),
+                ..a.clone()
+            },
+            mlp: Mlp {
+                gate_proj: m.gate_proj.detach(),
+                up_proj: m.up_proj.detach(),
+                down_proj: m.down_proj.detach(),
+            },
+            ..self.clone()
+        }
+    }
+}
+
+/// The shapes one forward pass works with.
+struct Pass<'a> {
+    batch: usize,
+    len: usize,
+    config: &'a LlamaConfig,
+    cos: Tensor,
+    sin: Tensor,
+    bias: Tensor,
+    train: bool,
+}
+
+impl Attention {
+    /// `x` is `(batch * len, hidden)`; so is the output.
+    fn forward(&self, x: &Tensor, p: &Pass) -> candle_core::Result<Tensor> {
+        let c = p.config;
+        let (hd, heads, kv) = (c.head_dim(), c.num_attention_heads, c.kv_heads());
+        // (batch * len, heads * hd) -> (batch, heads, len, hd), normed per head (Qwen3)
+        // and rotated.
+        let split = |t: Tensor, n: usize, norm: &Option<RmsNorm>| -> candle_core::Result<Tensor> {
+            let t = t
+                .reshape((p.batch, p.len, n, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let t = match norm {
+                Some(norm) => norm.forward(&t)?,
+                None => t,
+            };
+            Ok(t)
+        };
+        let q = split(self.q_proj.forward_t(x, p.train)?, heads, &self.q_norm)?;
+        let k = split(self.k_proj.forward_t(x, p.train)?, kv, &self.k_norm)?;
+        let v = split(self.v_proj.forward_t(x, p.train)?, kv, &None)?;
+        let q = Rope::apply(&q, &p.cos, &p.sin)?;
+        let k = repeat_kv(&Rope::apply(&k, &p.cos, &p.sin)?, heads / kv)?;
+        let v = repeat_kv(&v, heads / kv)?;
+        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(&p.bias)?;
+        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let out = weights
+            .matmul(&v.contiguous()?)?
+            .transpose(1, 2)?
+            .reshape((p.batch * p.len, heads * hd))?;
+        self.o_proj.forward_t(&out, p.train)
+    }
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward_t(x, train)?)?;
+        let up = self.up_proj.forward_t(x, train)?;
+        self.down_proj.forward_t(&(gate * up)?, train)
+    }
+}
+
+/// A Llama-family causal language model with adapters. The frozen weights come from one
+/// `VarBuilder` (e.g. memory-mapped safetensors, under the Hugging Face names), the
+/// adapters from another (a `VarMap`), so that `varmap.all_vars()` holds exactly the
+/// trainable tensors.
+///
+/// ```no_run
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use varlora::lora::LoraConfig;
+/// use varlora::models::{AdapterSpec, LlamaConfig, LlamaDecoder, TargetModules};
+///
+/// let dev = Device::Cpu;
+/// let config: LlamaConfig = serde_json::from_str(&std::fs::read_to_string("config.json")?)?;
+/// // SAFETY: the weights file is not modified while mapped.
+/// let base = unsafe {
+///     VarBuilder::from_mmaped_safetensors(&["model.safetensors"], DType::F32, &dev)?
+/// };
+/// let varmap = VarMap::new();
+/// let model = LlamaDecoder::load(
+///     base,
+///     VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+///     &config,
+///     Some(&AdapterSpec::Lora(LoraConfig::new(8).alpha(16.0))),
+///     &TargetModules::new(["q_proj", "v_proj"]),
+/// )?;
+/// model.init(0)?;
+/// let ids = Tensor::new(&[[0u32, 0, 17, 4, 9], [3, 8, 2, 11, 5]], &dev)?; // left-padded
+/// let mask = Tensor::new(&[[0u32, 0, 1, 1, 1], [1, 1, 1, 1, 1]], &dev)?;
+/// let logits = model.logits(&ids, &mask, true)?; // (2, 5, vocab)
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct LlamaDecoder {
+    embed_tokens: Tensor,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    rope: Rope,
+    config: LlamaConfig,
+}
+
+impl LlamaDecoder {
+    /// Loads the decoder; `adapter` (if any) goes on every linear layer whose full name
+    /// (`model.layers.{i}.self_attn.q_proj`, `model.layers.{i}.mlp.up_proj`, ...) `targets`
+    /// matches, its vars named after the layer under `adapters`.
+    pub fn load(
+        base: VarBuilder,
+        adapters: VarBuilder,
+        config: &LlamaConfig,
+        adapter: Option<&dyn AdapterBuilder>,
+        targets: &TargetModules,
+    ) -> Result<Self> {
+        config.validate()?;
+        if adapter.is_some_and(|a| a.members() != 1) {
+            return Err(Error::InvalidInput(
+                "the decoder takes one adapter per layer; ensembles of members are not \
+                 supported on it yet"
+                    .into(),
+            ));
+        }
+        let setup = LayerSetup {
+            config,
+            adapter,
+            targets,
+        };
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| Layer::load(&format!("model.layers.{i}"), &base, &adapters, &setup))
+            .collect::<Result<Vec<_>>>()?;
+        let (vocab, h) = (config.vocab_size, config.hidden_size);
+        let embed_tokens = base.get((vocab, h), "model.embed_tokens.weight")?;
+        let lm_head = if config.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            base.get((vocab, h), "lm_head.weight")?
+        };
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm: RmsNorm::load(h, config.rms_norm_eps, base.pp("model.norm"))?,
+            lm_head,
+            rope: Rope::new(config.head_dim(), config.rope_base()),
+            config: config.clone(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Every adapter, layer by layer (within a layer: q, k, v, o, gate, up, down).
+    pub fn adapters(&self) -> impl Iterator<Item = &dyn Adapter> {
+        self.layers
+            .iter()
+            .flat_map(|l| l.projs())
+            .filter_map(|p| p.adapter())
+    }
+
+    /// Sets every adapter's trainable tensors to draws from `seed` (see
+    /// [`Adapter::init`]): the same seed gives the same model.
+    pub fn init(&self, seed: u64) -> Result<()> {
+        self.adapters().try_for_each(|a| a.init(seed))
+    }
+
+    /// A copy for inference that shares the weights but keeps no autograd graph.
+    pub fn detach(&self) -> Self {
+        Self {
+            layers: self.layers.iter().map(Layer::detach).collect(),
+            ..self.clone()
+        }
+    }
+
+    /// The final-normed hidden states `(batch, len, hidden)` of token ids `ids` `(batch,
+    /// len)` whose `mask` (1 for tokens, 0 for padding, which goes on the left) says which
+    /// are real; `train` turns on the adapters' dropout. Positions count from 0 at the
+    /// first column, padding included, as transformers' forward does (RoPE's scores
+    /// depend only on the distance, so a row's left padding does not change them).
+    pub fn hidden_states(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+        let (batch, len) = ids.dims2()?;
+        if mask.dims() != ids.dims() {
+            return Err(Error::InvalidInput(format!(
+                "a mask of shape {:?} for token ids of shape {:?}: give one entry per token",
+                mask.dims(),
+                ids.dims()
+            )));
+        }
+        if len > self.config.max_position_embeddings {
+            return Err(Error::InvalidInput(format!(
+                "a sequence of {len} tokens is past the model's context of {}: truncate it",
+                self.config.max_position_embeddings
+            )));
+        }
+        let ids_flat = ids.flatten_all()?;
+        let largest = ids_flat
+            .max(0)?
+            .to_dtype(candle_core::DType::U32)?
+            .to_scalar::<u32>()?;
+        if largest as usize >= self.config.vocab_size {
+            return Err(Error::InvalidInput(format!(
+                "token id {largest} is out of range for a vocabulary of {}",
+                self.config.vocab_size
+            )));
+        }
+        // The tables and the bias in the weights' dtype (f32, or f64 for checks).
+        let dtype = self.embed_tokens.dtype();
+        let (cos, sin) = self.rope.tables(len, ids.device())?;
+        let pass = Pass {
+            batch,
+            len,
+            config: &self.config,
+            cos: cos.to_dtype(dtype)?,
+            sin: sin.to_dtype(dtype)?,
+            bias: causal_bias(mask)?.to_dtype(dtype)?,
+            train,
+        };
+        let mut x = self.embed_tokens.index_select(&ids_flat, 0)?;
+        for layer in &self.layers {
+            let attn = layer
+                .self_attn
+                .forward(&layer.input_layernorm.forward(&x)?, &pass)?;
+            x = (x + attn)?;
+            let mlp = layer
+                .mlp
+                .forward(&layer.post_attention_layernorm.forward(&x)?, train)?;
+            x = (x + mlp)?;
+        }
+        Ok(self
+            .norm
+            .forward(&x)?
+            .reshape((batch, len, self.config.hidden_size))?)
+    }
+
+    /// The logits `(batch, len, vocab)` of every position (see [`Self::hidden_states`]).
+    pub fn logits(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
+        let h = self.hidden_states(ids, mask, train)?;
+        Ok(h.broadcast_matmul(&self.lm_head.t()?)?)
+    }
+}

@@ -1,0 +1,102 @@
+//! The decoder's non-linear pieces, as differentiable candle ops: RMSNorm, rotary
+//! position embeddings, grouped-query heads and the causal padding bias. (candle's fused
+//! `rms_norm`, `softmax_last_dim` and `rope` have no backward pass, so they would stop
+//! the gradient on its way to the adapters.)
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::Result;
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x^2) + eps) * weight`, with a frozen
+/// weight.
+#[derive(Clone, Debug)]
+pub(crate) struct RmsNorm {
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    pub(crate) fn load(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get(size, "weight")?,
+            eps,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
+        x.broadcast_div(&scale)?.broadcast_mul(&self.weight)
+    }
+}
+
+/// Rotary position embeddings in the layout of transformers' Llama: each head's first
+/// half is paired with its second half (`rotate_half`), frequency `i` being
+/// `base^(-2i / head_dim)`.
+#[derive(Clone, Debug)]
+pub(crate) struct Rope {
+    inv_freq: Vec<f32>,
+}
+
+impl Rope {
+    pub(crate) fn new(head_dim: usize, base: f64) -> Self {
+        let inv_freq = (0..head_dim / 2)
+            .map(|i| (1.0 / base.powf(2.0 * i as f64 / head_dim as f64)) as f32)
+            .collect();
+        Self { inv_freq }
+    }
+
+    /// `cos` and `sin` of every position `0..len` and frequency, each `(len, head_dim)`
+    /// with the frequencies repeated for the two halves.
+    pub(crate) fn tables(&self, len: usize, dev: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        // The angle in f32, as transformers computes it (position times inverse frequency).
+        let angles: Vec<f32> = (0..len)
+            .flat_map(|p| (0..2 * half).map(move |j| p as f32 * self.inv_freq[j % half]))
+            .collect();
+        let angles = Tensor::from_vec(angles, (len, 2 * half), dev)?;
+        Ok((angles.cos()?, angles.sin()?))
+    }
+
+    /// `x * cos + rotate_half(x) * sin` for `x` of shape `(batch, heads, len, head_dim)`.
+    pub(crate) fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+        let half = x.dim(D::Minus1)? / 2;
+        let (first, second) = (
+            x.narrow(D::Minus1, 0, half)?,
+            x.narrow(D::Minus1, half, half)?,
+        );
+        let rotated = Tensor::cat(&[&second.neg()?, &first], D::Minus1)?;
+        x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
+    }
+}
+
+/// Each of `kv` key or value heads `(batch, kv, len, head_dim)` repeated for the `groups`
+/// query heads that share it: query head `h` reads key head `h / groups`.
+pub(crate) fn repeat_kv(x: &Tensor, groups: usize) -> candle_core::Result<Tensor> {
+    if groups == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, len, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .expand((b, kv, groups, len, d))?
+        .reshape((b, kv * groups, len, d))
+}
+
+/// The attention bias `(batch, 1, len, len)`: 0 where query `i` may read key `j` (`j <=
+/// i` and `j` not padding), the lowest f32 elsewhere. A padding query reads nothing, so
+/// its row is uniform and its output meaningless but finite.
+pub(crate) fn causal_bias(mask: &Tensor) -> Result<Tensor> {
+    let (b, len) = mask.dims2()?;
+    let keep: Vec<Vec<u32>> = mask.to_dtype(DType::U32)?.to_vec2()?;
+    let mut bias = vec![f32::MIN; b * len * len];
+    for (row, keep) in keep.iter().enumerate() {
+        for i in 0..len {
+            for (j, &k) in keep.iter().enumerate().take(i + 1) {
+                if k != 0 {
+                    bias[(row * len + i) * len + j] = 0.0;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(bias, (b, 1, len, len), mask.device())?)
+}

@@ -1,0 +1,239 @@
+//! The Llama-family decoder against transformers' `LlamaForCausalLM`, `Qwen2ForCausalLM`
+//! and `Qwen3ForCausalLM` on tiny random models saved as Hugging Face safetensors
+//! (tools/reference/record_decoder.py), and its backward pass to the adapters against
+//! finite differences.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, IndexOp, Tensor, Var};
+use candle_nn::{VarBuilder, VarMap};
+use varlora::lora::LoraConfig;
+use varlora::models::{AdapterSpec, LlamaConfig, LlamaDecoder, TargetModules};
+
+fn fixture_dir(arch: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/decoder/{arch}"))
+}
+
+/// The model of `arch` in `dtype`, with `adapter` on `targets`, and its adapter vars.
+fn load(
+    arch: &str,
+    dtype: DType,
+    adapter: Option<&AdapterSpec>,
+    targets: &[&str],
+) -> (LlamaDecoder, VarMap) {
+    let dir = fixture_dir(arch);
+    let config: LlamaConfig =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let dev = Device::Cpu;
+    // SAFETY: the fixture is not modified while mapped.
+    let base = unsafe {
+        VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], dtype, &dev).unwrap()
+    };
+    let varmap = VarMap::new();
+    let model = LlamaDecoder::load(
+        base,
+        VarBuilder::from_varmap(&varmap, dtype, &dev),
+        &config,
+        adapter.map(|a| a as _),
+        &TargetModules::new(targets.iter().copied()),
+    )
+    .unwrap();
+    model.init(0).unwrap();
+    (model, varmap)
+}
+
+/// The recorded ids, mask (as u32) and transformers' logits.
+fn expected(arch: &str) -> (Tensor, Tensor, Tensor) {
+    let t = candle_core::safetensors::load(
+        fixture_dir(arch).join("expected.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let u32_of = |k: &str| t[k].to_dtype(DType::U32).unwrap();
+    (
+        u32_of("input_ids"),
+        u32_of("attention_mask"),
+        t["logits"].clone(),
+    )
+}
+
+/// The largest difference at real (unpadded) positions, over the largest |logit| there.
+fn relative_error(ours: &Tensor, theirs: &Tensor, mask: &Tensor) -> f32 {
+    let keep: Vec<Vec<u32>> = mask.to_vec2().unwrap();
+    let (mut diff, mut scale) = (0f32, 0f32);
+    for (b, row) in keep.iter().enumerate() {
+        for (t, &k) in row.iter().enumerate() {
+            if k == 0 {
+                continue;
+            }
+            let a: Vec<f32> = ours
+                .i((b, t))
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let e: Vec<f32> = theirs.i((b, t)).unwrap().to_vec1().unwrap();
+            for (x, y) in a.iter().zip(&e) {
+                diff = diff.max((x - y).abs());
+                scale = scale.max(y.abs());
+            }
+        }
+    }
+    diff / scale
+}
+
+/// Every logit at a real position within 1e-5 of the largest, for each architecture:
+/// tied embeddings and GQA (Llama), q/k/v biases and an untied output (Qwen2), per-head
+/// q/k norms and a head width apart from hidden / heads (Qwen3).
+#[test]
+fn logits_match_transformers() {
+    for arch in ["llama", "qwen2", "qwen3"] {
+        let (model, _) = load(arch, DType::F32, None, &[]);
+        let (ids, mask, theirs) = expected(arch);
+        let ours = model.logits(&ids, &mask, false).unwrap();
+        assert_eq!(ours.dims(), theirs.dims());
+        let err = relative_error(&ours, &theirs, &mask);
+        eprintln!("{arch}: largest logit difference / largest logit {err:e}");
+        assert!(err < 1e-5, "{arch}: relative error {err}");
+    }
+}
+
+/// Adapters as they start (LoRA's `B` zero) leave the model's logits as they were, and
+/// land on the modules peft's `target_modules` names.
+#[test]
+fn inert_adapters_keep_the_logits_and_sit_on_their_targets() {
+    let spec = AdapterSpec::Lora(LoraConfig::new(4).alpha(8.0));
+    let (model, varmap) = load(
+        "llama",
+        DType::F32,
+        Some(&spec),
+        &["q_proj", "v_proj", "down_proj"],
+    );
+    let (ids, mask, theirs) = expected("llama");
+    let ours = model.logits(&ids, &mask, false).unwrap();
+    assert!(relative_error(&ours, &theirs, &mask) < 1e-5);
+    assert_eq!(model.adapters().count(), 2 * 3);
+    let mut names: Vec<String> = varmap.data().lock().unwrap().keys().cloned().collect();
+    names.sort();
+    assert_eq!(names.len(), 2 * 3 * 2);
+    assert!(names.iter().all(|n| {
+        n.starts_with("model.layers.")
+            && (n.contains(".self_attn.q_proj.")
+                || n.contains(".self_attn.v_proj.")
+                || n.contains(".mlp.down_proj."))
+    }));
+}
+
+/// The gradient of a loss of the logits with respect to every adapter var, by backprop in
+/// f64 against central finite differences, on each architecture.
+#[test]
+fn adapter_gradients_match_finite_differences() {
+    let spec = AdapterSpec::Lora(LoraConfig::new(2).alpha(4.0));
+    for arch in ["llama", "qwen2", "qwen3"] {
+        let (model, varmap) = load(
+            arch,
+            DType::F64,
+            Some(&spec),
+            &["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"],
+        );
+        let vars: HashMap<String, Var> = varmap.data().lock().unwrap().clone();
+        let mut names: Vec<&String> = vars.keys().collect();
+        names.sort();
+        // B starts at zero, where A's gradient vanishes: give every var a seeded value.
+        for (i, name) in names.iter().enumerate() {
+            let v = &vars[*name];
+            v.set(&common::randn(i as u64, 0.3, v.dims(), DType::F64))
+                .unwrap();
+        }
+        let (ids, mask, _) = expected(arch);
+        let weights = common::randn(99, 1.0, &[2, 7, 40], DType::F64);
+        // Only real positions count, so that the padding rows' meaningless values do not.
+        let keep = mask.to_dtype(DType::F64).unwrap().unsqueeze(2).unwrap();
+        let loss = |m: &LlamaDecoder| -> Tensor {
+            let logits = m.logits(&ids, &mask, false).unwrap();
+            (logits.broadcast_mul(&keep).unwrap() * &weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+        };
+        let grads = loss(&model).backward().unwrap();
+        let mut worst = 0f64;
+        for name in names {
+            let var = &vars[name];
+            let grad: Vec<f64> = grads
+                .get(var)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let values: Vec<f64> = var.flatten_all().unwrap().to_vec1().unwrap();
+            // Three entries of each var.
+            for idx in [0, values.len() / 2, values.len() - 1] {
+                let h = 1e-6;
+                let at = |delta: f64| {
+                    let mut moved = values.clone();
+                    moved[idx] += delta;
+                    var.set(&Tensor::from_vec(moved, var.shape(), &Device::Cpu).unwrap())
+                        .unwrap();
+                    let l = loss(&model).to_scalar::<f64>().unwrap();
+                    var.set(&Tensor::from_vec(values.clone(), var.shape(), &Device::Cpu).unwrap())
+                        .unwrap();
+                    l
+                };
+                let numeric = (at(h) - at(-h)) / (2.0 * h);
+                let err = (grad[idx] - numeric).abs() / (1e-3 + numeric.abs());
+                worst = worst.max(err);
+                assert!(
+                    err < 1e-5,
+                    "{arch} {name}[{idx}]: backprop {} against {numeric}",
+                    grad[idx]
+                );
+            }
+        }
+        eprintln!("{arch}: worst relative gradient error {worst:e}");
+    }
+}
+
+/// Input the model cannot take is an error that names what is wrong.
+#[test]
+fn bad_input_is_a_typed_error() {
+    let (model, _) = load("llama", DType::F32, None, &[]);
+    let dev = Device::Cpu;
+    let ids = Tensor::new(&[[1u32, 2, 40]], &dev).unwrap();
+    let mask = Tensor::new(&[[1u32, 1, 1]], &dev).unwrap();
+    let err = model.logits(&ids, &mask, false).unwrap_err().to_string();
+    assert!(err.contains("token id 40 is out of range"), "{err}");
+    let err = model
+        .logits(&ids, &mask.narrow(1, 0, 2).unwrap(), false)
+        .unwrap_err();
+    assert!(err.to_string().contains("mask of shape"), "{err}");
+    let long = Tensor::zeros((1, 65), DType::U32, &dev).unwrap();
+    let err = model
+        .logits(&long, &long.ones_like().unwrap(), false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("past the model's context of 64"), "{err}");
+
+    let mut config: LlamaConfig = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir("llama").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    config.num_key_value_heads = Some(3);
+    assert!(config
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("num_key_value_heads"));
+    config.num_key_value_heads = Some(2);
+    config.model_type = "mistral".into();
+    assert!(config
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("model_type"));
+}
