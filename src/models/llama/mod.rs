@@ -8,12 +8,14 @@
 //! RMSNorm, and tied or untied output matrices.
 
 mod config;
+mod gguf;
 mod ops;
 
 use candle_core::{ModuleT, Tensor, D};
 use candle_nn::VarBuilder;
 
 pub use config::{LlamaConfig, RopeParameters};
+pub use gguf::GgufDecoder;
 use ops::{causal_bias, repeat_kv, RmsNorm, Rope};
 
 use super::proj::Proj;

@@ -1,0 +1,70 @@
+//! The real SmolLM2-135M-Instruct, read from its Q4_1 GGUF and dequantized, against
+//! transformers loading the same file (tools/reference/record_smollm2.py): the prompts
+//! left-padded into one batch give each prompt's last-position logits as transformers
+//! computes them one prompt at a time.
+
+use candle_core::{DType, Device, IndexOp};
+use candle_nn::{VarBuilder, VarMap};
+use varlora::models::{GgufDecoder, LlamaDecoder, TargetModules};
+
+/// Every last-position logit within 1e-3 of the largest, and the same top token, on
+/// every prompt.
+#[test]
+#[ignore = "needs the real SmolLM2: bash scripts/fetch-assets.sh --llm, then \
+            cargo test --test decoder_smollm2 -- --ignored"]
+fn smollm2_gguf_matches_transformers() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join("assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.exists(),
+        "no {}: run bash scripts/fetch-assets.sh --llm",
+        path.display()
+    );
+    let dev = Device::Cpu;
+    let gguf = GgufDecoder::read(&path, &dev).unwrap();
+    assert_eq!(
+        (
+            gguf.config.num_hidden_layers,
+            gguf.config.kv_heads(),
+            gguf.config.head_dim()
+        ),
+        (30, 3, 64)
+    );
+    assert!(gguf.config.tie_word_embeddings);
+    let varmap = VarMap::new();
+    let model = LlamaDecoder::load(
+        VarBuilder::from_tensors(gguf.tensors, DType::F32, &dev),
+        VarBuilder::from_varmap(&varmap, DType::F32, &dev),
+        &gguf.config,
+        None,
+        &TargetModules::new(["q_proj", "v_proj"]),
+    )
+    .unwrap();
+    let fixture = root.join("tests/fixtures/decoder/smollm2/expected.safetensors");
+    let t = candle_core::safetensors::load(fixture, &dev).unwrap();
+    let ids = t["input_ids"].to_dtype(DType::U32).unwrap();
+    let mask = t["attention_mask"].to_dtype(DType::U32).unwrap();
+    let theirs = &t["last_logits"];
+    let logits = model.logits(&ids, &mask, false).unwrap();
+    let len = ids.dim(1).unwrap();
+    for p in 0..ids.dim(0).unwrap() {
+        let ours: Vec<f32> = logits.i((p, len - 1)).unwrap().to_vec1().unwrap();
+        let expected: Vec<f32> = theirs.i(p).unwrap().to_vec1().unwrap();
+        let top = |v: &[f32]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b });
+        let scale = expected.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let diff = ours
+            .iter()
+            .zip(&expected)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        eprintln!(
+            "prompt {p}: top token {} (transformers {}), largest difference {diff:e} of {scale}",
+            top(&ours),
+            top(&expected)
+        );
+        assert_eq!(top(&ours), top(&expected), "prompt {p}: another top token");
+        assert!(
+            diff <= 1e-3 * scale,
+            "prompt {p}: {diff} against the largest {scale}"
+        );
+    }
+}
