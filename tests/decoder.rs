@@ -339,6 +339,12 @@ fn gguf_reads_back_to_transformers_logits_and_refuses_what_it_cannot_read() {
     let ours = model.logits(&ids, &mask, false).unwrap();
     assert!(relative_error(&ours, &theirs, &mask) < 1e-5);
 
+    // It carries no tokenizer.
+    let err = varlora::models::gguf_tokenizer(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no metadata `tokenizer.ggml.model`"), "{err}");
+
     write_tiny_gguf(&path, "gpt2", 0);
     let err = varlora::models::GgufDecoder::read(&path, &dev)
         .unwrap_err()

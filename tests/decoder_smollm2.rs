@@ -68,3 +68,39 @@ fn smollm2_gguf_matches_transformers() {
         );
     }
 }
+
+/// The tokenizer from the GGUF file's metadata splits each string as transformers'
+/// tokenizer from the same file and the `tokenizers` package built from its vocabulary,
+/// merges and SmolLM2's pre-tokenizer do (tools/reference/record_gguf_tokenizer.py):
+/// digits one by one, no prefix space, chat tokens whole.
+#[test]
+#[ignore = "needs the real SmolLM2: bash scripts/fetch-assets.sh --llm, then \
+            cargo test --test decoder_smollm2 -- --ignored"]
+fn smollm2_tokenizer_matches_transformers_and_tokenizers() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join("assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.exists(),
+        "no {}: run bash scripts/fetch-assets.sh --llm",
+        path.display()
+    );
+    let tokenizer = varlora::models::gguf_tokenizer(&path).unwrap();
+    let fixture = root.join("tests/fixtures/decoder/smollm2/tokenizer.json");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    let strings = record["strings"].as_array().unwrap();
+    for (i, s) in strings.iter().enumerate() {
+        let s = s.as_str().unwrap();
+        let ours: Vec<u64> = tokenizer
+            .encode(s, false)
+            .unwrap()
+            .get_ids()
+            .iter()
+            .map(|&id| u64::from(id))
+            .collect();
+        for reference in ["transformers", "tokenizers"] {
+            let theirs: Vec<u64> = serde_json::from_value(record[reference][i].clone()).unwrap();
+            assert_eq!(ours, theirs, "{s:?}: ours against {reference}'s");
+        }
+    }
+}

@@ -10,6 +10,7 @@
 mod config;
 mod gguf;
 mod ops;
+mod tokenizer;
 
 use candle_core::{ModuleT, Tensor, D};
 use candle_nn::VarBuilder;
@@ -17,6 +18,7 @@ use candle_nn::VarBuilder;
 pub use config::{LlamaConfig, RopeParameters};
 pub use gguf::GgufDecoder;
 use ops::{causal_bias, repeat_kv, RmsNorm, Rope};
+pub use tokenizer::gguf_tokenizer;
 
 use super::proj::Proj;
 use super::targets::TargetModules;

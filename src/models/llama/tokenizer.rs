@@ -1,0 +1,128 @@
+//! The tokenizer a GGUF file describes in its metadata, as a `tokenizers` tokenizer.
+//!
+//! The vocabulary and merges are the file's (`tokenizer.ggml.tokens`, `.merges`); the
+//! pre-tokenizer is chosen by `tokenizer.ggml.pre`, which candle's own `TokenizerFromGguf`
+//! ignores (it also adds a prefix space that SmolLM2's `add_space_prefix: false` rules
+//! out). Only what is checked against transformers and the `tokenizers` package is
+//! supported: byte-level BPE (`gpt2`) with SmolLM2's pre-tokenizer (`smollm`: every digit
+//! on its own, then byte-level splitting without a prefix space). SmolLM2's vocabulary has
+//! no token that holds a digit beside another character, so for it the digit step changes
+//! no id; it is kept because it is the model's definition.
+
+use std::path::Path;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use serde_json::json;
+use tokenizers::Tokenizer;
+
+use crate::{Error, Result};
+
+/// The tokenizer of the GGUF file at `path`: its vocabulary and merges, its control
+/// tokens (llama.cpp's token type 3) as special tokens that are never split, and the
+/// pre-tokenizer its `tokenizer.ggml.pre` names. It adds no BOS or EOS token. A file
+/// whose tokenizer is another kind, whose pre-tokenizer is not supported, or that asks for
+/// a BOS token to be added, is an [`Error::File`] that says which.
+///
+/// ```no_run
+/// let path = "assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// let tokenizer = varlora::models::gguf_tokenizer(path.as_ref())?;
+/// let ids = tokenizer.encode("384,400 km", false).unwrap().get_ids().to_vec();
+/// assert_eq!(&ids[..3], &[35, 40, 36]); // "3", "8", "4": one token a digit
+/// # Ok::<(), varlora::Error>(())
+/// ```
+pub fn gguf_tokenizer(path: &Path) -> Result<Tokenizer> {
+    let fail = |problem: String| Error::File {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let mut file = std::fs::File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+    let content =
+        Content::read(&mut file).map_err(|e| fail(format!("not a readable GGUF file: {e}")))?;
+    let meta = &content.metadata;
+    let string = |key: &str| -> std::result::Result<String, String> {
+        match meta.get(key) {
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(other) => Err(format!("`{key}` is {other:?}, not a string")),
+            None => Err(format!("no metadata `{key}`")),
+        }
+    };
+    let strings = |key: &str| -> std::result::Result<Vec<String>, String> {
+        let values = meta
+            .get(key)
+            .ok_or_else(|| format!("no metadata `{key}`"))?
+            .to_vec()
+            .map_err(|e| format!("`{key}`: {e}"))?;
+        values
+            .iter()
+            .map(|v| v.to_string().cloned().map_err(|e| format!("`{key}`: {e}")))
+            .collect()
+    };
+    let kind = string("tokenizer.ggml.model").map_err(&fail)?;
+    if kind != "gpt2" {
+        return Err(fail(format!(
+            "tokenizer `{kind}` is not supported: only byte-level BPE (gpt2)"
+        )));
+    }
+    let pre = string("tokenizer.ggml.pre").map_err(&fail)?;
+    if pre != "smollm" {
+        return Err(fail(format!(
+            "pre-tokenizer `{pre}` is not supported: only SmolLM2's (smollm)"
+        )));
+    }
+    if matches!(
+        meta.get("tokenizer.ggml.add_bos_token"),
+        Some(Value::Bool(true))
+    ) {
+        return Err(fail(
+            "the file asks for a BOS token before every text, which this tokenizer does not \
+             add"
+            .into(),
+        ));
+    }
+    let tokens = strings("tokenizer.ggml.tokens").map_err(&fail)?;
+    let merges = strings("tokenizer.ggml.merges").map_err(&fail)?;
+    let types = match meta.get("tokenizer.ggml.token_type") {
+        Some(v) => v
+            .to_vec()
+            .map_err(|e| fail(e.to_string()))?
+            .iter()
+            .map(|t| t.to_i32().map_err(|e| fail(e.to_string())))
+            .collect::<Result<Vec<i32>>>()?,
+        None => vec![1; tokens.len()],
+    };
+    let control: Vec<_> = tokens
+        .iter()
+        .zip(&types)
+        .enumerate()
+        .filter(|(_, (_, &ty))| ty == 3)
+        .map(|(id, (t, _))| {
+            json!({"id": id, "content": t, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(id, t)| (t.clone(), json!(id)))
+        .collect();
+    let spec = json!({
+        "version": "1.0",
+        "added_tokens": control,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+             "use_regex": true}
+        ]},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+                    "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": merges}
+    });
+    spec.to_string()
+        .parse::<Tokenizer>()
+        .map_err(|e| fail(format!("its tokenizer does not build: {e}")))
+}
