@@ -370,3 +370,85 @@ fn gguf_reads_back_to_transformers_logits_and_refuses_what_it_cannot_read() {
     assert!(err.contains("not a readable GGUF file"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The lettered head equals transformers' `logits[:, -1, answers]` and the cloze head the
+/// summed log-softmax of transformers' logits at the choice tokens, on a tied (Llama) and
+/// an untied (Qwen2) output matrix.
+#[test]
+fn multiple_choice_heads_match_transformers_logits() {
+    use varlora::models::AnswerTokens;
+    for arch in ["llama", "qwen2"] {
+        let (model, _) = load(arch, DType::F32, None, &[]);
+        let (ids, mask, theirs) = expected(arch);
+        let answers = AnswerTokens::new(vec![5, 17, 3, 39]).unwrap();
+        let ours = model.answer_logits(&ids, &mask, &answers, false).unwrap();
+        let scale = theirs
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        for b in 0..2 {
+            for (c, &id) in answers.ids().iter().enumerate() {
+                let e = theirs
+                    .i((b, 6, id as usize))
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let o = ours.i((b, c)).unwrap().to_scalar::<f32>().unwrap();
+                assert!(
+                    (o - e).abs() <= 1e-5 * scale,
+                    "{arch} row {b} choice {c}: {o} against {e}"
+                );
+            }
+        }
+
+        let lens = [2usize, 3];
+        let ours = model
+            .choice_log_likelihoods(&ids, &mask, &lens, false)
+            .unwrap();
+        let ids_v: Vec<Vec<u32>> = ids.to_vec2().unwrap();
+        for (b, &k) in lens.iter().enumerate() {
+            let mut expected = 0f64;
+            for p in 7 - k..7 {
+                let row: Vec<f32> = theirs.i((b, p - 1)).unwrap().to_vec1().unwrap();
+                let max = row.iter().fold(f32::MIN, |m, &x| m.max(x)) as f64;
+                let lse = max
+                    + row
+                        .iter()
+                        .map(|&x| (x as f64 - max).exp())
+                        .sum::<f64>()
+                        .ln();
+                expected += row[ids_v[b][p] as usize] as f64 - lse;
+            }
+            let o = ours.i(b).unwrap().to_scalar::<f32>().unwrap() as f64;
+            assert!(
+                (o - expected).abs() < 1e-4 * expected.abs().max(1.0),
+                "{arch} row {b}: {o} against {expected}"
+            );
+        }
+    }
+    assert!(AnswerTokens::new(vec![4, 9, 4])
+        .unwrap_err()
+        .to_string()
+        .contains("same token 4"));
+    let (model, _) = load("llama", DType::F32, None, &[]);
+    let (ids, mask, _) = expected("llama");
+    // Row 1 has 4 real tokens: a choice of 4 leaves none before it.
+    let err = model
+        .choice_log_likelihoods(&ids, &mask, &[2, 4], false)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("sequence 1 has 4 tokens and a choice of 4"),
+        "{err}"
+    );
+    let err = model
+        .answer_logits(&ids, &mask, &AnswerTokens::new(vec![40]).unwrap(), false)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("answer token 40 is out of range"),
+        "{err}"
+    );
+}

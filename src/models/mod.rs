@@ -12,7 +12,9 @@ mod targets;
 pub use bert::{AdapterSpec, AdapterTargets, BertConfig, BertEncoder};
 pub use classifier::BertClassifier;
 pub(crate) use input::{Embeddings, Tokens};
-pub use llama::{gguf_tokenizer, GgufDecoder, LlamaConfig, LlamaDecoder, RopeParameters};
+pub use llama::{
+    gguf_tokenizer, AnswerTokens, GgufDecoder, LlamaConfig, LlamaDecoder, RopeParameters,
+};
 pub(crate) use norm::Norm;
 pub use saved::{LoadedClassifier, SavedAdapter, SavedClassifier};
 pub use targets::TargetModules;

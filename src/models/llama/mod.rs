@@ -7,6 +7,7 @@
 //! Face names: grouped-query attention with rotary position embeddings, a SwiGLU MLP,
 //! RMSNorm, and tied or untied output matrices.
 
+mod choices;
 mod config;
 mod gguf;
 mod ops;
@@ -15,6 +16,7 @@ mod tokenizer;
 use candle_core::{ModuleT, Tensor, D};
 use candle_nn::VarBuilder;
 
+pub use choices::AnswerTokens;
 pub use config::{LlamaConfig, RopeParameters};
 pub use gguf::GgufDecoder;
 use ops::{causal_bias, repeat_kv, RmsNorm, Rope};

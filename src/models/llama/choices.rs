@@ -1,0 +1,150 @@
+//! The decoder's two multiple-choice heads.
+//!
+//! - **Lettered**, as bayesian-peft and ivon-lora score: the prompt lists the choices
+//!   under letters, and the predictive is the softmax over the answer tokens' logits at
+//!   the last position, `logits[:, -1, answer_ids]`. Only those tokens' rows of the output
+//!   matrix are multiplied, never the whole vocabulary's.
+//! - **Cloze**, as lm-eval and the model cards score small models: each choice follows
+//!   the question in a sequence of its own, and its logit is the summed log-likelihood of
+//!   its tokens. That needs the whole vocabulary's projection, but only at the positions
+//!   that predict a choice token.
+
+use candle_core::{IndexOp, Tensor, D};
+use tokenizers::Tokenizer;
+
+use super::LlamaDecoder;
+use crate::{Error, Result};
+
+/// The token of each answer, in the order of the choices: what the lettered head scores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnswerTokens(Vec<u32>);
+
+impl AnswerTokens {
+    /// The answers' token ids. Two choices with the same token could not be told apart,
+    /// so that is an error.
+    ///
+    /// ```
+    /// use varlora::models::AnswerTokens;
+    /// assert!(AnswerTokens::new(vec![330, 389, 340]).is_ok());
+    /// assert!(AnswerTokens::new(vec![330, 330]).is_err());
+    /// ```
+    pub fn new(ids: Vec<u32>) -> Result<Self> {
+        if ids.is_empty() {
+            return Err(Error::InvalidInput(
+                "no answer tokens: give one per choice".into(),
+            ));
+        }
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(j) = ids[..i].iter().position(|x| x == id) {
+                return Err(Error::InvalidInput(format!(
+                    "choices {j} and {i} map to the same token {id}: give answers whose \
+                     last tokens differ"
+                )));
+            }
+        }
+        Ok(Self(ids))
+    }
+
+    /// Each answer string's last sub-token, as bayesian-peft takes it (`" A"` and `"A"`
+    /// may be different tokens: give the answers as they follow the prompt).
+    pub fn from_strings(tokenizer: &Tokenizer, answers: &[&str]) -> Result<Self> {
+        let ids = answers
+            .iter()
+            .map(|a| {
+                let enc = tokenizer.encode(*a, false).map_err(|e| {
+                    Error::InvalidInput(format!("answer {a:?} does not tokenize: {e}"))
+                })?;
+                enc.get_ids()
+                    .last()
+                    .copied()
+                    .ok_or_else(|| Error::InvalidInput(format!("answer {a:?} has no tokens")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Self::new(ids)
+    }
+
+    /// The ids, in the choices' order.
+    pub fn ids(&self) -> &[u32] {
+        &self.0
+    }
+}
+
+impl LlamaDecoder {
+    /// The lettered head: the last position's logits of the answer tokens, `(batch,
+    /// choices)`, from those tokens' rows of the output matrix only. The prompts are
+    /// left-padded, so the last column is every row's last token.
+    pub fn answer_logits(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        answers: &AnswerTokens,
+        train: bool,
+    ) -> Result<Tensor> {
+        let vocab = self.config.vocab_size;
+        if let Some(&bad) = answers.ids().iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::InvalidInput(format!(
+                "answer token {bad} is out of range for a vocabulary of {vocab}"
+            )));
+        }
+        let h = self.hidden_states(ids, mask, train)?;
+        let last = h.i((.., h.dim(1)? - 1))?;
+        let rows = Tensor::new(answers.ids(), ids.device())?;
+        let w = self.lm_head.index_select(&rows, 0)?;
+        Ok(last.matmul(&w.t()?)?)
+    }
+
+    /// The cloze head: for each row of `ids` (a question followed by one choice, padded on
+    /// the left), the summed log-likelihood of its last `choice_lens[row]` tokens, each
+    /// predicted from the tokens before it: `(batch,)`. A choice needs at least one token
+    /// before it and one of its own.
+    pub fn choice_log_likelihoods(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        choice_lens: &[usize],
+        train: bool,
+    ) -> Result<Tensor> {
+        let (batch, len) = ids.dims2()?;
+        if choice_lens.len() != batch {
+            return Err(Error::InvalidInput(format!(
+                "{} choice lengths for {batch} sequences: give one per sequence",
+                choice_lens.len()
+            )));
+        }
+        let real: Vec<Vec<u32>> = mask.to_dtype(candle_core::DType::U32)?.to_vec2()?;
+        for (row, (&k, keep)) in choice_lens.iter().zip(&real).enumerate() {
+            let tokens = keep.iter().filter(|&&m| m != 0).count();
+            if k == 0 || k >= tokens {
+                return Err(Error::InvalidInput(format!(
+                    "sequence {row} has {tokens} tokens and a choice of {k}: a choice needs \
+                     at least one token, and at least one token before it"
+                )));
+            }
+        }
+        let h = self.hidden_states(ids, mask, train)?;
+        let hidden = self.config.hidden_size;
+        let h = h.reshape((batch * len, hidden))?;
+        // Position p predicts token p + 1: the rows before each choice token.
+        let (mut predictors, mut targets) = (Vec::new(), Vec::new());
+        let flat_ids: Vec<Vec<u32>> = ids.to_dtype(candle_core::DType::U32)?.to_vec2()?;
+        for (row, (&k, row_ids)) in choice_lens.iter().zip(&flat_ids).enumerate() {
+            for (p, &id) in row_ids.iter().enumerate().skip(len - k) {
+                predictors.push((row * len + p - 1) as u32);
+                targets.push(id);
+            }
+        }
+        let dev = ids.device();
+        let rows = h.index_select(&Tensor::new(predictors.as_slice(), dev)?, 0)?;
+        let log_probs = candle_nn::ops::log_softmax(&rows.matmul(&self.lm_head.t()?)?, D::Minus1)?;
+        let picked = log_probs
+            .gather(&Tensor::new(targets.as_slice(), dev)?.unsqueeze(1)?, 1)?
+            .squeeze(1)?;
+        let mut sums = Vec::with_capacity(batch);
+        let mut start = 0;
+        for &k in choice_lens {
+            sums.push(picked.narrow(0, start, k)?.sum_all()?);
+            start += k;
+        }
+        Ok(Tensor::stack(&sums, 0)?)
+    }
+}
