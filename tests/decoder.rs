@@ -452,3 +452,80 @@ fn multiple_choice_heads_match_transformers_logits() {
         "{err}"
     );
 }
+
+/// IVON's weight samples reach the decoder through its adapters: a sample's logits differ
+/// from the mean's, and the mean's (B still zero) are the pretrained model's.
+#[test]
+fn ivon_samples_move_the_decoder_logits() {
+    use varlora::optim::{Ivon, IvonConfig};
+    let spec = AdapterSpec::Lora(LoraConfig::new(4).alpha(8.0));
+    let (model, varmap) = load("llama", DType::F32, Some(&spec), &["q_proj", "v_proj"]);
+    let mut ivon = Ivon::from_varmap(&varmap, IvonConfig::new(0.03, 1e4)).unwrap();
+    let (ids, mask, theirs) = expected("llama");
+    let logits = || {
+        model
+            .logits(&ids, &mask, false)
+            .map_err(candle_core::Error::wrap)
+    };
+    let mean = ivon.with_mean(logits).unwrap();
+    let sample = ivon.with_sample(logits).unwrap();
+    assert!(relative_error(&mean, &theirs, &mask) < 1e-5);
+    let moved = relative_error(&sample, &theirs, &mask);
+    eprintln!("a sample's logits differ from the mean's by {moved:e} of the largest");
+    assert!(
+        moved > 1e-3,
+        "the sample left the logits as they were ({moved})"
+    );
+}
+
+/// A tokenizer of whole words over a tiny vocabulary, for the cloze batch's layout.
+fn word_tokenizer() -> tokenizers::Tokenizer {
+    let json = r#"{"version": "1.0", "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "unk_token": "?",
+                  "vocab": {"?": 0, "pad": 1, "q": 2, "is": 3, "x": 4, "y": 5, "z": 6, "w": 7}}}"#;
+    json.parse().unwrap()
+}
+
+/// Questions and their choices become one left-padded sequence per choice, question-major,
+/// with each choice's token count; uneven choices and choices that do not follow their
+/// prompt's tokens are errors.
+#[test]
+fn cloze_batch_lays_out_each_choice_after_its_question() {
+    use varlora::models::ClozeBatch;
+    let t = word_tokenizer();
+    let qs: [(&str, &[&str]); 2] = [("q is", &[" x", " y z"]), ("q", &[" w", " x"])];
+    let b = ClozeBatch::encode(&t, &qs, 1, &Device::Cpu).unwrap();
+    let ids: Vec<Vec<u32>> = b.ids.to_vec2().unwrap();
+    let mask: Vec<Vec<u32>> = b.mask.to_vec2().unwrap();
+    assert_eq!(
+        ids,
+        [[1, 2, 3, 4], [2, 3, 5, 6], [1, 1, 2, 7], [1, 1, 2, 4]]
+    );
+    assert_eq!(
+        mask,
+        [[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1]]
+    );
+    assert_eq!(
+        (b.choice_lens.as_slice(), b.choices),
+        (&[1, 2, 1, 1][..], 2)
+    );
+
+    let uneven: [(&str, &[&str]); 2] = [("q", &[" x", " y"]), ("q", &[" x"])];
+    let err = ClozeBatch::encode(&t, &uneven, 1, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("has 1 choices where the first question has 2"),
+        "{err}"
+    );
+    // "is" glued to the prompt's last word changes the prompt's own last token.
+    let glued: [(&str, &[&str]); 1] = [("q is", &["x"])];
+    let err = ClozeBatch::encode(&t, &glued, 1, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("does not tokenize as the prompt's tokens"),
+        "{err}"
+    );
+}

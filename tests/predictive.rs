@@ -216,3 +216,19 @@ fn sample_logits_stack_what_predictive_averages() {
         .unwrap();
     assert!(diff < 1e-12, "{diff}");
 }
+
+/// The predictive keeps no autograd graph: over a model whose weights are tracked vars,
+/// none of its tensors tracks an op, so the samples' forward passes are freed as it goes
+/// (a decoder's graph is gigabytes a sample).
+#[test]
+fn predictive_keeps_no_graph_of_tracked_weights() {
+    let (w, mut opt) = ivon(0, 10.0);
+    let x = Tensor::new(&[[1f32, 2.0], [0.5, -1.0]], &Device::Cpu).unwrap();
+    let logits = || x.matmul(w.as_tensor());
+    assert!(logits().unwrap().track_op());
+    let p = predictive(&mut opt, 3, true, logits).unwrap();
+    for t in [&p.log_probs, &p.probs, &p.total, &p.aleatoric, &p.epistemic] {
+        assert!(!t.track_op());
+    }
+    assert!(!p.samples.unwrap().track_op());
+}

@@ -13,7 +13,8 @@ pub use bert::{AdapterSpec, AdapterTargets, BertConfig, BertEncoder};
 pub use classifier::BertClassifier;
 pub(crate) use input::{Embeddings, Tokens};
 pub use llama::{
-    gguf_tokenizer, AnswerTokens, GgufDecoder, LlamaConfig, LlamaDecoder, RopeParameters,
+    gguf_tokenizer, AnswerTokens, ClozeBatch, GgufDecoder, LlamaConfig, LlamaDecoder,
+    RopeParameters,
 };
 pub(crate) use norm::Norm;
 pub use saved::{LoadedClassifier, SavedAdapter, SavedClassifier};

@@ -213,7 +213,10 @@ impl Running {
     }
 
     fn add(&mut self, z: &Tensor) -> Result<()> {
-        let logp = log_softmax_checked(z, self.acc.as_ref().map(|a| a.lse.dims()))?;
+        // A predictive is never differentiated: without the detach, each sample's running
+        // sums would keep the whole forward graph behind its logits alive until the end
+        // (for a decoder that is not detached, gigabytes per sample).
+        let logp = log_softmax_checked(&z.detach(), self.acc.as_ref().map(|a| a.lse.dims()))?;
         match self.acc.as_mut() {
             None => self.acc = Some(Accumulator::new(logp, self.keep)?),
             Some(a) => a.add(logp)?,

@@ -15,6 +15,78 @@ use tokenizers::Tokenizer;
 use super::LlamaDecoder;
 use crate::{Error, Result};
 
+/// Multiple-choice questions encoded for the cloze head: each question followed by each
+/// of its choices, one sequence apiece, question-major, left-padded.
+#[derive(Clone, Debug)]
+pub struct ClozeBatch {
+    /// Token ids, `(questions * choices, len)`.
+    pub ids: Tensor,
+    /// 1 for tokens, 0 for padding, as `ids`.
+    pub mask: Tensor,
+    /// Each sequence's choice tokens, counted from its end.
+    pub choice_lens: Vec<usize>,
+    /// Choices per question.
+    pub choices: usize,
+}
+
+impl ClozeBatch {
+    /// Encodes `questions`, each a prompt and its choices (every question with as many),
+    /// padding on the left with `pad_id`. A choice's tokens are those that the prompt
+    /// followed by the choice has beyond the prompt's own, so a choice usually starts
+    /// with its space (`" Paris"`); a pair that does not tokenize as the prompt's tokens
+    /// and then the choice's is an error, and so is a choice with no tokens.
+    pub fn encode(
+        tokenizer: &Tokenizer,
+        questions: &[(&str, &[&str])],
+        pad_id: u32,
+        dev: &candle_core::Device,
+    ) -> Result<Self> {
+        let choices = questions.first().map_or(0, |q| q.1.len());
+        let tokens = |s: &str| -> Result<Vec<u32>> {
+            Ok(tokenizer
+                .encode(s, false)
+                .map_err(|e| Error::InvalidInput(format!("{s:?} does not tokenize: {e}")))?
+                .get_ids()
+                .to_vec())
+        };
+        let (mut rows, mut choice_lens) = (Vec::new(), Vec::new());
+        for (prompt, options) in questions {
+            if options.len() != choices || choices == 0 {
+                return Err(Error::InvalidInput(format!(
+                    "{prompt:?} has {} choices where the first question has {choices}: give \
+                     every question as many, at least one",
+                    options.len()
+                )));
+            }
+            let head = tokens(prompt)?;
+            for option in *options {
+                let row = tokens(&format!("{prompt}{option}"))?;
+                if !row.starts_with(&head) || row.len() == head.len() {
+                    return Err(Error::InvalidInput(format!(
+                        "{prompt:?} followed by {option:?} does not tokenize as the prompt's \
+                         tokens and then the choice's"
+                    )));
+                }
+                choice_lens.push(row.len() - head.len());
+                rows.push(row);
+            }
+        }
+        let len = rows.iter().map(Vec::len).max().unwrap_or(0);
+        let (mut ids, mut mask) = (Vec::new(), Vec::new());
+        for r in &rows {
+            ids.extend(std::iter::repeat_n(pad_id, len - r.len()).chain(r.iter().copied()));
+            mask.extend((0..len).map(|t| u32::from(t >= len - r.len())));
+        }
+        let shape = (rows.len(), len);
+        Ok(Self {
+            ids: Tensor::from_vec(ids, shape, dev)?,
+            mask: Tensor::from_vec(mask, shape, dev)?,
+            choice_lens,
+            choices,
+        })
+    }
+}
+
 /// The token of each answer, in the order of the choices: what the lettered head scores.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AnswerTokens(Vec<u32>);
@@ -91,6 +163,14 @@ impl LlamaDecoder {
         let rows = Tensor::new(answers.ids(), ids.device())?;
         let w = self.lm_head.index_select(&rows, 0)?;
         Ok(last.matmul(&w.t()?)?)
+    }
+
+    /// The cloze head's logits `(questions, choices)` for an encoded batch: each choice's
+    /// summed log-likelihood after its question (see [`Self::choice_log_likelihoods`]).
+    pub fn cloze_logits(&self, batch: &ClozeBatch, train: bool) -> Result<Tensor> {
+        let ll = self.choice_log_likelihoods(&batch.ids, &batch.mask, &batch.choice_lens, train)?;
+        let questions = batch.choice_lens.len() / batch.choices.max(1);
+        Ok(ll.reshape((questions, batch.choices))?)
     }
 
     /// The cloze head: for each row of `ids` (a question followed by one choice, padded on

@@ -16,7 +16,7 @@ mod tokenizer;
 use candle_core::{ModuleT, Tensor, D};
 use candle_nn::VarBuilder;
 
-pub use choices::AnswerTokens;
+pub use choices::{AnswerTokens, ClozeBatch};
 pub use config::{LlamaConfig, RopeParameters};
 pub use gguf::GgufDecoder;
 use ops::{causal_bias, repeat_kv, RmsNorm, Rope};
