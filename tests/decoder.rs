@@ -529,3 +529,58 @@ fn cloze_batch_lays_out_each_choice_after_its_question() {
         "{err}"
     );
 }
+
+/// One LoRA step's gradients equal peft's on the tiny Llama: the same factors
+/// (tools/reference/record_decoder_lora_grads.py), the lettered loss on the recorded
+/// batch, every factor's gradient within 1e-4 of its largest entry.
+#[test]
+fn lora_gradients_match_peft() {
+    use varlora::models::AnswerTokens;
+    let spec = AdapterSpec::Lora(LoraConfig::new(4).alpha(8.0));
+    let (model, varmap) = load("llama", DType::F32, Some(&spec), &["q_proj", "v_proj"]);
+    let fixture = candle_core::safetensors::load(
+        fixture_dir("llama").join("lora_grads.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let vars = varmap.data().lock().unwrap().clone();
+    assert_eq!(vars.len(), 8);
+    for (name, var) in &vars {
+        var.set(&fixture[name.as_str()]).unwrap();
+    }
+    let (ids, mask, _) = expected("llama");
+    let answers = AnswerTokens::new(vec![5, 17, 3, 39]).unwrap();
+    let labels = Tensor::new(&[1u32, 2], &Device::Cpu).unwrap();
+    let logits = model.answer_logits(&ids, &mask, &answers, true).unwrap();
+    let loss = candle_nn::loss::cross_entropy(&logits, &labels).unwrap();
+    let theirs = fixture["loss"].to_vec1::<f32>().unwrap()[0];
+    let ours = loss.to_scalar::<f32>().unwrap();
+    assert!(
+        (ours - theirs).abs() < 1e-5 * theirs.abs(),
+        "loss {ours} against peft's {theirs}"
+    );
+    let grads = loss.backward().unwrap();
+    for (name, var) in &vars {
+        let g = grads.get(var).unwrap();
+        let e = &fixture[format!("{name}.grad").as_str()];
+        let scale = e
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let diff = (g - e)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            diff <= 1e-4 * scale,
+            "{name}: gradient off by {diff} of {scale}"
+        );
+    }
+}
