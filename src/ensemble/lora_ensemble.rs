@@ -5,7 +5,7 @@ use std::sync::Arc;
 use candle_core::{Module, Tensor};
 use candle_nn::{init::Init, Linear, VarBuilder};
 
-use crate::kernels::encoder::FrozenLinear;
+use crate::kernels::layers::FrozenLinear;
 use crate::lora::{init_lora_pair, members_forward, Adapter};
 use crate::{Error, Result};
 

@@ -4,7 +4,7 @@
 use candle_core::Tensor;
 
 use super::GroupedLinear;
-use crate::kernels::encoder::masked_softmax;
+use crate::kernels::layers::masked_softmax;
 use crate::models::Tokens;
 use crate::{Error, Result};
 

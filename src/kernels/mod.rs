@@ -1,5 +1,6 @@
 //! Fused kernels: IVON's update, one pass over memory per step and tensor, and the
-//! encoder's layer ops with their backward passes ([`encoder`]).
+//! layer ops of the models (linear, layer norm, softmax, GELU, token gather) with their
+//! backward passes ([`layers`]).
 //!
 //! IVON's tensor-op path in `optim::ivon` is the readable reference; these kernels compute the
 //! same floating-point operations in the same order, so their results are bit-identical
@@ -10,8 +11,8 @@ pub(crate) mod cpu;
 pub(crate) mod cuda;
 #[cfg(test)]
 mod cuda_source;
-pub(crate) mod encoder;
 mod finite;
+pub(crate) mod layers;
 
 pub(crate) use finite::all_finite;
 

@@ -18,7 +18,7 @@ use super::dropout::unseeded_dropout;
 use super::init::{init_lora_pair, kaiming_uniform_bound, set_uniform, var_name};
 use super::sampler::SampleSwitch;
 use super::{Adapter, LoraConfig};
-use crate::kernels::encoder::FrozenLinear;
+use crate::kernels::layers::FrozenLinear;
 use crate::predict::Posterior;
 use crate::{Error, Result};
 

@@ -11,7 +11,7 @@ use super::dropout::unseeded_dropout;
 use super::init::{init_lora_pair, kaiming_uniform_bound, var_name};
 use super::stacked::StackedLora;
 use super::{Adapter, McDropout};
-use crate::kernels::encoder::FrozenLinear;
+use crate::kernels::layers::FrozenLinear;
 use crate::{Error, Result};
 
 /// The adapter's shape and scaling.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 
 use super::Adapter;
-use crate::kernels::encoder::FrozenLinear;
+use crate::kernels::layers::FrozenLinear;
 use crate::{Error, Result};
 
 /// `W0 x + b + B_m A_m x` for `x` `(M * n, ..., in)`, its rows member-major (block `m`

@@ -9,7 +9,7 @@ use candle_nn::{embedding, Embedding, VarBuilder};
 use super::norm::Norm;
 use super::BertConfig;
 use crate::ensemble::LoraEnsembleLinear;
-use crate::kernels::encoder::RowIndex;
+use crate::kernels::layers::RowIndex;
 use crate::{Error, Result};
 
 /// The embedding layer: word, position and token-type tables, summed and normalised.

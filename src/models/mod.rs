@@ -1,5 +1,6 @@
 //! Pretrained models that carry adapters.
 
+mod adapter_spec;
 mod bert;
 mod classifier;
 mod input;
@@ -9,7 +10,8 @@ mod proj;
 mod saved;
 mod targets;
 
-pub use bert::{AdapterSpec, AdapterTargets, BertConfig, BertEncoder};
+pub use adapter_spec::AdapterSpec;
+pub use bert::{AdapterTargets, BertConfig, BertEncoder};
 pub use classifier::BertClassifier;
 pub(crate) use input::{Embeddings, Tokens};
 pub use llama::{

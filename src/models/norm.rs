@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use crate::kernels::encoder::layer_norm;
+use crate::kernels::layers::layer_norm;
 use crate::Result;
 
 /// Layer norm over the last dimension, with a backward pass (candle-nn's fused

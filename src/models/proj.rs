@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::{ModuleT, Tensor};
 use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
 
-use crate::kernels::encoder::FrozenLinear;
+use crate::kernels::layers::FrozenLinear;
 use crate::lora::{Adapter, AdapterBuilder};
 use crate::Result;
 

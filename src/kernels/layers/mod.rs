@@ -1,4 +1,5 @@
-//! Fused CPU kernels for the encoder's training step, each with its backward pass.
+//! Fused CPU kernels for the models' layers (the encoder's, and the frozen linear layers
+//! every model shares), each with its backward pass.
 //!
 //! candle composes a layer norm, a masked softmax or an erf GELU from a chain of tensor
 //! ops, each a pass over memory and an allocation, forward and backward; and its matmul
