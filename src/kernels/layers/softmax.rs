@@ -1,5 +1,6 @@
-//! Attention probabilities: the softmax of scaled scores plus a per-key mask bias, forward
-//! and backward in one pass each.
+//! Attention probabilities: the softmax of scaled scores plus a mask bias (per key for an
+//! encoder's padding, per query and key for a decoder's causal padding), forward and
+//! backward in one pass each.
 //!
 //! Composed, that is a division, a broadcast add and five softmax ops forward, and about a
 //! dozen ops backward, each over a `(batch, heads, tokens, tokens)` tensor.
@@ -10,29 +11,41 @@ use super::exp::exp_nonpositive;
 use super::{cpu_f32, par_output, rows_per_task, slice};
 use crate::vector_unit::widest_vector_unit;
 
-/// `softmax(scores * scale + key_bias)` over the last dimension, for `scores`
-/// `(batch, heads, queries, keys)` and `key_bias` `(batch, keys)` (0 for a token, a large
-/// negative value for padding). The bias gets no gradient.
+/// `softmax(scores * scale + bias)` over the last dimension, for `scores`
+/// `(batch, heads, queries, keys)` and a `bias` shared by the heads: `(batch, keys)` (per
+/// key: 0 for a token, a large negative value for padding) or `(batch, queries, keys)`
+/// (per query and key, e.g. causal and padding together). The bias gets no gradient.
 pub(crate) fn masked_softmax(
     scores: &Tensor,
-    key_bias: &Tensor,
+    bias: &Tensor,
     scale: f64,
 ) -> candle_core::Result<Tensor> {
-    let (b, _, _, k) = scores.dims4()?;
-    if key_bias.track_op() || !cpu_f32(&[scores, key_bias]) || key_bias.dims() != [b, k] {
-        let bias = key_bias.unsqueeze(1)?.unsqueeze(1)?;
+    let (b, _, q, k) = scores.dims4()?;
+    let bias_rows = match bias.dims() {
+        [bb, bk] if (*bb, *bk) == (b, k) => 1,
+        [bb, bq, bk] if (*bb, *bq, *bk) == (b, q, k) => q,
+        _ => 0,
+    };
+    if bias.track_op() || !cpu_f32(&[scores, bias]) || bias_rows == 0 {
+        let bias = match bias.rank() {
+            2 => bias.unsqueeze(1)?.unsqueeze(1)?,
+            _ => bias.unsqueeze(1)?,
+        };
         return candle_nn::ops::softmax(&(scores * scale)?.broadcast_add(&bias)?, D::Minus1);
     }
     scores.contiguous()?.apply_op2(
-        &key_bias.contiguous()?,
+        &bias.contiguous()?,
         MaskedSoftmax {
             scale: scale as f32,
+            bias_rows,
         },
     )
 }
 
 struct MaskedSoftmax {
     scale: f32,
+    /// The bias's rows per sentence: 1 (per key) or the queries (per query and key).
+    bias_rows: usize,
 }
 
 impl CustomOp2 for MaskedSoftmax {
@@ -49,13 +62,14 @@ impl CustomOp2 for MaskedSoftmax {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (s, bias) = (slice(ss, sl)?, slice(bs, bl)?);
         let (_, heads, queries, keys) = sl.shape().dims4()?;
-        // Rows of one sentence share its key bias.
+        // The rows of one sentence (its heads' queries) share its bias rows.
         let rows_per_sentence = heads * queries;
         let p = par_output(s.len(), rows_per_task(keys) * keys, |start, p| {
             let rows = Rows {
                 first: start / keys.max(1),
                 keys,
                 per_sentence: rows_per_sentence,
+                bias_rows: self.bias_rows,
                 scale: self.scale,
             };
             softmax_rows(&s[start..start + p.len()], bias, rows, p);
@@ -76,12 +90,14 @@ impl CustomOp2 for MaskedSoftmax {
 }
 
 /// Where a chunk of rows sits: its first row, the row width, the rows per sentence (which
-/// share a key bias) and the scores' scale.
+/// share the sentence's bias), the bias's rows per sentence (1, or one per query) and the
+/// scores' scale.
 #[derive(Clone, Copy)]
 struct Rows {
     first: usize,
     keys: usize,
     per_sentence: usize,
+    bias_rows: usize,
     scale: f32,
 }
 
@@ -107,8 +123,11 @@ fn softmax_rows_baseline(s: &[f32], bias: &[f32], rows: Rows, p: &mut [f32]) {
         .zip(s.chunks_exact(keys))
         .enumerate()
     {
-        let sentence = (rows.first + r) / rows.per_sentence;
-        let bias = &bias[sentence * keys..(sentence + 1) * keys];
+        let row = rows.first + r;
+        // Query q of any head reads bias row q (or row 0 of a per-key bias).
+        let at =
+            (row / rows.per_sentence) * rows.bias_rows + (row % rows.per_sentence) % rows.bias_rows;
+        let bias = &bias[at * keys..(at + 1) * keys];
         let mut max = [f32::NEG_INFINITY; LANES];
         for ((p, &s), &b) in p.iter_mut().zip(s).zip(bias) {
             *p = s * rows.scale + b;
@@ -221,6 +240,38 @@ mod tests {
         assert!(max_diff(&g(&ours), &g(&theirs)) < 1e-6);
     }
 
+    /// A bias per query and key (causal, with left padding) against the composed ops, on
+    /// probabilities and the scores' gradient, over several rayon tasks.
+    #[test]
+    fn per_query_bias_matches_composed_softmax() {
+        let dev = Device::Cpu;
+        let (b, heads, t) = (3, 4, 37);
+        let scores = Var::randn(0f32, 3., (b, heads, t, t), &dev).unwrap();
+        // Sentence s is left-padded by 5 s; query i reads keys j <= i that are tokens.
+        let bias: Vec<f32> = (0..b * t * t)
+            .map(|i| {
+                let (s, q, k) = (i / (t * t), (i / t) % t, i % t);
+                if k <= q && k >= 5 * s {
+                    0.0
+                } else {
+                    f32::MIN
+                }
+            })
+            .collect();
+        let bias = Tensor::from_vec(bias, (b, t, t), &dev).unwrap();
+        let scale = 0.125;
+        let ours = masked_softmax(&scores, &bias, scale).unwrap();
+        let composed = (scores.as_tensor() * scale)
+            .unwrap()
+            .broadcast_add(&bias.unsqueeze(1).unwrap())
+            .unwrap();
+        let theirs = candle_nn::ops::softmax(&composed, D::Minus1).unwrap();
+        assert!(max_diff(&ours, &theirs) < 1e-6);
+        let weights = Tensor::randn(0f32, 1., (b, heads, t, t), &dev).unwrap();
+        let g = |y: &Tensor| weighted_grad(y, &weights, &scores);
+        assert!(max_diff(&g(&ours), &g(&theirs)) < 1e-6);
+    }
+
     /// Every vector-unit variant gives the baseline's bits, on rows of a width that
     /// leaves a partial lane block and with masked keys.
     #[test]
@@ -236,6 +287,7 @@ mod tests {
             first: 0,
             keys,
             per_sentence: n / 2,
+            bias_rows: 1,
             scale: 0.5,
         };
         let run = |f: &dyn Fn(&mut [f32])| {

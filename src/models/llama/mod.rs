@@ -13,7 +13,7 @@ mod gguf;
 mod ops;
 mod tokenizer;
 
-use candle_core::{ModuleT, Tensor, D};
+use candle_core::{ModuleT, Tensor};
 use candle_nn::VarBuilder;
 
 pub use choices::{AnswerTokens, ClozeBatch};
@@ -24,6 +24,7 @@ pub use tokenizer::gguf_tokenizer;
 
 use super::proj::Proj;
 use super::targets::TargetModules;
+use crate::kernels::layers::masked_softmax;
 use crate::lora::{Adapter, AdapterBuilder};
 use crate::{Error, Result};
 
@@ -187,8 +188,7 @@ impl Attention {
         let q = Rope::apply(&q, &p.cos, &p.sin)?;
         let k = repeat_kv(&Rope::apply(&k, &p.cos, &p.sin)?, heads / kv)?;
         let v = repeat_kv(&v, heads / kv)?;
-        let scores = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?.broadcast_add(&p.bias)?;
-        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let weights = masked_softmax(&q.matmul(&k.t()?)?, &p.bias, 1. / (hd as f64).sqrt())?;
         let out = weights
             .matmul(&v.contiguous()?)?
             .transpose(1, 2)?

@@ -82,9 +82,9 @@ pub(crate) fn repeat_kv(x: &Tensor, groups: usize) -> candle_core::Result<Tensor
         .reshape((b, kv * groups, len, d))
 }
 
-/// The attention bias `(batch, 1, len, len)`: 0 where query `i` may read key `j` (`j <=
-/// i` and `j` not padding), the lowest f32 elsewhere. A padding query reads nothing, so
-/// its row is uniform and its output meaningless but finite.
+/// The attention bias `(batch, len, len)`, shared by the heads: 0 where query `i` may read
+/// key `j` (`j <= i` and `j` not padding), the lowest f32 elsewhere. A padding query reads
+/// nothing, so its row is uniform and its output meaningless but finite.
 pub(crate) fn causal_bias(mask: &Tensor) -> Result<Tensor> {
     let (b, len) = mask.dims2()?;
     let keep: Vec<Vec<u32>> = mask.to_dtype(DType::U32)?.to_vec2()?;
@@ -98,5 +98,5 @@ pub(crate) fn causal_bias(mask: &Tensor) -> Result<Tensor> {
             }
         }
     }
-    Ok(Tensor::from_vec(bias, (b, 1, len, len), mask.device())?)
+    Ok(Tensor::from_vec(bias, (b, len, len), mask.device())?)
 }
