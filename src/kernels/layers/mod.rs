@@ -13,12 +13,14 @@ mod exp;
 mod gelu;
 mod layer_norm;
 mod linear;
+mod rms_norm;
 mod rows;
 mod softmax;
 
 pub(crate) use gelu::gelu_erf;
 pub(crate) use layer_norm::layer_norm;
 pub(crate) use linear::FrozenLinear;
+pub(crate) use rms_norm::rms_norm;
 pub(crate) use rows::RowIndex;
 pub(crate) use softmax::masked_softmax;
 

@@ -1,32 +1,32 @@
-//! The decoder's non-linear pieces, as differentiable candle ops: RMSNorm, rotary
-//! position embeddings, grouped-query heads and the causal padding bias. (candle's fused
-//! `rms_norm`, `softmax_last_dim` and `rope` have no backward pass, so they would stop
-//! the gradient on its way to the adapters.)
+//! The decoder's non-linear pieces, each differentiable: RMSNorm (on the fused kernel),
+//! rotary position embeddings, grouped-query heads (candle ops) and the causal padding
+//! bias. (candle's fused `rms_norm`, `softmax_last_dim` and `rope` have no backward pass,
+//! so they would stop the gradient on its way to the adapters.)
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
+use crate::kernels::layers::rms_norm;
 use crate::Result;
 
 /// RMSNorm over the last dimension: `x / sqrt(mean(x^2) + eps) * weight`, with a frozen
-/// weight.
+/// weight (the fused kernel of `kernels::layers`).
 #[derive(Clone, Debug)]
 pub(crate) struct RmsNorm {
     weight: Tensor,
-    eps: f64,
+    eps: f32,
 }
 
 impl RmsNorm {
     pub(crate) fn load(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             weight: vb.get(size, "weight")?,
-            eps,
+            eps: eps as f32,
         })
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let scale = (x.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
-        x.broadcast_div(&scale)?.broadcast_mul(&self.weight)
+        rms_norm(x, &self.weight, self.eps)
     }
 }
 
