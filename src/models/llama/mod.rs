@@ -19,7 +19,7 @@ use candle_nn::VarBuilder;
 pub use choices::{AnswerTokens, ClozeBatch};
 pub use config::{LlamaConfig, RopeParameters};
 pub use gguf::GgufDecoder;
-use ops::{causal_bias, repeat_kv, RmsNorm, Rope};
+use ops::{causal_bias, RmsNorm, Rope};
 pub use tokenizer::gguf_tokenizer;
 
 use super::proj::Proj;
@@ -186,13 +186,22 @@ impl Attention {
         let k = split(self.k_proj.forward_t(x, p.train)?, kv, &self.k_norm)?;
         let v = split(self.v_proj.forward_t(x, p.train)?, kv, &None)?;
         let q = Rope::apply(&q, &p.cos, &p.sin)?;
-        let k = repeat_kv(&Rope::apply(&k, &p.cos, &p.sin)?, heads / kv)?;
-        let v = repeat_kv(&v, heads / kv)?;
-        let weights = masked_softmax(&q.matmul(&k.t()?)?, &p.bias, 1. / (hd as f64).sqrt())?;
+        let k = Rope::apply(&k, &p.cos, &p.sin)?;
+        // Query heads `kv * groups + g` share key head `kv`: seen as (batch, kv, groups *
+        // len, hd), each group's queries meet their key and value head in one matmul,
+        // with no copy of the keys and values per query head.
+        let (b, t, groups) = (p.batch, p.len, heads / kv);
+        let scores = q
+            .reshape((b, kv, groups * t, hd))?
+            .matmul(&k.t()?)?
+            .reshape((b, heads, t, t))?;
+        let weights = masked_softmax(&scores, &p.bias, 1. / (hd as f64).sqrt())?;
         let out = weights
-            .matmul(&v.contiguous()?)?
+            .reshape((b, kv, groups * t, t))?
+            .matmul(&v)?
+            .reshape((b, heads, t, hd))?
             .transpose(1, 2)?
-            .reshape((p.batch * p.len, heads * hd))?;
+            .reshape((b * t, heads * hd))?;
         self.o_proj.forward_t(&out, p.train)
     }
 }

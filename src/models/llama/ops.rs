@@ -1,6 +1,5 @@
 //! The decoder's non-linear pieces, each differentiable: RMSNorm (on the fused kernel),
-//! rotary position embeddings, grouped-query heads (candle ops) and the causal padding
-//! bias. (candle's fused `rms_norm`, `softmax_last_dim` and `rope` have no backward pass,
+//! rotary position embeddings (candle ops) and the causal padding bias. (candle's fused `rms_norm`, `softmax_last_dim` and `rope` have no backward pass,
 //! so they would stop the gradient on its way to the adapters.)
 
 use candle_core::{DType, Device, Tensor, D};
@@ -68,18 +67,6 @@ impl Rope {
         let rotated = Tensor::cat(&[&second.neg()?, &first], D::Minus1)?;
         x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
     }
-}
-
-/// Each of `kv` key or value heads `(batch, kv, len, head_dim)` repeated for the `groups`
-/// query heads that share it: query head `h` reads key head `h / groups`.
-pub(crate) fn repeat_kv(x: &Tensor, groups: usize) -> candle_core::Result<Tensor> {
-    if groups == 1 {
-        return Ok(x.clone());
-    }
-    let (b, kv, len, d) = x.dims4()?;
-    x.unsqueeze(2)?
-        .expand((b, kv, groups, len, d))?
-        .reshape((b, kv * groups, len, d))
 }
 
 /// The attention bias `(batch, len, len)`, shared by the heads: 0 where query `i` may read
