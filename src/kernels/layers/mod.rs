@@ -16,6 +16,7 @@ mod linear;
 mod rms_norm;
 mod rows;
 mod softmax;
+mod swiglu;
 
 pub(crate) use gelu::gelu_erf;
 pub(crate) use layer_norm::layer_norm;
@@ -23,6 +24,7 @@ pub(crate) use linear::FrozenLinear;
 pub(crate) use rms_norm::rms_norm;
 pub(crate) use rows::RowIndex;
 pub(crate) use softmax::masked_softmax;
+pub(crate) use swiglu::swiglu;
 
 use candle_core::{CpuStorage, DType, Layout, Storage, Tensor};
 use rayon::prelude::*;

@@ -24,7 +24,7 @@ pub use tokenizer::gguf_tokenizer;
 
 use super::proj::Proj;
 use super::targets::TargetModules;
-use crate::kernels::layers::masked_softmax;
+use crate::kernels::layers::{masked_softmax, swiglu};
 use crate::lora::{Adapter, AdapterBuilder};
 use crate::{Error, Result};
 
@@ -208,9 +208,9 @@ impl Attention {
 
 impl Mlp {
     fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward_t(x, train)?)?;
+        let gate = self.gate_proj.forward_t(x, train)?;
         let up = self.up_proj.forward_t(x, train)?;
-        self.down_proj.forward_t(&(gate * up)?, train)
+        self.down_proj.forward_t(&swiglu(&gate, &up)?, train)
     }
 }
 
