@@ -3,9 +3,23 @@
 //! left-padded into one batch give each prompt's last-position logits as transformers
 //! computes them one prompt at a time.
 
+use std::path::PathBuf;
+
 use candle_core::{DType, Device, IndexOp};
 use candle_nn::{VarBuilder, VarMap};
 use varlora::models::{GgufDecoder, LlamaDecoder, TargetModules};
+
+/// The repository's root and the SmolLM2 GGUF's path in it, which must be there.
+fn smollm2() -> (PathBuf, PathBuf) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join("assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.exists(),
+        "no {}: run bash scripts/fetch-assets.sh --llm",
+        path.display()
+    );
+    (root, path)
+}
 
 /// Every last-position logit within 1e-3 of the largest, and the same top token, on
 /// every prompt.
@@ -13,13 +27,7 @@ use varlora::models::{GgufDecoder, LlamaDecoder, TargetModules};
 #[ignore = "needs the real SmolLM2: bash scripts/fetch-assets.sh --llm, then \
             cargo test --test decoder_smollm2 -- --ignored"]
 fn smollm2_gguf_matches_transformers() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let path = root.join("assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "no {}: run bash scripts/fetch-assets.sh --llm",
-        path.display()
-    );
+    let (root, path) = smollm2();
     let dev = Device::Cpu;
     let gguf = GgufDecoder::read(&path, &dev).unwrap();
     assert_eq!(
@@ -77,13 +85,7 @@ fn smollm2_gguf_matches_transformers() {
 #[ignore = "needs the real SmolLM2: bash scripts/fetch-assets.sh --llm, then \
             cargo test --test decoder_smollm2 -- --ignored"]
 fn smollm2_tokenizer_matches_transformers_and_tokenizers() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let path = root.join("assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "no {}: run bash scripts/fetch-assets.sh --llm",
-        path.display()
-    );
+    let (root, path) = smollm2();
     let tokenizer = varlora::models::gguf_tokenizer(&path).unwrap();
     let fixture = root.join("tests/fixtures/decoder/smollm2/tokenizer.json");
     let record: serde_json::Value =

@@ -64,13 +64,8 @@ impl GgufDecoder {
     /// cannot read or a tensor this mapping does not know, or describes another
     /// architecture is an [`Error::File`] that says which.
     pub fn read(path: &Path, dev: &Device) -> Result<Self> {
-        let fail = |problem: String| Error::File {
-            path: path.to_path_buf(),
-            problem,
-        };
-        let mut file = std::fs::File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-        let content =
-            Content::read(&mut file).map_err(|e| fail(format!("not a readable GGUF file: {e}")))?;
+        let fail = |problem: String| file_error(path, problem);
+        let (mut file, content) = open(path)?;
         let meta = Metadata {
             map: &content.metadata,
         };
@@ -104,6 +99,24 @@ impl GgufDecoder {
     }
 }
 
+/// An [`Error::File`] about the GGUF file at `path`.
+pub(super) fn file_error(path: &Path, problem: String) -> Error {
+    Error::File {
+        path: path.to_path_buf(),
+        problem,
+    }
+}
+
+/// Opens the GGUF file at `path` and reads its header: the open file (for the tensors)
+/// and its metadata and tensor table.
+pub(super) fn open(path: &Path) -> Result<(std::fs::File, Content)> {
+    let mut file =
+        std::fs::File::open(path).map_err(|e| file_error(path, format!("cannot open: {e}")))?;
+    let content = Content::read(&mut file)
+        .map_err(|e| file_error(path, format!("not a readable GGUF file: {e}")))?;
+    Ok((file, content))
+}
+
 /// transformers' name of GGUF tensor `name`, if it is one of a decoder's.
 fn hf_name(name: &str) -> Option<String> {
     match name {
@@ -130,23 +143,35 @@ fn unpermute(w: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
         .reshape((rows, cols))
 }
 
-/// The file's metadata, read as the decoder's configuration.
-struct Metadata<'a> {
-    map: &'a HashMap<String, Value>,
+/// A GGUF file's metadata, read by key, each misfit a message naming the key.
+pub(super) struct Metadata<'a> {
+    pub(super) map: &'a HashMap<String, Value>,
 }
 
 impl Metadata<'_> {
-    fn get(&self, key: &str) -> std::result::Result<&Value, String> {
+    pub(super) fn get(&self, key: &str) -> std::result::Result<&Value, String> {
         self.map
             .get(key)
             .ok_or_else(|| format!("no metadata `{key}`"))
     }
 
-    fn string(&self, key: &str) -> std::result::Result<String, String> {
+    pub(super) fn string(&self, key: &str) -> std::result::Result<String, String> {
         self.get(key)?
             .to_string()
             .cloned()
             .map_err(|e| format!("`{key}`: {e}"))
+    }
+
+    /// An array of strings.
+    pub(super) fn strings(&self, key: &str) -> std::result::Result<Vec<String>, String> {
+        let values = self
+            .get(key)?
+            .to_vec()
+            .map_err(|e| format!("`{key}`: {e}"))?;
+        values
+            .iter()
+            .map(|v| v.to_string().cloned().map_err(|e| format!("`{key}`: {e}")))
+            .collect()
     }
 
     fn usize(&self, key: &str) -> std::result::Result<usize, String> {

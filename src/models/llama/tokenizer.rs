@@ -11,11 +11,12 @@
 
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::Value;
 use serde_json::json;
 use tokenizers::Tokenizer;
 
-use crate::{Error, Result};
+use super::gguf::{file_error, open, Metadata};
+use crate::Result;
 
 /// The tokenizer of the GGUF file at `path`: its vocabulary and merges, its control
 /// tokens (llama.cpp's token type 3) as special tokens that are never split, and the
@@ -31,46 +32,25 @@ use crate::{Error, Result};
 /// # Ok::<(), varlora::Error>(())
 /// ```
 pub fn gguf_tokenizer(path: &Path) -> Result<Tokenizer> {
-    let fail = |problem: String| Error::File {
-        path: path.to_path_buf(),
-        problem,
+    let fail = |problem: String| file_error(path, problem);
+    let (_, content) = open(path)?;
+    let meta = Metadata {
+        map: &content.metadata,
     };
-    let mut file = std::fs::File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-    let content =
-        Content::read(&mut file).map_err(|e| fail(format!("not a readable GGUF file: {e}")))?;
-    let meta = &content.metadata;
-    let string = |key: &str| -> std::result::Result<String, String> {
-        match meta.get(key) {
-            Some(Value::String(s)) => Ok(s.clone()),
-            Some(other) => Err(format!("`{key}` is {other:?}, not a string")),
-            None => Err(format!("no metadata `{key}`")),
-        }
-    };
-    let strings = |key: &str| -> std::result::Result<Vec<String>, String> {
-        let values = meta
-            .get(key)
-            .ok_or_else(|| format!("no metadata `{key}`"))?
-            .to_vec()
-            .map_err(|e| format!("`{key}`: {e}"))?;
-        values
-            .iter()
-            .map(|v| v.to_string().cloned().map_err(|e| format!("`{key}`: {e}")))
-            .collect()
-    };
-    let kind = string("tokenizer.ggml.model").map_err(&fail)?;
+    let kind = meta.string("tokenizer.ggml.model").map_err(&fail)?;
     if kind != "gpt2" {
         return Err(fail(format!(
             "tokenizer `{kind}` is not supported: only byte-level BPE (gpt2)"
         )));
     }
-    let pre = string("tokenizer.ggml.pre").map_err(&fail)?;
+    let pre = meta.string("tokenizer.ggml.pre").map_err(&fail)?;
     if pre != "smollm" {
         return Err(fail(format!(
             "pre-tokenizer `{pre}` is not supported: only SmolLM2's (smollm)"
         )));
     }
     if matches!(
-        meta.get("tokenizer.ggml.add_bos_token"),
+        meta.map.get("tokenizer.ggml.add_bos_token"),
         Some(Value::Bool(true))
     ) {
         return Err(fail(
@@ -79,9 +59,9 @@ pub fn gguf_tokenizer(path: &Path) -> Result<Tokenizer> {
             .into(),
         ));
     }
-    let tokens = strings("tokenizer.ggml.tokens").map_err(&fail)?;
-    let merges = strings("tokenizer.ggml.merges").map_err(&fail)?;
-    let types = match meta.get("tokenizer.ggml.token_type") {
+    let tokens = meta.strings("tokenizer.ggml.tokens").map_err(&fail)?;
+    let merges = meta.strings("tokenizer.ggml.merges").map_err(&fail)?;
+    let types = match meta.map.get("tokenizer.ggml.token_type") {
         Some(v) => v
             .to_vec()
             .map_err(|e| fail(e.to_string()))?
