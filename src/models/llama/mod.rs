@@ -24,7 +24,7 @@ pub use tokenizer::gguf_tokenizer;
 
 use super::proj::Proj;
 use super::targets::TargetModules;
-use crate::kernels::layers::{masked_softmax, swiglu};
+use crate::kernels::layers::{masked_softmax, rope, swiglu};
 use crate::lora::{Adapter, AdapterBuilder};
 use crate::{Error, Result};
 
@@ -185,8 +185,8 @@ impl Attention {
         let q = split(self.q_proj.forward_t(x, p.train)?, heads, &self.q_norm)?;
         let k = split(self.k_proj.forward_t(x, p.train)?, kv, &self.k_norm)?;
         let v = split(self.v_proj.forward_t(x, p.train)?, kv, &None)?;
-        let q = Rope::apply(&q, &p.cos, &p.sin)?;
-        let k = Rope::apply(&k, &p.cos, &p.sin)?;
+        let q = rope(&q, &p.cos, &p.sin)?;
+        let k = rope(&k, &p.cos, &p.sin)?;
         // Query heads `kv * groups + g` share key head `kv`: seen as (batch, kv, groups *
         // len, hd), each group's queries meet their key and value head in one matmul,
         // with no copy of the keys and values per query head.

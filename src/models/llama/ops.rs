@@ -1,8 +1,8 @@
-//! The decoder's non-linear pieces, each differentiable: RMSNorm (on the fused kernel),
-//! rotary position embeddings (candle ops) and the causal padding bias. (candle's fused `rms_norm`, `softmax_last_dim` and `rope` have no backward pass,
+//! The decoder's non-linear pieces, each differentiable: RMSNorm and rotary position
+//! embeddings (on fused kernels) and the causal padding bias. (candle's fused `rms_norm`, `softmax_last_dim` and `rope` have no backward pass,
 //! so they would stop the gradient on its way to the adapters.)
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::kernels::layers::rms_norm;
@@ -29,9 +29,9 @@ impl RmsNorm {
     }
 }
 
-/// Rotary position embeddings in the layout of transformers' Llama: each head's first
-/// half is paired with its second half (`rotate_half`), frequency `i` being
-/// `base^(-2i / head_dim)`.
+/// Rotary position embeddings' tables in the layout of transformers' Llama, frequency `i`
+/// being `base^(-2i / head_dim)`; `kernels::layers::rope` applies them (each head's first
+/// half paired with its second half).
 #[derive(Clone, Debug)]
 pub(crate) struct Rope {
     inv_freq: Vec<f32>,
@@ -55,17 +55,6 @@ impl Rope {
             .collect();
         let angles = Tensor::from_vec(angles, (len, 2 * half), dev)?;
         Ok((angles.cos()?, angles.sin()?))
-    }
-
-    /// `x * cos + rotate_half(x) * sin` for `x` of shape `(batch, heads, len, head_dim)`.
-    pub(crate) fn apply(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
-        let half = x.dim(D::Minus1)? / 2;
-        let (first, second) = (
-            x.narrow(D::Minus1, 0, half)?,
-            x.narrow(D::Minus1, half, half)?,
-        );
-        let rotated = Tensor::cat(&[&second.neg()?, &first], D::Minus1)?;
-        x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?
     }
 }
 
