@@ -451,6 +451,29 @@ fn multiple_choice_heads_match_transformers_logits() {
         err.to_string().contains("answer token 40 is out of range"),
         "{err}"
     );
+    // Padding on the right would put a padding token in the last column.
+    let right = Tensor::new(
+        &[[1u32, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0, 0]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let answers = AnswerTokens::new(vec![5]).unwrap();
+    let err = model
+        .answer_logits(&ids, &right, &answers, false)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("sequence 1 is not padded on the left"),
+        "{err}"
+    );
+    let err = model
+        .choice_log_likelihoods(&ids, &right, &[1, 1], false)
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("sequence 1 is not padded on the left"),
+        "{err}"
+    );
 }
 
 /// IVON's weight samples reach the decoder through its adapters: a sample's logits differ

@@ -158,6 +158,10 @@ impl LlamaDecoder {
                 "answer token {bad} is out of range for a vocabulary of {vocab}"
             )));
         }
+        let real: Vec<Vec<u32>> = mask.to_dtype(candle_core::DType::U32)?.to_vec2()?;
+        for (row, keep) in real.iter().enumerate() {
+            left_padded(keep, row)?;
+        }
         let h = self.hidden_states(ids, mask, train)?;
         let last = h.i((.., h.dim(1)? - 1))?;
         let rows = Tensor::new(answers.ids(), ids.device())?;
@@ -200,6 +204,7 @@ impl LlamaDecoder {
                      at least one token, and at least one token before it"
                 )));
             }
+            left_padded(keep, row)?;
         }
         let h = self.hidden_states(ids, mask, train)?;
         let hidden = self.config.hidden_size;
@@ -227,4 +232,17 @@ impl LlamaDecoder {
         }
         Ok(Tensor::stack(&sums, 0)?)
     }
+}
+
+/// Refuses a row of the mask that is not left-padded: the heads read a sequence's last
+/// tokens from the last columns, which padding on the right would put there.
+fn left_padded(keep: &[u32], row: usize) -> Result<()> {
+    let first = keep.iter().position(|&m| m != 0).unwrap_or(keep.len());
+    if first == keep.len() || keep[first..].contains(&0) {
+        return Err(Error::InvalidInput(format!(
+            "sequence {row} is not padded on the left (mask {keep:?}): pad on the left, so \
+             that every sequence ends in the last column"
+        )));
+    }
+    Ok(())
 }
