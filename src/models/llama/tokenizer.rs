@@ -22,7 +22,7 @@ use crate::Result;
 /// tokens (llama.cpp's token type 3) as special tokens that are never split, and the
 /// pre-tokenizer its `tokenizer.ggml.pre` names. It adds no BOS or EOS token. A file
 /// whose tokenizer is another kind, whose pre-tokenizer is not supported, or that asks for
-/// a BOS token to be added, is an [`Error::File`] that says which.
+/// a BOS token to be added, is an [`crate::Error::File`] that says which.
 ///
 /// ```no_run
 /// let path = "assets/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf";
