@@ -607,3 +607,79 @@ fn lora_gradients_match_peft() {
         );
     }
 }
+
+/// BLoB's Bayesian LoRA (Flipout noise) and MC dropout's LoRA run on the decoder as on the
+/// encoder: sample k is reproducible, samples differ from each other and from the point
+/// estimate, BLoB's KL is there, and its training forward reaches all three of its vars.
+#[test]
+fn blob_and_mc_dropout_adapters_run_on_the_decoder() {
+    use varlora::lora::{BlobConfig, BlobSampler, McDropout};
+    use varlora::predict::Posterior;
+    let (ids, mask, _) = expected("llama");
+    let blob = BlobSampler::new(3);
+    let mc = McDropout::new(3);
+    let specs = [
+        AdapterSpec::Blob(BlobConfig::new(LoraConfig::new(4).alpha(8.0)), blob.clone()),
+        AdapterSpec::McDropout(LoraConfig::new(4).alpha(8.0).dropout(0.3), mc.clone()),
+    ];
+    for (i, spec) in specs.iter().enumerate() {
+        let (model, varmap) = load("llama", DType::F32, Some(spec), &["q_proj", "v_proj"]);
+        // B starts at zero, which would hide the noise on A: give every var a value.
+        let vars = varmap.data().lock().unwrap().clone();
+        let mut names: Vec<&String> = vars.keys().collect();
+        names.sort();
+        for (j, name) in names.iter().enumerate() {
+            if name.ends_with("lora_b") {
+                let v = &vars[*name];
+                v.set(&common::randn(j as u64, 0.3, v.dims(), DType::F32))
+                    .unwrap();
+            }
+        }
+        let logits = || {
+            model
+                .logits(&ids, &mask, false)
+                .map_err(candle_core::Error::wrap)
+        };
+        let (point, a, again, b) = if i == 0 {
+            let mut s = blob.clone();
+            (
+                s.with_point_estimate(logits).unwrap(),
+                s.with_posterior_sample(0, logits).unwrap(),
+                s.with_posterior_sample(0, logits).unwrap(),
+                s.with_posterior_sample(1, logits).unwrap(),
+            )
+        } else {
+            let mut s = mc.clone();
+            (
+                s.with_point_estimate(logits).unwrap(),
+                s.with_posterior_sample(0, logits).unwrap(),
+                s.with_posterior_sample(0, logits).unwrap(),
+                s.with_posterior_sample(1, logits).unwrap(),
+            )
+        };
+        let diff = |x: &Tensor, y: &Tensor| relative_error(x, y, &mask);
+        assert_eq!(diff(&a, &again), 0.0, "spec {i}: sample 0 twice differs");
+        assert!(
+            diff(&a, &point) > 1e-4 && diff(&a, &b) > 1e-4,
+            "spec {i}: samples do not move"
+        );
+        if i == 0 {
+            let kl: f64 = model
+                .adapters()
+                .map(|a| a.kl().unwrap().unwrap().to_scalar::<f64>().unwrap())
+                .sum();
+            assert!(kl.is_finite() && kl > 0.0, "KL {kl}");
+            let loss = model
+                .logits(&ids, &mask, true)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap();
+            let grads = loss.backward().unwrap();
+            for name in &names {
+                assert!(grads.get(&vars[*name]).is_some(), "no gradient for {name}");
+            }
+        }
+    }
+}
