@@ -669,6 +669,13 @@ fn blob_and_mc_dropout_adapters_run_on_the_decoder() {
                 .map(|a| a.kl().unwrap().unwrap().to_scalar::<f64>().unwrap())
                 .sum();
             assert!(kl.is_finite() && kl > 0.0, "KL {kl}");
+            let total = model.blob_kl().unwrap().to_scalar::<f64>().unwrap();
+            assert!(
+                (total - kl).abs() <= 1e-12 * kl,
+                "blob_kl {total} against {kl}"
+            );
+            // q and v of both layers: what optim::Blob trains.
+            assert_eq!(model.blob_layers().unwrap().len(), 4);
             let loss = model
                 .logits(&ids, &mask, true)
                 .unwrap()

@@ -103,3 +103,31 @@ pub trait AdapterBuilder {
         1
     }
 }
+
+/// The vars of every BLoB layer among `adapters`, in their order: what
+/// [`crate::optim::Blob`] trains. Empty without BLoB adapters. Each model's
+/// `blob_layers` is this over its adapters.
+pub fn blob_layers<'a>(
+    adapters: impl IntoIterator<Item = &'a dyn Adapter>,
+) -> Result<Vec<BlobLayerVars>> {
+    let mut layers = Vec::new();
+    for a in adapters {
+        layers.extend(a.posterior_vars()?);
+    }
+    Ok(layers)
+}
+
+/// The KL divergence of every Bayesian adapter among `adapters` from its prior, summed
+/// in f64 on `device` (0 without one): the term BLoB's training adds, differentiable.
+pub fn total_kl<'a>(
+    adapters: impl IntoIterator<Item = &'a dyn Adapter>,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let mut total = Tensor::new(0f64, device)?;
+    for a in adapters {
+        if let Some(kl) = a.kl()? {
+            total = (total + kl)?;
+        }
+    }
+    Ok(total)
+}

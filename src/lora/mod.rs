@@ -9,7 +9,7 @@ mod linear;
 mod sampler;
 mod stacked;
 
-pub use adapter::{Adapter, AdapterBuilder};
+pub use adapter::{blob_layers, total_kl, Adapter, AdapterBuilder};
 pub use blob::{kl_period, kl_weight, BayesianLoraLinear, BlobConfig, BlobLayerVars, BlobSampler};
 pub use dropout::McDropout;
 pub(crate) use init::{

@@ -331,24 +331,14 @@ impl BertEncoder {
     /// The KL divergence of every Bayesian adapter from its prior, summed (0 without
     /// one): the term BLoB's training adds, f64 and differentiable.
     pub fn blob_kl(&self) -> Result<Tensor> {
-        let mut total = Tensor::new(0f64, self.embeddings.device())?;
-        for a in self.adapters() {
-            if let Some(kl) = a.kl()? {
-                total = (total + kl)?;
-            }
-        }
-        Ok(total)
+        crate::lora::total_kl(self.adapters(), self.embeddings.device())
     }
 
     /// The vars of every BLoB layer, in layer order (query, key, value, attention output,
     /// intermediate, output within each transformer layer): what
     /// [`crate::optim::Blob`] trains. Empty without BLoB adapters.
     pub fn blob_layers(&self) -> Result<Vec<BlobLayerVars>> {
-        let mut layers = Vec::new();
-        for a in self.adapters() {
-            layers.extend(a.posterior_vars()?);
-        }
-        Ok(layers)
+        crate::lora::blob_layers(self.adapters())
     }
 
     /// Sets every adapter's trainable tensors to draws from `seed` (see

@@ -312,6 +312,18 @@ impl LlamaDecoder {
             .filter_map(|p| p.adapter())
     }
 
+    /// The vars of every BLoB layer, layer by layer: what [`crate::optim::Blob`] trains.
+    /// Empty without BLoB adapters.
+    pub fn blob_layers(&self) -> Result<Vec<crate::lora::BlobLayerVars>> {
+        crate::lora::blob_layers(self.adapters())
+    }
+
+    /// The KL divergence of every Bayesian adapter from its prior, summed (0 without
+    /// one): the term BLoB's training adds, f64 and differentiable.
+    pub fn blob_kl(&self) -> Result<Tensor> {
+        crate::lora::total_kl(self.adapters(), self.embed_tokens.device())
+    }
+
     /// Sets every adapter's trainable tensors to draws from `seed` (see
     /// [`Adapter::init`]): the same seed gives the same model.
     pub fn init(&self, seed: u64) -> Result<()> {
