@@ -382,13 +382,7 @@ fn multiple_choice_heads_match_transformers_logits() {
         let (ids, mask, theirs) = expected(arch);
         let answers = AnswerTokens::new(vec![5, 17, 3, 39]).unwrap();
         let ours = model.answer_logits(&ids, &mask, &answers, false).unwrap();
-        let scale = theirs
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = common::max_abs(&theirs);
         for b in 0..2 {
             for (c, &id) in answers.ids().iter().enumerate() {
                 let e = theirs
@@ -586,21 +580,8 @@ fn lora_gradients_match_peft() {
     for (name, var) in &vars {
         let g = grads.get(var).unwrap();
         let e = &fixture[format!("{name}.grad").as_str()];
-        let scale = e
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let diff = (g - e)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = common::max_abs(e);
+        let diff = common::max_abs_diff(g, e);
         assert!(
             diff <= 1e-4 * scale,
             "{name}: gradient off by {diff} of {scale}"

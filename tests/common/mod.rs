@@ -102,16 +102,14 @@ pub fn flat(ts: &[Tensor]) -> Vec<f32> {
         .collect()
 }
 
+/// The largest absolute value of an f32 tensor.
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+}
+
 /// The largest absolute elementwise difference of two f32 tensors.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    max_abs(&(a - b).unwrap())
 }
 
 /// `n` values uniform in [-scale, scale], with exact zeros of both signs every 97

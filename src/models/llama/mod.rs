@@ -176,11 +176,10 @@ impl Attention {
                 .reshape((p.batch, p.len, n, hd))?
                 .transpose(1, 2)?
                 .contiguous()?;
-            let t = match norm {
-                Some(norm) => norm.forward(&t)?,
-                None => t,
-            };
-            Ok(t)
+            match norm {
+                Some(norm) => norm.forward(&t),
+                None => Ok(t),
+            }
         };
         let q = split(self.q_proj.forward_t(x, p.train)?, heads, &self.q_norm)?;
         let k = split(self.k_proj.forward_t(x, p.train)?, kv, &self.k_norm)?;
