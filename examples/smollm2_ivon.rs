@@ -12,9 +12,8 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{loss, Optimizer, VarBuilder, VarMap};
 use tokenizers::Tokenizer;
 use varlora::lora::LoraConfig;
-use varlora::models::{
-    gguf_tokenizer, AdapterSpec, ClozeBatch, GgufDecoder, LlamaDecoder, TargetModules,
-};
+use varlora::lora::TargetModules;
+use varlora::models::{gguf_tokenizer, AdapterSpec, ClozeBatch, GgufDecoder, LlamaDecoder};
 use varlora::optim::{Ivon, IvonConfig};
 use varlora::predict::predictive;
 

@@ -80,6 +80,20 @@ pub enum Error {
     #[error("collective: {0}")]
     Collective(String),
 
+    /// A model's weights would not fit the memory that is free.
+    #[error(
+        "the model needs {:.1} GiB and {:.1} GiB is free: store its base in bf16 (half of \
+         f32), or take a smaller model",
+        *needed as f64 / (1u64 << 30) as f64,
+        *available as f64 / (1u64 << 30) as f64
+    )]
+    OutOfMemory {
+        /// Bytes the weights take.
+        needed: u64,
+        /// Bytes free.
+        available: u64,
+    },
+
     /// Invalid input to a metric or prediction function.
     #[error("invalid input: {0}")]
     InvalidInput(String),

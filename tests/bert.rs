@@ -10,22 +10,13 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use varlora::lora::TargetModules;
 use varlora::lora::{AdapterBuilder, BlobConfig, BlobSampler, LoraConfig};
-use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertEncoder};
+use varlora::models::{AdapterSpec, BertClassifier, BertEncoder};
 use varlora::predict::Posterior;
 
-/// An adapter on every linear layer of every transformer layer.
-const ALL_TARGETS: AdapterTargets = AdapterTargets {
-    query: true,
-    key: true,
-    value: true,
-    attention_output: true,
-    intermediate: true,
-    output: true,
-};
-
 /// An encoder over fresh random frozen weights, its adapters in the returned VarMap.
-fn tiny_encoder(spec: Option<&AdapterSpec>, targets: AdapterTargets) -> (BertEncoder, VarMap) {
+fn tiny_encoder(spec: Option<&AdapterSpec>, targets: TargetModules) -> (BertEncoder, VarMap) {
     let config = tiny_config();
     let weights = frozen_weights(&config);
     let dev = Device::Cpu;
@@ -33,7 +24,7 @@ fn tiny_encoder(spec: Option<&AdapterSpec>, targets: AdapterTargets) -> (BertEnc
     let base = VarBuilder::from_tensors(weights, DType::F32, &dev);
     let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let spec = spec.map(|s| s as &dyn AdapterBuilder);
-    let encoder = BertEncoder::load(base, adapters, &config, spec, targets).unwrap();
+    let encoder = BertEncoder::load(base, adapters, &config, spec, &targets).unwrap();
     (encoder, varmap)
 }
 
@@ -67,7 +58,7 @@ fn assert_every_var_has_a_gradient(
 fn gradient_reaches_every_adapter_of_every_layer() {
     let dev = Device::Cpu;
     let spec = AdapterSpec::Lora(LoraConfig::new(2));
-    let (encoder, varmap) = tiny_encoder(Some(&spec), ALL_TARGETS);
+    let (encoder, varmap) = tiny_encoder(Some(&spec), BertEncoder::all_linears());
     let head = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let model = BertClassifier::new(encoder, 3, head).unwrap();
     // B starts at zero, which zeroes A's gradient: give every B a value first.
@@ -106,7 +97,7 @@ fn fused_kernels_give_the_gradients_of_candles_ops() {
             adapters.clone(),
             &config,
             Some(&AdapterSpec::Lora(LoraConfig::new(2))),
-            ALL_TARGETS,
+            &BertEncoder::all_linears(),
         )
         .unwrap();
         BertClassifier::new(encoder, 3, adapters).unwrap()
@@ -135,7 +126,7 @@ fn fused_kernels_give_the_gradients_of_candles_ops() {
 #[test]
 fn padding_does_not_change_the_pooled_output() {
     let dev = Device::Cpu;
-    let (encoder, _) = tiny_encoder(None, AdapterTargets::default());
+    let (encoder, _) = tiny_encoder(None, BertEncoder::query_value());
     let pooled = |ids: &[u32], mask: &[u32]| {
         let ids = Tensor::new(ids, &dev).unwrap().unsqueeze(0).unwrap();
         let mask = Tensor::new(mask, &dev).unwrap().unsqueeze(0).unwrap();
@@ -165,7 +156,7 @@ fn ensemble_members_equal_separate_lora_models() {
     let weights = frozen_weights(&config);
     let dev = Device::Cpu;
     let (members, rank) = (3, 2);
-    let targets = AdapterTargets::attention();
+    let targets = BertEncoder::attention();
     let ens_vars = VarMap::new();
     let ens_vb = VarBuilder::from_varmap(&ens_vars, DType::F32, &dev);
     let spec = AdapterSpec::Ensemble { members, rank };
@@ -174,7 +165,7 @@ fn ensemble_members_equal_separate_lora_models() {
         ens_vb.clone(),
         &config,
         Some(&spec),
-        targets,
+        &targets,
     )
     .unwrap();
     let ensemble = BertClassifier::new(encoder, 3, ens_vb).unwrap();
@@ -192,7 +183,7 @@ fn ensemble_members_equal_separate_lora_models() {
             vb.clone(),
             &config,
             Some(&AdapterSpec::Lora(LoraConfig::new(rank).alpha(rank as f64))),
-            targets,
+            &targets,
         )
         .unwrap();
         let single = BertClassifier::new(single, 3, vb).unwrap();
@@ -221,7 +212,7 @@ fn ensemble_members_equal_separate_lora_models() {
 fn detached_copy_shares_weights_without_tracking() {
     let dev = Device::Cpu;
     let spec = AdapterSpec::Lora(LoraConfig::new(2));
-    let (encoder, varmap) = tiny_encoder(Some(&spec), AdapterTargets::default());
+    let (encoder, varmap) = tiny_encoder(Some(&spec), BertEncoder::query_value());
     let model = BertClassifier::new(
         encoder,
         3,
@@ -250,7 +241,7 @@ fn detached_copy_shares_weights_without_tracking() {
 fn blob_in_the_encoder_samples_around_the_lora_mean() {
     let dev = Device::Cpu;
     let build = |spec: &AdapterSpec| {
-        let (encoder, varmap) = tiny_encoder(Some(spec), ALL_TARGETS);
+        let (encoder, varmap) = tiny_encoder(Some(spec), BertEncoder::all_linears());
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
         let model = BertClassifier::new(encoder, 3, vb).unwrap();
         model.init(8).unwrap();
@@ -301,14 +292,10 @@ fn blob_in_the_encoder_samples_around_the_lora_mean() {
 #[test]
 fn an_adapted_head_is_frozen_plus_its_adapter() {
     let dev = Device::Cpu;
-    let no_targets = AdapterTargets {
-        query: false,
-        value: false,
-        ..AdapterTargets::default()
-    };
+    let no_targets = TargetModules::new(Vec::<String>::new());
     let lora = AdapterSpec::Lora(LoraConfig::new(2));
     let build = |spec: &AdapterSpec, seed: u64| {
-        let (encoder, varmap) = tiny_encoder(Some(spec), no_targets);
+        let (encoder, varmap) = tiny_encoder(Some(spec), no_targets.clone());
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
         let model = BertClassifier::with_adapted_head(encoder, 3, vb, spec, seed).unwrap();
         model.init(seed).unwrap();
@@ -352,7 +339,7 @@ fn an_adapted_head_is_frozen_plus_its_adapter() {
         members: 2,
         rank: 2,
     };
-    let (encoder, varmap) = tiny_encoder(Some(&ensemble), AdapterTargets::default());
+    let (encoder, varmap) = tiny_encoder(Some(&ensemble), BertEncoder::query_value());
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     assert!(BertClassifier::with_adapted_head(encoder, 3, vb, &lora, 0).is_err());
 }

@@ -5,60 +5,15 @@
 
 mod common;
 
+use common::tiny_decoder::{expected, fixture_dir, load};
+
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use varlora::lora::LoraConfig;
-use varlora::models::{AdapterSpec, LlamaConfig, LlamaDecoder, TargetModules};
-
-fn fixture_dir(arch: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/decoder/{arch}"))
-}
-
-/// The model of `arch` in `dtype`, with `adapter` on `targets`, and its adapter vars.
-fn load(
-    arch: &str,
-    dtype: DType,
-    adapter: Option<&AdapterSpec>,
-    targets: &[&str],
-) -> (LlamaDecoder, VarMap) {
-    let dir = fixture_dir(arch);
-    let config: LlamaConfig =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let dev = Device::Cpu;
-    // SAFETY: the fixture is not modified while mapped.
-    let base = unsafe {
-        VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], dtype, &dev).unwrap()
-    };
-    let varmap = VarMap::new();
-    let model = LlamaDecoder::load(
-        base,
-        VarBuilder::from_varmap(&varmap, dtype, &dev),
-        &config,
-        adapter.map(|a| a as _),
-        &TargetModules::new(targets.iter().copied()),
-    )
-    .unwrap();
-    model.init(0).unwrap();
-    (model, varmap)
-}
-
-/// The recorded ids, mask (as u32) and transformers' logits.
-fn expected(arch: &str) -> (Tensor, Tensor, Tensor) {
-    let t = candle_core::safetensors::load(
-        fixture_dir(arch).join("expected.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let u32_of = |k: &str| t[k].to_dtype(DType::U32).unwrap();
-    (
-        u32_of("input_ids"),
-        u32_of("attention_mask"),
-        t["logits"].clone(),
-    )
-}
+use varlora::lora::TargetModules;
+use varlora::models::{AdapterSpec, LlamaConfig, LlamaDecoder};
 
 /// The largest difference at real (unpadded) positions, over the largest |logit| there.
 fn relative_error(ours: &Tensor, theirs: &Tensor, mask: &Tensor) -> f32 {
@@ -338,6 +293,20 @@ fn gguf_reads_back_to_transformers_logits_and_refuses_what_it_cannot_read() {
     let (ids, mask, theirs) = expected("llama");
     let ours = model.logits(&ids, &mask, false).unwrap();
     assert!(relative_error(&ours, &theirs, &mask) < 1e-5);
+
+    // Read as bf16, every tensor is stored so, and the model stays near the f32 one.
+    let half = varlora::models::GgufDecoder::read_as(&path, DType::BF16, &dev).unwrap();
+    assert!(half.tensors.values().all(|t| t.dtype() == DType::BF16));
+    let model = LlamaDecoder::load(
+        VarBuilder::from_tensors(half.tensors, DType::BF16, &dev),
+        VarBuilder::from_varmap(&VarMap::new(), DType::F32, &dev),
+        &half.config,
+        None,
+        &TargetModules::new(["q_proj"]),
+    )
+    .unwrap();
+    let err = relative_error(&model.logits(&ids, &mask, false).unwrap(), &theirs, &mask);
+    assert!(err < 2e-2, "bf16 logits off by {err}");
 
     // It carries no tokenizer.
     let err = varlora::models::gguf_tokenizer(&path)

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp};
 use candle_nn::{VarBuilder, VarMap};
-use varlora::models::{GgufDecoder, LlamaDecoder, TargetModules};
+use varlora::lora::TargetModules;
+use varlora::models::{GgufDecoder, LlamaDecoder};
 
 /// The repository's root and the SmolLM2 GGUF's path in it, which must be there.
 fn smollm2() -> (PathBuf, PathBuf) {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::tiny_bert::{frozen_weights, inputs, tiny_config, QUERY_VALUE_OUTPUT as TARGETS};
+use common::tiny_bert::{frozen_weights, inputs, query_value_output, tiny_config};
 
 use std::path::{Path, PathBuf};
 
@@ -12,8 +12,7 @@ use candle_nn::{Optimizer, VarBuilder, VarMap};
 use varlora::files::peft::PeftAdapter;
 use varlora::lora::{BlobConfig, BlobSampler, LoraConfig};
 use varlora::models::{
-    AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder, SavedAdapter,
-    SavedClassifier,
+    AdapterSpec, BertClassifier, BertConfig, BertEncoder, SavedAdapter, SavedClassifier,
 };
 use varlora::optim::{Ivon, IvonConfig};
 use varlora::predict::{sample_logits, GaussianPosterior, Posterior};
@@ -108,7 +107,7 @@ fn an_ivon_checkpoint_of_another_kind_or_version_is_named_as_such() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// A tiny classifier with rank-2 LoRA on `TARGETS` and a head trained whole, its adapters
+/// A tiny classifier with rank-2 LoRA on `query_value_output()` and a head trained whole, its adapters
 /// and head in the returned VarMap, initialised from `seed` with non-zero `B`s.
 fn classifier(seed: u64) -> (BertClassifier, VarMap) {
     classifier_with(&AdapterSpec::Lora(LoraConfig::new(2).alpha(4.0)), seed)
@@ -127,7 +126,14 @@ fn classifier_with(spec: &AdapterSpec, seed: u64) -> (BertClassifier, VarMap) {
     let (base, config) = tiny_base();
     let varmap = VarMap::new();
     let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
-    let encoder = BertEncoder::load(base, adapters.clone(), &config, Some(spec), TARGETS).unwrap();
+    let encoder = BertEncoder::load(
+        base,
+        adapters.clone(),
+        &config,
+        Some(spec),
+        &query_value_output(),
+    )
+    .unwrap();
     let model = BertClassifier::new(encoder, 3, adapters).unwrap();
     model.init(seed).unwrap();
     for (i, (name, var)) in varmap.data().lock().unwrap().iter().enumerate() {
@@ -146,7 +152,7 @@ fn classifier_with(spec: &AdapterSpec, seed: u64) -> (BertClassifier, VarMap) {
 
 /// Saves `vars` as `classifier`'s rank-2 peft adapter in `dir`; the weights file's path.
 fn save_peft(dir: &Path, vars: &VarMap) -> PathBuf {
-    PeftAdapter::new(LoraConfig::new(2).alpha(4.0), TARGETS)
+    PeftAdapter::new(LoraConfig::new(2).alpha(4.0), query_value_output())
         .save(dir, vars)
         .unwrap();
     dir.join("adapter_model.safetensors")
@@ -167,7 +173,7 @@ fn a_lora_classifier_round_trips_through_peft_files() {
     let (trained, trained_vars) = classifier(1);
     let adapter = PeftAdapter {
         base_model: Some("sentence-transformers/all-MiniLM-L6-v2".into()),
-        ..PeftAdapter::new(LoraConfig::new(2).alpha(4.0), TARGETS)
+        ..PeftAdapter::new(LoraConfig::new(2).alpha(4.0), query_value_output())
     };
     adapter.save(&dir, &trained_vars).unwrap();
     let (fresh, fresh_vars) = classifier(2);
@@ -334,13 +340,14 @@ fn peft_configs_from_python_are_read_and_unsupported_settings_named() {
     write_config(&dir, |_| {});
     let read = PeftAdapter::read_config(&dir).unwrap();
     assert_eq!(read.lora, LoraConfig::new(8).alpha(16.0).dropout(0.1));
-    assert_eq!(read.targets, AdapterTargets::default());
+    assert_eq!(read.targets, BertEncoder::query_value());
     write_config(&dir, |c| {
         c["target_modules"] = serde_json::json!(["output.dense"])
     });
     let t = PeftAdapter::read_config(&dir).unwrap().targets;
     // peft's suffix match: `output.dense` also hits `attention.output.dense`.
-    assert!(t.output && t.attention_output && !t.intermediate);
+    let hit = |m: &str| t.matches(&format!("encoder.layer.1.{m}"));
+    assert!(hit("output.dense") && hit("attention.output.dense") && !hit("intermediate.dense"));
     for (key, value, says) in [
         ("use_rslora", serde_json::json!(true), "use_rslora"),
         ("use_dora", serde_json::json!(true), "use_dora"),
@@ -357,7 +364,12 @@ fn peft_configs_from_python_are_read_and_unsupported_settings_named() {
             "alpha_pattern",
         ),
         ("peft_type", serde_json::json!("IA3"), "peft_type"),
-        ("target_modules", serde_json::json!(["dense"]), "dense"),
+        (
+            "target_modules",
+            serde_json::json!("(unclosed"),
+            "target_modules",
+        ),
+        ("target_modules", serde_json::json!(3), "target_modules"),
         (
             "r",
             serde_json::json!("eight"),
@@ -491,7 +503,7 @@ fn a_saved_blob_classifier_is_its_posterior_again() {
     let (model, vars) = classifier_with(&AdapterSpec::Blob(blob.clone(), sampler.clone()), 1);
     let saved = SavedClassifier {
         adapter: SavedAdapter::Blob { blob, seed: 5 },
-        targets: TARGETS,
+        targets: query_value_output(),
         classes: 3,
     };
     saved.save(&path, &vars).unwrap();
@@ -521,4 +533,25 @@ fn a_saved_blob_classifier_is_its_posterior_again() {
         "{err}"
     );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Classifier files written before targets were peft's `target_modules` hold six BERT
+/// flags; they read as the modules they named, the MLP's output without the attention's.
+#[test]
+fn targets_saved_as_bert_flags_read_as_the_modules_they_named() {
+    let old = r#"{"query": true, "key": false, "value": true, "attention_output": false,
+                  "intermediate": false, "output": true}"#;
+    let t: varlora::lora::TargetModules = serde_json::from_str(old).unwrap();
+    assert_eq!(t, query_value_output());
+    let hit = |m: &str| t.matches(&format!("encoder.layer.3.{m}"));
+    assert!(hit("attention.self.query") && hit("attention.self.value") && hit("output.dense"));
+    assert!(!hit("attention.self.key") && !hit("attention.output.dense"));
+    // Either of peft's forms round-trips through JSON as itself.
+    for t in [query_value_output(), BertEncoder::attention()] {
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(
+            serde_json::from_str::<varlora::lora::TargetModules>(&json).unwrap(),
+            t
+        );
+    }
 }

@@ -13,7 +13,7 @@ use varlora::hydra::{
     MemberPlan, PruneConfig, Selection,
 };
 use varlora::lora::{AdapterBuilder, LoraConfig};
-use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
+use varlora::models::{AdapterSpec, BertClassifier, BertConfig, BertEncoder};
 
 const CLASSES: usize = 3;
 
@@ -87,7 +87,7 @@ fn reference_logits(w: &HashMap<String, Tensor>, dtype: DType) -> Tensor {
     let varmap = VarMap::new();
     let adapters = VarBuilder::from_varmap(&varmap, dtype, &Device::Cpu);
     let encoder =
-        BertEncoder::load(vb, adapters, &config(), None, AdapterTargets::default()).unwrap();
+        BertEncoder::load(vb, adapters, &config(), None, &BertEncoder::query_value()).unwrap();
     let (ids, types, mask) = inputs();
     let hidden = encoder.forward_t(&ids, &types, Some(&mask), false).unwrap();
     let pooled = BertEncoder::mean_pool(&hidden, &mask).unwrap();
@@ -253,13 +253,13 @@ fn dense_network_of_merged_lora_tensors_equals_the_lora_classifier() {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let spec = AdapterSpec::Lora(LoraConfig::new(2).alpha(4.0));
-    let targets = AdapterTargets::default();
+    let targets = BertEncoder::query_value();
     let encoder = BertEncoder::load(
         base,
         vb.clone(),
         &config(),
         Some(&spec as &dyn AdapterBuilder),
-        targets,
+        &targets,
     )
     .unwrap();
     let model = BertClassifier::new(encoder, CLASSES, vb).unwrap();

@@ -7,9 +7,7 @@
 
 mod common;
 
-use common::tiny_bert::{
-    frozen_weights, inputs, rel_error, tiny_config, QUERY_VALUE_OUTPUT as TARGETS, TINY,
-};
+use common::tiny_bert::{frozen_weights, inputs, query_value_output, rel_error, tiny_config, TINY};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +23,10 @@ fn fixture() -> PathBuf {
 }
 
 fn lora() -> PeftAdapter {
-    PeftAdapter::new(LoraConfig::new(2).alpha(4.0).dropout(0.0), TARGETS)
+    PeftAdapter::new(
+        LoraConfig::new(2).alpha(4.0).dropout(0.0),
+        query_value_output(),
+    )
 }
 
 /// A classifier over `base` with empty adapters and head, in the returned VarMap.
@@ -36,7 +37,14 @@ fn classifier(base: HashMap<String, Tensor>) -> (BertClassifier, VarMap) {
     let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let base = VarBuilder::from_tensors(base, DType::F32, &dev);
     let spec = AdapterSpec::Lora(lora().lora);
-    let encoder = BertEncoder::load(base, adapters.clone(), &config, Some(&spec), TARGETS).unwrap();
+    let encoder = BertEncoder::load(
+        base,
+        adapters.clone(),
+        &config,
+        Some(&spec),
+        &query_value_output(),
+    )
+    .unwrap();
     let model = BertClassifier::new(encoder, 3, adapters).unwrap();
     (model, varmap)
 }
@@ -133,4 +141,65 @@ fn record() {
             .unwrap();
     }
     lora().save(dir.join("adapter"), &vars).unwrap();
+}
+
+/// The decoder's adapter in the fixture: LoRA on q, v and the MLP's down projection,
+/// named by a list as peft users write it.
+fn decoder_lora() -> PeftAdapter {
+    let targets = varlora::lora::TargetModules::new(["q_proj", "v_proj", "down_proj"]);
+    PeftAdapter::new(LoraConfig::new(2).alpha(6.0).dropout(0.0), targets)
+}
+
+/// The tiny Llama of `tests/fixtures/decoder/llama` with empty adapters.
+fn decoder() -> (varlora::models::LlamaDecoder, VarMap) {
+    let spec = AdapterSpec::Lora(decoder_lora().lora);
+    let targets = ["q_proj", "v_proj", "down_proj"];
+    common::tiny_decoder::load("llama", DType::F32, Some(&spec), &targets)
+}
+
+/// peft's `LlamaForCausalLM` with our decoder adapter file computes our logits (recorded
+/// by `tools/reference/peft_decoder_logits.py`), at every real position.
+#[test]
+fn python_peft_computes_our_decoder_logits_from_our_adapter_file() {
+    let dir = fixture().join("decoder");
+    let (model, vars) = decoder();
+    let (ids, mask, plain) = common::tiny_decoder::expected("llama");
+    assert_eq!(
+        PeftAdapter::load(dir.join("adapter"), &vars).unwrap(),
+        decoder_lora()
+    );
+    let ours = model.logits(&ids, &mask, false).unwrap();
+    let peft =
+        candle_core::safetensors::load(dir.join("peft_logits.safetensors"), &Device::Cpu).unwrap();
+    let theirs = &peft["logits"];
+    // Padding positions read nothing: transformers and we give them different junk.
+    let keep = mask.to_dtype(DType::F32).unwrap().unsqueeze(2).unwrap();
+    let real = |t: &Tensor| t.broadcast_mul(&keep).unwrap();
+    let scale = common::max_abs(&real(theirs));
+    let err = common::max_abs_diff(&real(&ours), &real(theirs)) / scale;
+    assert!(err < 1e-5, "relative error {err} against peft's logits");
+    // The adapter moves the logits, so the comparison says something about it.
+    let moved = common::max_abs_diff(&real(&plain), &real(theirs)) / scale;
+    assert!(
+        moved > 1e-2,
+        "the fixture's adapter hardly matters ({moved})"
+    );
+}
+
+/// Writes the decoder adapter for `tools/reference/peft_decoder_logits.py`: seeded,
+/// non-zero factors on the tiny Llama.
+#[test]
+#[ignore = "records the fixture; run tools/reference/peft_decoder_logits.py after it"]
+fn record_decoder() {
+    let (_, vars) = decoder();
+    let mut names: Vec<_> = vars.data().lock().unwrap().keys().cloned().collect();
+    names.sort();
+    for (i, name) in names.iter().enumerate() {
+        let var = vars.data().lock().unwrap()[name].clone();
+        var.set(&common::randn(700 + i as u64, 0.3, var.dims(), DType::F32))
+            .unwrap();
+    }
+    decoder_lora()
+        .save(fixture().join("decoder/adapter"), &vars)
+        .unwrap();
 }

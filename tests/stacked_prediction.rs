@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use common::tiny_bert::{frozen_weights, inputs, tiny_config, QUERY_VALUE_OUTPUT};
+use common::tiny_bert::{frozen_weights, inputs, query_value_output, tiny_config};
 use varlora::lora::{BlobConfig, BlobSampler, LoraConfig};
 use varlora::models::{AdapterSpec, BertClassifier, BertEncoder};
 use varlora::optim::{Ivon, IvonConfig};
@@ -22,7 +22,7 @@ fn classifier(spec: &AdapterSpec, adapted_head: bool) -> (BertClassifier, VarMap
     let config = tiny_config();
     let base = VarBuilder::from_tensors(frozen_weights(&config), DType::F32, &dev);
     let encoder =
-        BertEncoder::load(base, vb.clone(), &config, Some(spec), QUERY_VALUE_OUTPUT).unwrap();
+        BertEncoder::load(base, vb.clone(), &config, Some(spec), &query_value_output()).unwrap();
     let model = if adapted_head {
         BertClassifier::with_adapted_head(encoder, 3, vb, spec, 0).unwrap()
     } else {

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::bert::{BertModel, Config};
 use varlora::lora::{AdapterBuilder, BlobConfig, BlobSampler, LoraConfig};
-use varlora::models::{AdapterSpec, AdapterTargets, BertConfig, BertEncoder};
+use varlora::models::{AdapterSpec, BertConfig, BertEncoder};
 
 /// BertModel's hidden states at the real tokens, zero at padding (as ours are).
 fn at_tokens(hidden: &Tensor, mask: &Tensor) -> Tensor {
@@ -53,7 +53,7 @@ fn matches_candle_transformers_bert_with_inert_adapters() {
             adapters,
             &ours_config,
             spec.as_ref().map(|s| s as &dyn AdapterBuilder),
-            AdapterTargets::default(),
+            &BertEncoder::query_value(),
         )
         .unwrap();
         if let Some(AdapterSpec::Blob(_, sampler)) = &spec {
@@ -106,7 +106,7 @@ fn minilm_matches_bert_model() {
         VarBuilder::from_varmap(&varmap, DType::F32, &dev),
         &config,
         Some(&AdapterSpec::Lora(LoraConfig::new(8))),
-        AdapterTargets::default(),
+        &BertEncoder::query_value(),
     )
     .unwrap();
     let (ids, types, mask) = inputs();

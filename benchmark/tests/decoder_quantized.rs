@@ -9,7 +9,8 @@ use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use varlora::models::{GgufDecoder, LlamaDecoder, TargetModules};
+use varlora::lora::TargetModules;
+use varlora::models::{GgufDecoder, LlamaDecoder};
 
 #[test]
 #[ignore = "needs the real SmolLM2: bash scripts/fetch-assets.sh --llm, then \

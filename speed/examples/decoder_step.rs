@@ -17,9 +17,8 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{loss, AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use varlora::lora::LoraConfig;
-use varlora::models::{
-    AdapterSpec, AnswerTokens, GgufDecoder, LlamaConfig, LlamaDecoder, TargetModules,
-};
+use varlora::lora::TargetModules;
+use varlora::models::{AdapterSpec, AnswerTokens, GgufDecoder, LlamaConfig, LlamaDecoder};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 

@@ -16,7 +16,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{loss, AdamW, Optimizer, VarBuilder, VarMap};
 use varlora::lora::LoraConfig;
-use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
+use varlora::models::{AdapterSpec, BertClassifier, BertConfig, BertEncoder};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -24,8 +24,6 @@ const BATCH: usize = 4;
 const SEQ: usize = 32;
 const RANK: usize = 8;
 const STEPS: usize = 3;
-/// The reference targets query, key, value and the attention output.
-const TARGETS: AdapterTargets = AdapterTargets::attention();
 
 fn bytes(ts: impl Iterator<Item = Tensor>) -> usize {
     ts.map(|t| t.elem_count() * t.dtype().size_in_bytes()).sum()
@@ -87,7 +85,13 @@ impl Bench {
     fn model(&self, spec: &AdapterSpec, vars: &VarMap) -> varlora::Result<BertClassifier> {
         let vb = VarBuilder::from_varmap(vars, DType::F32, &self.dev);
         let base = VarBuilder::from_tensors(self.weights.clone(), DType::F32, &self.dev);
-        let encoder = BertEncoder::load(base, vb.clone(), &self.config, Some(spec), TARGETS)?;
+        let encoder = BertEncoder::load(
+            base,
+            vb.clone(),
+            &self.config,
+            Some(spec),
+            &BertEncoder::attention(),
+        )?;
         BertClassifier::new(encoder, 2, vb)
     }
 

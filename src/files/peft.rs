@@ -1,14 +1,17 @@
 //! LoRA adapters in the layout of Hugging Face's peft (`adapter_config.json` and
 //! `adapter_model.safetensors`), so that an adapter trained here loads into Python's
-//! `PeftModel.from_pretrained` on the same BERT-family base model, and one trained there
-//! loads here.
+//! `PeftModel.from_pretrained` on the same base model, and one trained there loads here.
 //!
-//! Names map as peft writes them for a `BertModel`:
-//! `encoder.layer.0.attention.self.query.lora_a` here is
-//! `base_model.model.encoder.layer.0.attention.self.query.lora_A.weight` there, and a head
-//! trained whole (`classifier.weight`, `classifier.bias`) is saved as peft saves a module in
-//! `modules_to_save`: `base_model.model.classifier.weight`. peft's `BertModel` has no such
-//! head: apply it to the mean-pooled output, as [`crate::models::BertClassifier`] does.
+//! Every model here names its adapter vars after the module they sit on, as transformers
+//! names it, so the names map one to one: a decoder's
+//! `model.layers.0.self_attn.q_proj.lora_a` is peft's
+//! `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` on a
+//! `LlamaForCausalLM`, and BERT's `encoder.layer.0.attention.self.query.lora_a` is
+//! `base_model.model.encoder.layer.0.attention.self.query.lora_A.weight` on a
+//! `BertModel`. A BERT classifier's head trained whole (`classifier.weight`,
+//! `classifier.bias`) is saved as peft saves a module in `modules_to_save`:
+//! `base_model.model.classifier.weight`. peft's `BertModel` has no such head: apply it to
+//! the mean-pooled output, as [`crate::models::BertClassifier`] does.
 //!
 //! A BLoB adapter exports its mean (`lora_a` is the mean of `A`; its `lora_a_g` is left
 //! out). An IVON-trained adapter exports whatever its vars hold: save at the mean.
@@ -21,8 +24,7 @@ use candle_nn::VarMap;
 use serde_json::{json, Value};
 
 use super::sealed;
-use crate::lora::LoraConfig;
-use crate::models::AdapterTargets;
+use crate::lora::{LoraConfig, TargetModules};
 use crate::{Error, Result};
 
 const CONFIG_FILE: &str = "adapter_config.json";
@@ -31,34 +33,24 @@ const KIND: &str = "peft-adapter";
 const VERSION: u32 = 1;
 const PREFIX: &str = "base_model.model.";
 
-/// The targets as peft's module-name suffixes, in [`AdapterTargets`]' field order.
-const MODULES: [&str; 6] = [
-    "attention.self.query",
-    "attention.self.key",
-    "attention.self.value",
-    "attention.output.dense",
-    "intermediate.dense",
-    "output.dense",
-];
-
 /// A LoRA adapter's settings as `adapter_config.json` holds them.
 ///
 /// ```
 /// use candle_core::{DType, Device};
 /// use candle_nn::{VarBuilder, VarMap};
 /// use varlora::files::peft::PeftAdapter;
-/// use varlora::lora::LoraConfig;
-/// use varlora::models::AdapterTargets;
+/// use varlora::lora::{LoraConfig, TargetModules};
 ///
 /// let varmap = VarMap::new();
 /// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-/// // What `BertEncoder::load` creates for rank-2 LoRA on query and value, hidden size 4.
-/// for module in ["query", "value"] {
-///     vb.get((2, 4), &format!("encoder.layer.0.attention.self.{module}.lora_a"))?;
-///     vb.get((4, 2), &format!("encoder.layer.0.attention.self.{module}.lora_b"))?;
+/// // What `LlamaDecoder::load` creates for rank-2 LoRA on q and v, hidden size 4.
+/// for module in ["q_proj", "v_proj"] {
+///     vb.get((2, 4), &format!("model.layers.0.self_attn.{module}.lora_a"))?;
+///     vb.get((4, 2), &format!("model.layers.0.self_attn.{module}.lora_b"))?;
 /// }
 /// let dir = std::env::temp_dir().join("varlora-doc-peft");
-/// let adapter = PeftAdapter::new(LoraConfig::new(2).alpha(16.0), AdapterTargets::default());
+/// let targets = TargetModules::new(["q_proj", "v_proj"]);
+/// let adapter = PeftAdapter::new(LoraConfig::new(2).alpha(16.0), targets);
 /// adapter.save(&dir, &varmap)?;
 /// let loaded = PeftAdapter::load(&dir, &varmap)?;
 /// assert_eq!(loaded.lora.alpha, 16.0);
@@ -69,7 +61,7 @@ pub struct PeftAdapter {
     /// Rank, `lora_alpha` and `lora_dropout`.
     pub lora: LoraConfig,
     /// peft's `target_modules`.
-    pub targets: AdapterTargets,
+    pub targets: TargetModules,
     /// peft's `base_model_name_or_path`, e.g. `sentence-transformers/all-MiniLM-L6-v2`.
     pub base_model: Option<String>,
 }
@@ -83,7 +75,7 @@ fn bad(path: &Path, problem: impl std::fmt::Display) -> Error {
 
 impl PeftAdapter {
     /// An adapter with no base model recorded.
-    pub fn new(lora: LoraConfig, targets: AdapterTargets) -> Self {
+    pub fn new(lora: LoraConfig, targets: TargetModules) -> Self {
         Self {
             lora,
             targets,
@@ -91,36 +83,12 @@ impl PeftAdapter {
         }
     }
 
-    fn flags(t: AdapterTargets) -> [bool; 6] {
-        [
-            t.query,
-            t.key,
-            t.value,
-            t.attention_output,
-            t.intermediate,
-            t.output,
-        ]
-    }
-
-    /// peft's `target_modules`: a regular expression peft matches against whole module
-    /// names, because a list of suffixes cannot name `output.dense` without also
-    /// matching `attention.output.dense`.
-    fn target_regex(&self) -> String {
-        let chosen: Vec<String> = MODULES
-            .iter()
-            .zip(Self::flags(self.targets))
-            .filter(|(_, on)| *on)
-            .map(|(m, _)| m.replace('.', r"\."))
-            .collect();
-        format!(r".*\.layer\.\d+\.({})", chosen.join("|"))
-    }
-
     /// Writes `dir/adapter_config.json` and `dir/adapter_model.safetensors` (with this
     /// crate's checksum in its metadata, which peft ignores) from the adapter vars in
-    /// `adapters`, named as [`crate::models::BertEncoder::load`] names them. Every
-    /// targeted layer's `lora_a` and `lora_b` must be there with this rank; a head trained
-    /// whole (`classifier.weight`, `classifier.bias`) is saved as peft's
-    /// `modules_to_save`.
+    /// `adapters`, named as the models here name them (`{module}.lora_a`,
+    /// `{module}.lora_b`). Every adapted module must be one the targets name, with both
+    /// factors of this rank; a head trained whole (`classifier.weight`,
+    /// `classifier.bias`) is saved as peft's `modules_to_save`.
     pub fn save(&self, dir: impl AsRef<Path>, adapters: &VarMap) -> Result<()> {
         let dir = dir.as_ref();
         self.lora.validate()?;
@@ -140,7 +108,7 @@ impl PeftAdapter {
             "lora_alpha": self.lora.alpha,
             // Through its shortest decimal, so that 0.1f32 is written 0.1.
             "lora_dropout": self.lora.dropout.to_string().parse::<f64>().unwrap_or(0.0),
-            "target_modules": self.target_regex(),
+            "target_modules": &self.targets,
             "modules_to_save": if head { json!(["classifier"]) } else { Value::Null },
             "bias": "none",
             "fan_in_fan_out": false,
@@ -161,26 +129,20 @@ impl PeftAdapter {
         for (peft, name, var) in peft_vars(&vars).map_err(|e| bad(dir, e))? {
             out.insert(peft, head_as_peft(name, var.as_tensor())?);
         }
-        let mut present = [false; 6];
         for k in out.keys() {
             let Some(module) = k.strip_suffix(".lora_A.weight") else {
                 continue;
             };
-            let i = module_index(module)
-                .ok_or_else(|| bad(dir, format!("{k} is not on a BERT linear layer")))?;
-            present[i] = true;
+            let name = module.strip_prefix(PREFIX).unwrap_or(module);
+            if !self.targets.matches(name) {
+                return Err(bad(
+                    dir,
+                    format!("{name} carries an adapter, but the targets {:?} do not name it: give the targets the model was built with", self.targets),
+                ));
+            }
             if !out.contains_key(&format!("{module}.lora_B.weight")) {
                 return Err(bad(dir, format!("{module} has lora_a but no lora_b")));
             }
-        }
-        if present != Self::flags(self.targets) {
-            return Err(bad(
-                dir,
-                format!(
-                    "the vars adapt {present:?} of {MODULES:?}, the targets say {:?}",
-                    self.targets
-                ),
-            ));
         }
         for (k, t) in &out {
             let r = if k.ends_with(".lora_A.weight") {
@@ -226,7 +188,12 @@ impl PeftAdapter {
         lora.validate()?;
         Ok(Self {
             lora,
-            targets: parse_targets(field("target_modules")).map_err(|e| bad(&path, e))?,
+            targets: serde_json::from_value(field("target_modules").clone()).map_err(|e| {
+                bad(
+                    &path,
+                    format!("target_modules is missing or not a list or pattern: {e}"),
+                )
+            })?,
             base_model: field("base_model_name_or_path").as_str().map(String::from),
         })
     }
@@ -299,14 +266,6 @@ fn peft_name(name: &str) -> Option<String> {
     matches!(name, "classifier.weight" | "classifier.bias").then(|| format!("{PREFIX}{name}"))
 }
 
-/// Which of [`MODULES`] `module` (`...encoder.layer.N.attention.self.query`) is.
-fn module_index(module: &str) -> Option<usize> {
-    let (_, rest) = module.split_once("encoder.layer.")?;
-    let (layer, name) = rest.split_once('.')?;
-    layer.parse::<usize>().ok()?;
-    MODULES.iter().position(|m| *m == name)
-}
-
 /// A head trained whole is stored with a member axis of 1; peft's has none.
 fn head_as_peft(name: &str, t: &Tensor) -> Result<Tensor> {
     if !name.starts_with("classifier.") {
@@ -359,46 +318,4 @@ fn check_supported(c: &Value, path: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// peft's `target_modules`: a list of module-name suffixes (peft matches `name` or
-/// `*.name`), or a regular expression of the form [`PeftAdapter::save`] writes.
-fn parse_targets(v: &Value) -> std::result::Result<AdapterTargets, String> {
-    let mut on = [false; 6];
-    if let Some(list) = v.as_array() {
-        for item in list {
-            let s = item.as_str().ok_or("target_modules holds a non-string")?;
-            let hits: Vec<usize> = (0..6)
-                .filter(|&i| MODULES[i] == s || MODULES[i].ends_with(&format!(".{s}")))
-                .collect();
-            if hits.is_empty() || (s == "dense") {
-                return Err(format!(
-                    "target module {s:?} names no single BERT linear layer"
-                ));
-            }
-            hits.into_iter().for_each(|i| on[i] = true);
-        }
-    } else if let Some(re) = v.as_str() {
-        let inner = re
-            .strip_prefix(r".*\.layer\.\d+\.(")
-            .and_then(|r| r.strip_suffix(')'))
-            .ok_or_else(|| format!("target_modules {re:?} is not a form this crate reads"))?;
-        for alt in inner.split('|') {
-            let i = MODULES
-                .iter()
-                .position(|m| m.replace('.', r"\.") == alt)
-                .ok_or_else(|| format!("target module {alt:?} is not a BERT linear layer"))?;
-            on[i] = true;
-        }
-    } else {
-        return Err("target_modules is missing".into());
-    }
-    Ok(AdapterTargets {
-        query: on[0],
-        key: on[1],
-        value: on[2],
-        attention_output: on[3],
-        intermediate: on[4],
-        output: on[5],
-    })
 }

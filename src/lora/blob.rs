@@ -423,6 +423,7 @@ impl Adapter for BayesianLoraLinear {
     fn merged_linear(&self) -> Result<Linear> {
         let base = self.base.linear();
         let delta = (self.b.matmul(&self.a_mean)? * self.config.lora.scale())?;
+        let delta = delta.to_dtype(base.weight().dtype())?;
         Ok(Linear::new((base.weight() + delta)?, base.bias().cloned()))
     }
 

@@ -251,7 +251,8 @@ impl LoraLinear {
         if !self.merged {
             return Err(Error::InvalidState("the adapter is not merged"));
         }
-        let w = (self.base().weight() - self.delta_weight()?)?;
+        let base = self.base().weight();
+        let w = (base - self.delta_weight()?.to_dtype(base.dtype())?)?;
         self.base = FrozenLinear::new(Linear::new(w, self.base().bias().cloned()));
         self.merged = false;
         Ok(())
@@ -327,7 +328,8 @@ impl Adapter for LoraLinear {
         if self.merged {
             return Ok(self.base().clone());
         }
-        let w = (self.base().weight() + self.delta_weight()?)?;
+        let base = self.base().weight();
+        let w = (base + self.delta_weight()?.to_dtype(base.dtype())?)?;
         Ok(Linear::new(w, self.base().bias().cloned()))
     }
 

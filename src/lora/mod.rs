@@ -8,6 +8,7 @@ mod init;
 mod linear;
 mod sampler;
 mod stacked;
+mod targets;
 
 pub use adapter::{blob_layers, total_kl, Adapter, AdapterBuilder};
 pub use blob::{kl_period, kl_weight, BayesianLoraLinear, BlobConfig, BlobLayerVars, BlobSampler};
@@ -17,3 +18,4 @@ pub(crate) use init::{
 };
 pub use linear::{LoraConfig, LoraLinear};
 pub(crate) use stacked::{members_forward, stacked_or_repeated};
+pub use targets::TargetModules;

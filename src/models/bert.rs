@@ -12,11 +12,12 @@ use candle_core::{ModuleT, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::host::{self, Linears};
 use super::input::{repeat_members, Embeddings, Packed, Tokens};
 use super::norm::Norm;
 use super::proj::Proj;
 use crate::kernels::layers::{gelu_erf, masked_softmax};
-use crate::lora::{Adapter, AdapterBuilder, BlobLayerVars};
+use crate::lora::{Adapter, AdapterBuilder, BlobLayerVars, TargetModules};
 use crate::{Error, Result};
 
 /// The fields of a BERT `config.json` the encoder uses.
@@ -88,71 +89,6 @@ fn default_eps() -> f64 {
     1e-12
 }
 
-/// Which linear layers of each transformer layer get an adapter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AdapterTargets {
-    /// `attention.self.query`.
-    pub query: bool,
-    /// `attention.self.key`.
-    pub key: bool,
-    /// `attention.self.value`.
-    pub value: bool,
-    /// `attention.output.dense`.
-    pub attention_output: bool,
-    /// `intermediate.dense` (the MLP's first layer).
-    pub intermediate: bool,
-    /// `output.dense` (the MLP's second layer).
-    pub output: bool,
-}
-
-impl AdapterTargets {
-    /// Every linear layer of attention: query, key, value and the attention output, as
-    /// LoRA-Ensemble's reference targets them.
-    ///
-    /// ```
-    /// let t = varlora::models::AdapterTargets::attention();
-    /// assert!(t.key && t.attention_output && !t.intermediate);
-    /// ```
-    pub const fn attention() -> Self {
-        Self {
-            query: true,
-            key: true,
-            value: true,
-            attention_output: true,
-            intermediate: false,
-            output: false,
-        }
-    }
-
-    /// Every linear layer of the encoder: attention's four and the MLP's two.
-    ///
-    /// ```
-    /// let t = varlora::models::AdapterTargets::all();
-    /// assert!(t.query && t.attention_output && t.intermediate && t.output);
-    /// ```
-    pub const fn all() -> Self {
-        Self {
-            intermediate: true,
-            output: true,
-            ..Self::attention()
-        }
-    }
-}
-
-impl Default for AdapterTargets {
-    /// Query and value, as the LoRA paper and PEFT's BERT default.
-    fn default() -> Self {
-        Self {
-            query: true,
-            key: false,
-            value: true,
-            attention_output: false,
-            intermediate: false,
-            output: false,
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 struct Layer {
     query: Proj,
@@ -165,39 +101,108 @@ struct Layer {
     output_norm: Norm,
 }
 
+/// The layer's linear layers under their names within it (peft's), in order.
+const LINEARS: [&str; 6] = [
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+];
+
 impl Layer {
-    /// Encoder layer `b` (base weights) with adapters `a` on the `targets` when
-    /// `adapter` is given.
+    /// Encoder layer `prefix` (`encoder.layer.{i}`) of `b` (base weights), with adapters
+    /// under the same names in `a` on the linear layers `targets` names.
     fn load(
-        b: &VarBuilder,
-        a: &VarBuilder,
+        prefix: &str,
+        (b, a): (&VarBuilder, &VarBuilder),
         config: &BertConfig,
         adapter: Option<&dyn AdapterBuilder>,
-        targets: AdapterTargets,
+        targets: &TargetModules,
     ) -> Result<Self> {
         let (h, wide, eps) = (
             config.hidden_size,
             config.intermediate_size,
             config.layer_norm_eps,
         );
-        let pick = |on: bool| if on { adapter } else { None };
-        let (bs, as_) = (b.pp("attention.self"), a.pp("attention.self"));
-        // The attention output, the intermediate and the output layer are each a
-        // `dense` under their own prefix.
-        let dense = |prefix: &str, fan_in, fan_out, on| {
-            let (bp, ap) = (b.pp(prefix), a.pp(prefix));
-            Proj::load((fan_in, fan_out, true), "dense", &bp, &ap, pick(on))
+        let proj = |name: &str, (fan_in, fan_out)| {
+            let adapter = adapter.filter(|_| targets.matches(&format!("{prefix}.{name}")));
+            Proj::load((fan_in, fan_out, true), name, b, a, adapter)
         };
+        let [query, key, value, attention_output, intermediate, output] = LINEARS;
         Ok(Self {
-            query: Proj::load((h, h, true), "query", &bs, &as_, pick(targets.query))?,
-            key: Proj::load((h, h, true), "key", &bs, &as_, pick(targets.key))?,
-            value: Proj::load((h, h, true), "value", &bs, &as_, pick(targets.value))?,
-            attention_output: dense("attention.output", h, h, targets.attention_output)?,
+            query: proj(query, (h, h))?,
+            key: proj(key, (h, h))?,
+            value: proj(value, (h, h))?,
+            attention_output: proj(attention_output, (h, h))?,
             attention_norm: Norm::load(h, eps, b.pp("attention.output.LayerNorm"))?,
-            intermediate: dense("intermediate", h, wide, targets.intermediate)?,
-            output: dense("output", wide, h, targets.output)?,
+            intermediate: proj(intermediate, (h, wide))?,
+            output: proj(output, (wide, h))?,
             output_norm: Norm::load(h, eps, b.pp("output.LayerNorm"))?,
         })
+    }
+
+    /// The linear layers, in the order of [`LINEARS`].
+    fn projs(&self) -> [&Proj; 6] {
+        [
+            &self.query,
+            &self.key,
+            &self.value,
+            &self.attention_output,
+            &self.intermediate,
+            &self.output,
+        ]
+    }
+
+    fn try_map<E>(
+        &self,
+        f: &mut dyn FnMut(&Proj) -> std::result::Result<Proj, E>,
+    ) -> std::result::Result<Self, E> {
+        Ok(Self {
+            query: f(&self.query)?,
+            key: f(&self.key)?,
+            value: f(&self.value)?,
+            attention_output: f(&self.attention_output)?,
+            intermediate: f(&self.intermediate)?,
+            output: f(&self.output)?,
+            ..self.clone()
+        })
+    }
+}
+
+impl Linears for BertEncoder {
+    fn linears(&self) -> Vec<(String, &Proj)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            for (name, proj) in LINEARS.iter().zip(l.projs()) {
+                out.push((format!("encoder.layer.{i}.{name}"), proj));
+            }
+        }
+        out
+    }
+
+    fn try_map_linears<E>(
+        &self,
+        f: &mut dyn FnMut(&Proj) -> std::result::Result<Proj, E>,
+    ) -> std::result::Result<Self, E> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| l.try_map(f))
+            .collect::<std::result::Result<Vec<_>, E>>()?;
+        Ok(Self {
+            layers,
+            ..self.clone()
+        })
+    }
+
+    fn members(&self) -> usize {
+        self.members
+    }
+
+    fn with_members(self, members: usize) -> Self {
+        Self { members, ..self }
     }
 }
 
@@ -213,14 +218,16 @@ pub struct BertEncoder {
 }
 
 impl BertEncoder {
-    /// Loads the encoder; `adapter` (if any) goes on the `targets` of every layer, named
-    /// `encoder.layer.{i}.attention.self.query.lora_a` etc. under `adapters`.
+    /// Loads the encoder; `adapter` (if any) goes on every linear layer whose full name
+    /// (`encoder.layer.{i}.attention.self.query`, ..., `encoder.layer.{i}.output.dense`)
+    /// `targets` matches, its vars named after the layer under `adapters`
+    /// (`encoder.layer.{i}.attention.self.query.lora_a`, ...).
     pub fn load(
         base: VarBuilder,
         adapters: VarBuilder,
         config: &BertConfig,
         adapter: Option<&dyn AdapterBuilder>,
-        targets: AdapterTargets,
+        targets: &TargetModules,
     ) -> Result<Self> {
         config.validate()?;
         let base = if base.contains_tensor("bert.embeddings.word_embeddings.weight") {
@@ -231,13 +238,8 @@ impl BertEncoder {
         let layers = (0..config.num_hidden_layers)
             .map(|i| {
                 let name = format!("encoder.layer.{i}");
-                Layer::load(
-                    &base.pp(&name),
-                    &adapters.pp(&name),
-                    config,
-                    adapter,
-                    targets,
-                )
+                let vbs = (&base.pp(&name), &adapters.pp(&name));
+                Layer::load(&name, vbs, config, adapter, targets)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
@@ -246,6 +248,38 @@ impl BertEncoder {
             config: config.clone(),
             members: adapter.map_or(1, |a| a.members()),
         })
+    }
+
+    /// Query and value: the LoRA paper's targets and peft's default for BERT.
+    ///
+    /// ```
+    /// let t = varlora::models::BertEncoder::query_value();
+    /// assert!(t.matches("encoder.layer.0.attention.self.value"));
+    /// ```
+    pub fn query_value() -> TargetModules {
+        TargetModules::new(["query", "value"])
+    }
+
+    /// Every linear layer of attention: query, key, value and the attention output, as
+    /// LoRA-Ensemble's reference targets them.
+    ///
+    /// ```
+    /// let t = varlora::models::BertEncoder::attention();
+    /// assert!(t.matches("encoder.layer.0.attention.output.dense"));
+    /// assert!(!t.matches("encoder.layer.0.output.dense"));
+    /// ```
+    pub fn attention() -> TargetModules {
+        TargetModules::new(["query", "key", "value", "attention.output.dense"])
+    }
+
+    /// Every linear layer: attention's four and the MLP's two.
+    ///
+    /// ```
+    /// let t = varlora::models::BertEncoder::all_linears();
+    /// assert!(t.matches("encoder.layer.0.intermediate.dense"));
+    /// ```
+    pub fn all_linears() -> TargetModules {
+        TargetModules::new(["query", "key", "value", "dense"])
     }
 
     /// The configuration.
@@ -259,22 +293,7 @@ impl BertEncoder {
     /// trainable copy keeps every layer's activations alive until the output is dropped:
     /// about 2 GB for all-MiniLM-L6-v2 at 64 x 64 tokens, against 0.1 GB detached.
     pub fn detach(&self) -> Self {
-        Self {
-            layers: self
-                .layers
-                .iter()
-                .map(|l| Layer {
-                    query: l.query.detach(),
-                    key: l.key.detach(),
-                    value: l.value.detach(),
-                    attention_output: l.attention_output.detach(),
-                    intermediate: l.intermediate.detach(),
-                    output: l.output.detach(),
-                    ..l.clone()
-                })
-                .collect(),
-            ..self.clone()
-        }
+        host::detached(self)
     }
 
     /// A copy for inference that evaluates `samples` weight samples of the adapters in one
@@ -299,33 +318,7 @@ impl BertEncoder {
         stacked: &mut HashMap<String, Tensor>,
         samples: usize,
     ) -> Result<Self> {
-        if self.members != 1 || samples == 0 {
-            return Err(Error::InvalidInput(format!(
-                "{samples} stacked samples of an encoder with {} members: stack at least one \
-                 sample, of a model that is not an ensemble",
-                self.members
-            )));
-        }
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| {
-                Ok(Layer {
-                    query: l.query.stacked(stacked, samples)?,
-                    key: l.key.stacked(stacked, samples)?,
-                    value: l.value.stacked(stacked, samples)?,
-                    attention_output: l.attention_output.stacked(stacked, samples)?,
-                    intermediate: l.intermediate.stacked(stacked, samples)?,
-                    output: l.output.stacked(stacked, samples)?,
-                    ..l.clone()
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            layers,
-            members: samples,
-            ..self.clone()
-        })
+        host::stacked(self, stacked, samples)
     }
 
     /// The KL divergence of every Bayesian adapter from its prior, summed (0 without
@@ -344,24 +337,12 @@ impl BertEncoder {
     /// Sets every adapter's trainable tensors to draws from `seed` (see
     /// [`Adapter::init`]): the same seed gives the same encoder.
     pub fn init(&self, seed: u64) -> Result<()> {
-        self.adapters().try_for_each(|a| a.init(seed))
+        host::init(self, seed)
     }
 
     /// The adapters, in layer order.
     pub fn adapters(&self) -> impl Iterator<Item = &dyn Adapter> {
-        self.layers
-            .iter()
-            .flat_map(|l| {
-                [
-                    &l.query,
-                    &l.key,
-                    &l.value,
-                    &l.attention_output,
-                    &l.intermediate,
-                    &l.output,
-                ]
-            })
-            .filter_map(Proj::adapter)
+        host::adapters(self).into_iter()
     }
 
     /// Every weight under its Hugging Face name (`embeddings.word_embeddings.weight`,
@@ -372,18 +353,11 @@ impl BertEncoder {
     pub fn merged_tensors(&self) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         self.embeddings.insert_into(&mut out);
+        for (name, proj) in self.linears() {
+            insert_linear(&mut out, &name, &proj.merged()?);
+        }
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("encoder.layer.{i}");
-            for (name, proj) in [
-                ("attention.self.query", &l.query),
-                ("attention.self.key", &l.key),
-                ("attention.self.value", &l.value),
-                ("attention.output.dense", &l.attention_output),
-                ("intermediate.dense", &l.intermediate),
-                ("output.dense", &l.output),
-            ] {
-                insert_linear(&mut out, &format!("{p}.{name}"), &proj.merged()?);
-            }
             let norms = [
                 ("attention.output.LayerNorm", &l.attention_norm),
                 ("output.LayerNorm", &l.output_norm),

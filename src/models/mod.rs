@@ -3,21 +3,20 @@
 mod adapter_spec;
 mod bert;
 mod classifier;
+mod host;
 mod input;
 mod llama;
 mod norm;
 mod proj;
 mod saved;
-mod targets;
 
 pub use adapter_spec::AdapterSpec;
-pub use bert::{AdapterTargets, BertConfig, BertEncoder};
+pub use bert::{BertConfig, BertEncoder};
 pub use classifier::BertClassifier;
 pub(crate) use input::{Embeddings, Tokens};
 pub use llama::{
-    gguf_tokenizer, AnswerTokens, ClozeBatch, GgufDecoder, LlamaConfig, LlamaDecoder,
+    check_memory, gguf_tokenizer, AnswerTokens, ClozeBatch, GgufDecoder, LlamaConfig, LlamaDecoder,
     RopeParameters,
 };
 pub(crate) use norm::Norm;
 pub use saved::{LoadedClassifier, SavedAdapter, SavedClassifier};
-pub use targets::TargetModules;

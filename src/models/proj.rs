@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use candle_core::{ModuleT, Tensor};
+use candle_core::{DType, ModuleT, Tensor};
 use candle_nn::{linear, linear_no_bias, Linear, VarBuilder};
 
 use crate::kernels::layers::FrozenLinear;
@@ -32,6 +32,14 @@ impl Proj {
             linear(d_in, d_out, base.pp(name))?
         } else {
             linear_no_bias(d_in, d_out, base.pp(name))?
+        };
+        // A bf16 base keeps its weight in bf16 (the frozen kernel widens it as it goes)
+        // and its bias, which is small, in f32.
+        let frozen = match frozen.bias() {
+            Some(b) if b.dtype() == DType::BF16 => {
+                Linear::new(frozen.weight().clone(), Some(b.to_dtype(DType::F32)?))
+            }
+            _ => frozen,
         };
         Ok(match builder {
             None => Proj::Frozen(FrozenLinear::new(frozen)),

@@ -8,9 +8,9 @@ use candle_core::DType;
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
-use super::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
+use super::{AdapterSpec, BertClassifier, BertConfig, BertEncoder};
 use crate::files::sealed;
-use crate::lora::{BlobConfig, BlobSampler, LoraConfig};
+use crate::lora::{BlobConfig, BlobSampler, LoraConfig, TargetModules};
 use crate::Result;
 
 const KIND: &str = "classifier";
@@ -56,8 +56,9 @@ pub enum SavedAdapter {
 pub struct SavedClassifier {
     /// The adapter and its settings.
     pub adapter: SavedAdapter,
-    /// The layers that carry it.
-    pub targets: AdapterTargets,
+    /// The layers that carry it. Files written before 0.2 hold six BERT flags here, read
+    /// as the modules they named.
+    pub targets: TargetModules,
     /// The head's outputs.
     pub classes: usize,
 }
@@ -109,7 +110,7 @@ impl SavedClassifier {
         let varmap = VarMap::new();
         let adapters = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
         let encoder =
-            BertEncoder::load(base, adapters.clone(), config, Some(&spec), saved.targets)?;
+            BertEncoder::load(base, adapters.clone(), config, Some(&spec), &saved.targets)?;
         let model = BertClassifier::new(encoder, saved.classes, adapters)?;
         {
             let vars = crate::files::lock_vars(&varmap)?;

@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor};
 use varlora::noise::NoiseSource;
 
 pub mod tiny_bert;
+pub mod tiny_decoder;
 
 /// Seeded standard-normal draws of `shape`, times `std` (candle's `Tensor::randn` is
 /// unseeded on the CPU).

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use varlora::models::{AdapterTargets, BertConfig, BertEncoder};
+use varlora::lora::TargetModules;
+use varlora::models::{BertConfig, BertEncoder};
 
 /// The config, readable both as candle-transformers' `Config` and as our `BertConfig`.
 pub const TINY: &str = r#"{
@@ -18,15 +19,13 @@ pub const TINY: &str = r#"{
 }"#;
 
 /// LoRA on query, value and the feed-forward output: `output.dense` is the target a list
-/// of peft suffixes cannot name without `attention.output.dense`.
-pub const QUERY_VALUE_OUTPUT: AdapterTargets = AdapterTargets {
-    query: true,
-    key: false,
-    value: true,
-    attention_output: false,
-    intermediate: false,
-    output: true,
-};
+/// of peft suffixes cannot name without `attention.output.dense`, so it is a pattern.
+pub fn query_value_output() -> TargetModules {
+    TargetModules::pattern(
+        r".*\.layer\.\d+\.(attention\.self\.query|attention\.self\.value|output\.dense)",
+    )
+    .unwrap()
+}
 
 /// The tiny config as ours.
 pub fn tiny_config() -> BertConfig {
@@ -38,8 +37,8 @@ pub fn tiny_config() -> BertConfig {
 pub fn frozen_weights(config: &BertConfig) -> HashMap<String, Tensor> {
     let (base, adapters) = (VarMap::new(), VarMap::new());
     let vb = |m: &VarMap| VarBuilder::from_varmap(m, DType::F32, &Device::Cpu);
-    let targets = AdapterTargets::default();
-    BertEncoder::load(vb(&base), vb(&adapters), config, None, targets).unwrap();
+    let targets = BertEncoder::query_value();
+    BertEncoder::load(vb(&base), vb(&adapters), config, None, &targets).unwrap();
     let data = base.data().lock().unwrap();
     let mut names: Vec<&String> = data.keys().collect();
     names.sort();

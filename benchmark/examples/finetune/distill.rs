@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use tokenizers::Tokenizer;
 use varlora::ensemble::{distillation_loss, laplace_predictive, LaplaceHead};
 use varlora::lora::LoraConfig;
-use varlora::models::{AdapterSpec, AdapterTargets, BertConfig, BertEncoder};
+use varlora::models::{AdapterSpec, BertConfig, BertEncoder};
 use varlora::predict::{sample_logits, Predictive};
 
 use crate::data::{batches, Batch, Rows};
@@ -43,7 +43,7 @@ impl Student {
             vb.clone(),
             config,
             Some(&spec),
-            AdapterTargets::default(),
+            &BertEncoder::query_value(),
         )?;
         let head = LaplaceHead::new(config.hidden_size, 2, vb.pp("student"))?;
         Ok(Self { encoder, head })

@@ -30,8 +30,9 @@ use clap::{Parser, ValueEnum};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokenizers::Tokenizer;
+use varlora::lora::TargetModules;
 use varlora::lora::{BlobConfig, BlobSampler, LoraConfig, McDropout};
-use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
+use varlora::models::{AdapterSpec, BertClassifier, BertConfig, BertEncoder};
 
 use data::{batches, Batch, Split, SplitSpec};
 use evaluate::{OodSets, Rows};
@@ -299,14 +300,14 @@ impl Args {
     }
 
     /// The adapted layers: `--targets`, else the method's reference's.
-    fn targets(&self, method: Method) -> AdapterTargets {
+    fn targets(&self, method: Method) -> TargetModules {
         match (self.targets, method) {
-            (Some(Targets::QueryValue), _) => AdapterTargets::default(),
+            (Some(Targets::QueryValue), _) => BertEncoder::query_value(),
             (Some(Targets::Attention), _) | (None, Method::LoraEnsemble) => {
-                AdapterTargets::attention()
+                BertEncoder::attention()
             }
-            (Some(Targets::All), _) => AdapterTargets::all(),
-            (None, _) => AdapterTargets::default(),
+            (Some(Targets::All), _) => BertEncoder::all_linears(),
+            (None, _) => BertEncoder::query_value(),
         }
     }
 
@@ -463,7 +464,13 @@ fn build_model(
     };
     let targets = args.targets(method);
     let adapters = VarBuilder::from_varmap(varmap, DType::F32, base.device());
-    let encoder = BertEncoder::load(base.clone(), adapters.clone(), config, Some(&spec), targets)?;
+    let encoder = BertEncoder::load(
+        base.clone(),
+        adapters.clone(),
+        config,
+        Some(&spec),
+        &targets,
+    )?;
     let model = if args.adapted_head {
         BertClassifier::with_adapted_head(encoder, 2, adapters, &spec, args.seed)?
     } else {

@@ -6,8 +6,9 @@ use std::path::Path;
 
 use candle_nn::VarMap;
 use varlora::files::peft::PeftAdapter;
+use varlora::lora::TargetModules;
 use varlora::lora::{BlobConfig, LoraConfig};
-use varlora::models::{AdapterTargets, SavedAdapter, SavedClassifier};
+use varlora::models::{SavedAdapter, SavedClassifier};
 use varlora::optim::Ivon;
 
 use crate::Method;
@@ -37,14 +38,14 @@ pub fn check(method: Method, adapted_head: bool) -> Res<()> {
 /// and, for IVON, `dir/posterior.safetensors`.
 pub fn save(
     dir: &Path,
-    (method, targets): (Method, AdapterTargets),
+    (method, targets): (Method, TargetModules),
     (varmap, lora, seed): (&VarMap, &LoraConfig, u64),
     ivon: Option<&mut Ivon>,
 ) -> Res<()> {
     std::fs::create_dir_all(dir)?;
     let peft = PeftAdapter {
         base_model: Some("sentence-transformers/all-MiniLM-L6-v2".into()),
-        ..PeftAdapter::new(lora.clone(), targets)
+        ..PeftAdapter::new(lora.clone(), targets.clone())
     };
     let adapter = match method {
         Method::Blob => SavedAdapter::Blob {

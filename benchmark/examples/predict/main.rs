@@ -165,7 +165,13 @@ fn load_peft(
     let varmap = VarMap::new();
     let adapters = VarBuilder::from_varmap(&varmap, DType::F32, dev);
     let spec = AdapterSpec::Lora(adapter.lora.clone());
-    let encoder = BertEncoder::load(base, adapters.clone(), config, Some(&spec), adapter.targets)?;
+    let encoder = BertEncoder::load(
+        base,
+        adapters.clone(),
+        config,
+        Some(&spec),
+        &adapter.targets,
+    )?;
     let model = BertClassifier::new(encoder, args.classes, adapters)?;
     PeftAdapter::load(dir, &varmap)?;
     Ok(Served {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use varlora::models::{AdapterSpec, AdapterTargets, BertClassifier, BertConfig, BertEncoder};
+use varlora::models::{AdapterSpec, BertClassifier, BertConfig, BertEncoder};
 
 /// all-MiniLM-L6-v2's shape (6 layers, hidden 384, 12 heads), with a vocabulary of 1000.
 pub fn config() -> BertConfig {
@@ -34,7 +34,7 @@ pub fn frozen_weights(
         VarBuilder::from_varmap(&VarMap::new(), DType::F32, dev),
         config,
         None,
-        AdapterTargets::default(),
+        &BertEncoder::query_value(),
     )
     .map_err(candle_core::Error::wrap)?;
     let data = varmap
@@ -61,7 +61,7 @@ pub fn classifier(
         VarBuilder::from_varmap(adapters, DType::F32, dev),
         &config(),
         Some(spec),
-        AdapterTargets::default(),
+        &BertEncoder::query_value(),
     )
     .map_err(candle_core::Error::wrap)?;
     let head = VarBuilder::from_varmap(adapters, DType::F32, dev);

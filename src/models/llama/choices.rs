@@ -143,8 +143,9 @@ impl AnswerTokens {
 
 impl LlamaDecoder {
     /// The lettered head: the last position's logits of the answer tokens, `(batch,
-    /// choices)`, from those tokens' rows of the output matrix only. The prompts are
-    /// left-padded, so the last column is every row's last token.
+    /// choices)` (`(members * batch, choices)` with members), from those tokens' rows of
+    /// the output matrix only. The prompts are left-padded, so the last column is every
+    /// row's last token.
     pub fn answer_logits(
         &self,
         ids: &Tensor,
@@ -165,22 +166,25 @@ impl LlamaDecoder {
         let h = self.hidden_states(ids, mask, train)?;
         let last = h.i((.., h.dim(1)? - 1))?;
         let rows = Tensor::new(answers.ids(), ids.device())?;
-        let w = self.lm_head.index_select(&rows, 0)?;
+        let w = self.output_rows(Some(&rows))?;
         Ok(last.matmul(&w.t()?)?)
     }
 
     /// The cloze head's logits `(questions, choices)` for an encoded batch: each choice's
     /// summed log-likelihood after its question (see [`Self::choice_log_likelihoods`]).
+    /// With members (LoRA-Ensemble, stacked samples) they are `(members * questions,
+    /// choices)`, member-major.
     pub fn cloze_logits(&self, batch: &ClozeBatch, train: bool) -> Result<Tensor> {
         let ll = self.choice_log_likelihoods(&batch.ids, &batch.mask, &batch.choice_lens, train)?;
         let questions = batch.choice_lens.len() / batch.choices.max(1);
-        Ok(ll.reshape((questions, batch.choices))?)
+        Ok(ll.reshape((self.members * questions, batch.choices))?)
     }
 
     /// The cloze head: for each row of `ids` (a question followed by one choice, padded on
     /// the left), the summed log-likelihood of its last `choice_lens[row]` tokens, each
-    /// predicted from the tokens before it: `(batch,)`. A choice needs at least one token
-    /// before it and one of its own.
+    /// predicted from the tokens before it: `(batch,)`, or `(members * batch,)`
+    /// member-major with members. A choice needs at least one token before it and one of
+    /// its own.
     pub fn choice_log_likelihoods(
         &self,
         ids: &Tensor,
@@ -207,26 +211,30 @@ impl LlamaDecoder {
             left_padded(keep, row)?;
         }
         let h = self.hidden_states(ids, mask, train)?;
-        let hidden = self.config.hidden_size;
-        let h = h.reshape((batch * len, hidden))?;
-        // Position p predicts token p + 1: the rows before each choice token.
+        let (hidden, members) = (self.config.hidden_size, self.members);
+        let h = h.reshape((members * batch * len, hidden))?;
+        // Position p predicts token p + 1: the rows before each choice token, member by
+        // member.
         let (mut predictors, mut targets) = (Vec::new(), Vec::new());
         let flat_ids: Vec<Vec<u32>> = ids.to_dtype(candle_core::DType::U32)?.to_vec2()?;
-        for (row, (&k, row_ids)) in choice_lens.iter().zip(&flat_ids).enumerate() {
-            for (p, &id) in row_ids.iter().enumerate().skip(len - k) {
-                predictors.push((row * len + p - 1) as u32);
-                targets.push(id);
+        for member in 0..members {
+            for (row, (&k, row_ids)) in choice_lens.iter().zip(&flat_ids).enumerate() {
+                for (p, &id) in row_ids.iter().enumerate().skip(len - k) {
+                    predictors.push(((member * batch + row) * len + p - 1) as u32);
+                    targets.push(id);
+                }
             }
         }
         let dev = ids.device();
         let rows = h.index_select(&Tensor::new(predictors.as_slice(), dev)?, 0)?;
-        let log_probs = candle_nn::ops::log_softmax(&rows.matmul(&self.lm_head.t()?)?, D::Minus1)?;
+        let logits = rows.matmul(&self.output_rows(None)?.t()?)?;
+        let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let picked = log_probs
             .gather(&Tensor::new(targets.as_slice(), dev)?.unsqueeze(1)?, 1)?
             .squeeze(1)?;
-        let mut sums = Vec::with_capacity(batch);
+        let mut sums = Vec::with_capacity(members * batch);
         let mut start = 0;
-        for &k in choice_lens {
+        for &k in choice_lens.iter().cycle().take(members * batch) {
             sums.push(picked.narrow(0, start, k)?.sum_all()?);
             start += k;
         }

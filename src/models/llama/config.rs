@@ -125,6 +125,32 @@ impl LlamaConfig {
         self.model_type == "qwen3"
     }
 
+    /// The number of the base model's weights: what its memory is in units of its dtype
+    /// (134,515,008 for SmolLM2-135M).
+    ///
+    /// ```
+    /// # let json = r#"{"model_type": "llama", "vocab_size": 49152, "hidden_size": 576,
+    /// #     "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+    /// #     "num_key_value_heads": 3, "max_position_embeddings": 8192,
+    /// #     "tie_word_embeddings": true}"#;
+    /// let smollm2: varlora::models::LlamaConfig = serde_json::from_str(json)?;
+    /// assert_eq!(smollm2.parameter_count(), 134_515_008);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn parameter_count(&self) -> u64 {
+        let (h, hd, wide) = (self.hidden_size, self.head_dim(), self.intermediate_size);
+        let (q_out, kv_out) = (self.num_attention_heads * hd, self.kv_heads() * hd);
+        let bias = |on: bool, n: usize| if on { n } else { 0 };
+        let attention = h * (q_out + 2 * kv_out)
+            + bias(self.qkv_bias(), q_out + 2 * kv_out)
+            + q_out * h
+            + bias(self.output_bias(), h)
+            + bias(self.qk_norm(), 2 * hd);
+        let layer = attention + 3 * h * wide + 2 * h;
+        let embeddings = self.vocab_size * h * if self.tie_word_embeddings { 1 } else { 2 };
+        (self.num_hidden_layers * layer + embeddings + h) as u64
+    }
+
     /// Checks that the configuration describes a model this crate runs, naming the
     /// field that does not.
     pub fn validate(&self) -> Result<()> {

@@ -7,9 +7,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::config::LlamaConfig;
+use super::memory::check_memory;
 use crate::{Error, Result};
 
 /// The configuration and the dequantized f32 weights of a GGUF decoder, named as
@@ -19,7 +20,8 @@ use crate::{Error, Result};
 /// ```no_run
 /// use candle_core::{DType, Device};
 /// use candle_nn::{VarBuilder, VarMap};
-/// use varlora::models::{GgufDecoder, LlamaDecoder, TargetModules};
+/// use varlora::lora::TargetModules;
+/// use varlora::models::{GgufDecoder, LlamaDecoder};
 ///
 /// let dev = Device::Cpu;
 /// let gguf = GgufDecoder::read("SmolLM2-135M-Instruct.Q4_1.gguf".as_ref(), &dev)?;
@@ -37,7 +39,8 @@ use crate::{Error, Result};
 pub struct GgufDecoder {
     /// The configuration, from the file's metadata.
     pub config: LlamaConfig,
-    /// Every tensor, dequantized to f32, under its Hugging Face name.
+    /// Every tensor, dequantized (to f32, or the dtype [`Self::read_as`] was given), under
+    /// its Hugging Face name.
     pub tensors: HashMap<String, Tensor>,
 }
 
@@ -60,10 +63,18 @@ const BLOCK_NAMES: [(&str, &str); 14] = [
 ];
 
 impl GgufDecoder {
-    /// Reads `path`. A file that is not GGUF, is truncated, holds a quantization candle
-    /// cannot read or a tensor this mapping does not know, or describes another
-    /// architecture is an [`Error::File`] that says which.
+    /// Reads `path`, dequantized to f32. A file that is not GGUF, is truncated, holds a
+    /// quantization candle cannot read or a tensor this mapping does not know, or
+    /// describes another architecture is an [`Error::File`] that says which.
     pub fn read(path: &Path, dev: &Device) -> Result<Self> {
+        Self::read_as(path, DType::F32, dev)
+    }
+
+    /// Reads `path`, each tensor dequantized to f32 and stored in `dtype`: `BF16` halves
+    /// the base's memory (the decoder computes in f32 and widens the weights as it uses
+    /// them). On the CPU, a model that will not fit the free memory in `dtype` is an
+    /// [`Error::OutOfMemory`] before anything is read.
+    pub fn read_as(path: &Path, dtype: DType, dev: &Device) -> Result<Self> {
         let fail = |problem: String| file_error(path, problem);
         let (mut file, content) = open(path)?;
         let meta = Metadata {
@@ -76,6 +87,14 @@ impl GgufDecoder {
             )));
         }
         let config = meta.config(&arch).map_err(&fail)?;
+        if dev.is_cpu() {
+            let elements: usize = content
+                .tensor_infos
+                .values()
+                .map(|i| i.shape.elem_count())
+                .sum();
+            check_memory((elements * dtype.size_in_bytes()) as u64)?;
+        }
         let mut tensors = HashMap::new();
         for (name, info) in &content.tensor_infos {
             let hf = hf_name(name).ok_or_else(|| fail(format!("unknown tensor `{name}`")))?;
@@ -90,7 +109,7 @@ impl GgufDecoder {
                 ("llama", Some("attn_k")) => unpermute(&w, config.kv_heads())?,
                 _ => w,
             };
-            tensors.insert(hf, w);
+            tensors.insert(hf, w.to_dtype(dtype)?);
         }
         let mut config = config;
         config.tie_word_embeddings = !tensors.contains_key("lm_head.weight");

@@ -10,22 +10,28 @@
 mod choices;
 mod config;
 mod gguf;
+mod memory;
 mod ops;
 mod tokenizer;
 
-use candle_core::{ModuleT, Tensor};
+use candle_core::{DType, ModuleT, Tensor};
 use candle_nn::VarBuilder;
 
 pub use choices::{AnswerTokens, ClozeBatch};
 pub use config::{LlamaConfig, RopeParameters};
 pub use gguf::GgufDecoder;
-use ops::{causal_bias, RmsNorm, Rope};
+pub use memory::check_memory;
+use ops::{causal_bias, compute_dtype, RmsNorm, Rope};
 pub use tokenizer::gguf_tokenizer;
 
+use std::collections::HashMap;
+
+use super::bert::take_all_stacked;
+use super::host::{self, Linears};
+use super::input::repeat_members;
 use super::proj::Proj;
-use super::targets::TargetModules;
 use crate::kernels::layers::{masked_softmax, rope, swiglu};
-use crate::lora::{Adapter, AdapterBuilder};
+use crate::lora::{Adapter, AdapterBuilder, TargetModules};
 use crate::{Error, Result};
 
 /// One decoder layer's attention: projections, the optional per-head norms of Qwen3.
@@ -79,6 +85,7 @@ impl Layer {
             let adapter = s.adapter.filter(|_| s.targets.matches(&name));
             Proj::load(shape, &name, base, adapters, adapter)
         };
+        let [q, k, v, o, gate, up, down] = LINEARS;
         let (qkv_bias, o_bias) = (c.qkv_bias(), c.output_bias());
         let head_norm = |which: &str| {
             c.qk_norm()
@@ -98,10 +105,10 @@ impl Layer {
                 base.pp(format!("{prefix}.input_layernorm")),
             )?,
             self_attn: Attention {
-                q_proj: proj("self_attn.q_proj", (h, q_out, qkv_bias))?,
-                k_proj: proj("self_attn.k_proj", (h, kv_out, qkv_bias))?,
-                v_proj: proj("self_attn.v_proj", (h, kv_out, qkv_bias))?,
-                o_proj: proj("self_attn.o_proj", (q_out, h, o_bias))?,
+                q_proj: proj(q, (h, q_out, qkv_bias))?,
+                k_proj: proj(k, (h, kv_out, qkv_bias))?,
+                v_proj: proj(v, (h, kv_out, qkv_bias))?,
+                o_proj: proj(o, (q_out, h, o_bias))?,
                 q_norm: head_norm("q_norm")?,
                 k_norm: head_norm("k_norm")?,
             },
@@ -111,14 +118,15 @@ impl Layer {
                 base.pp(format!("{prefix}.post_attention_layernorm")),
             )?,
             mlp: Mlp {
-                gate_proj: proj("mlp.gate_proj", (h, wide, false))?,
-                up_proj: proj("mlp.up_proj", (h, wide, false))?,
-                down_proj: proj("mlp.down_proj", (wide, h, false))?,
+                gate_proj: proj(gate, (h, wide, false))?,
+                up_proj: proj(up, (h, wide, false))?,
+                down_proj: proj(down, (wide, h, false))?,
             },
         })
     }
 
-    /// The layer's seven linear layers, attention's then the MLP's.
+    /// The layer's seven linear layers, attention's then the MLP's, in the order of
+    /// [`LINEARS`].
     fn projs(&self) -> [&Proj; 7] {
         let (a, m) = (&self.self_attn, &self.mlp);
         [
@@ -132,24 +140,72 @@ impl Layer {
         ]
     }
 
-    /// The layer with every adapter detached.
-    fn detach(&self) -> Self {
+    fn try_map<E>(
+        &self,
+        f: &mut dyn FnMut(&Proj) -> std::result::Result<Proj, E>,
+    ) -> std::result::Result<Self, E> {
         let (a, m) = (&self.self_attn, &self.mlp);
-        Self {
+        Ok(Self {
             self_attn: Attention {
-                q_proj: a.q_proj.detach(),
-                k_proj: a.k_proj.detach(),
-                v_proj: a.v_proj.detach(),
-                o_proj: a.o_proj.detach(),
+                q_proj: f(&a.q_proj)?,
+                k_proj: f(&a.k_proj)?,
+                v_proj: f(&a.v_proj)?,
+                o_proj: f(&a.o_proj)?,
                 ..a.clone()
             },
             mlp: Mlp {
-                gate_proj: m.gate_proj.detach(),
-                up_proj: m.up_proj.detach(),
-                down_proj: m.down_proj.detach(),
+                gate_proj: f(&m.gate_proj)?,
+                up_proj: f(&m.up_proj)?,
+                down_proj: f(&m.down_proj)?,
             },
             ..self.clone()
+        })
+    }
+}
+
+/// A layer's linear layers under their names within it (peft's), in order.
+const LINEARS: [&str; 7] = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+];
+
+impl Linears for LlamaDecoder {
+    fn linears(&self) -> Vec<(String, &Proj)> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            for (name, proj) in LINEARS.iter().zip(l.projs()) {
+                out.push((format!("model.layers.{i}.{name}"), proj));
+            }
         }
+        out
+    }
+
+    fn try_map_linears<E>(
+        &self,
+        f: &mut dyn FnMut(&Proj) -> std::result::Result<Proj, E>,
+    ) -> std::result::Result<Self, E> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| l.try_map(f))
+            .collect::<std::result::Result<Vec<_>, E>>()?;
+        Ok(Self {
+            layers,
+            ..self.clone()
+        })
+    }
+
+    fn members(&self) -> usize {
+        self.members
+    }
+
+    fn with_members(self, members: usize) -> Self {
+        Self { members, ..self }
     }
 }
 
@@ -222,7 +278,8 @@ impl Mlp {
 /// use candle_core::{DType, Device, Tensor};
 /// use candle_nn::{VarBuilder, VarMap};
 /// use varlora::lora::LoraConfig;
-/// use varlora::models::{AdapterSpec, LlamaConfig, LlamaDecoder, TargetModules};
+/// use varlora::lora::TargetModules;
+/// use varlora::models::{AdapterSpec, LlamaConfig, LlamaDecoder};
 ///
 /// let dev = Device::Cpu;
 /// let config: LlamaConfig = serde_json::from_str(&std::fs::read_to_string("config.json")?)?;
@@ -252,6 +309,7 @@ pub struct LlamaDecoder {
     lm_head: Tensor,
     rope: Rope,
     config: LlamaConfig,
+    members: usize,
 }
 
 impl LlamaDecoder {
@@ -266,12 +324,12 @@ impl LlamaDecoder {
         targets: &TargetModules,
     ) -> Result<Self> {
         config.validate()?;
-        if adapter.is_some_and(|a| a.members() != 1) {
-            return Err(Error::InvalidInput(
-                "the decoder takes one adapter per layer; ensembles of members are not \
-                 supported on it yet"
-                    .into(),
-            ));
+        if !matches!(base.dtype(), DType::F32 | DType::BF16 | DType::F64) {
+            return Err(Error::InvalidConfig {
+                field: "base dtype",
+                value: format!("{:?}", base.dtype()),
+                expected: "f32 or bf16 (f64 for checks)",
+            });
         }
         let setup = LayerSetup {
             config,
@@ -295,6 +353,7 @@ impl LlamaDecoder {
             lm_head,
             rope: Rope::new(config.head_dim(), config.rope_base()),
             config: config.clone(),
+            members: adapter.map_or(1, |a| a.members()),
         })
     }
 
@@ -303,12 +362,31 @@ impl LlamaDecoder {
         &self.config
     }
 
+    /// The dtype the model computes in: its base's, but f32 for a bf16 base, whose weights
+    /// are widened as they are used.
+    pub fn compute_dtype(&self) -> DType {
+        compute_dtype(self.embed_tokens.dtype())
+    }
+
+    /// The output matrix's rows `rows` (all of them for `None`) in the compute dtype: a
+    /// bf16 base's rows widened for this use only.
+    pub(crate) fn output_rows(&self, rows: Option<&Tensor>) -> Result<Tensor> {
+        let w = match rows {
+            Some(r) => self.lm_head.index_select(r, 0)?,
+            None => self.lm_head.clone(),
+        };
+        Ok(w.to_dtype(self.compute_dtype())?)
+    }
+
+    /// The number of ensemble members (or stacked samples) carried in the batch
+    /// dimension: 1 unless LoRA-Ensemble or [`Self::with_stacked_weights`].
+    pub fn members(&self) -> usize {
+        self.members
+    }
+
     /// Every adapter, layer by layer (within a layer: q, k, v, o, gate, up, down).
     pub fn adapters(&self) -> impl Iterator<Item = &dyn Adapter> {
-        self.layers
-            .iter()
-            .flat_map(|l| l.projs())
-            .filter_map(|p| p.adapter())
+        host::adapters(self).into_iter()
     }
 
     /// The vars of every BLoB layer, layer by layer: what [`crate::optim::Blob`] trains.
@@ -326,19 +404,32 @@ impl LlamaDecoder {
     /// Sets every adapter's trainable tensors to draws from `seed` (see
     /// [`Adapter::init`]): the same seed gives the same model.
     pub fn init(&self, seed: u64) -> Result<()> {
-        self.adapters().try_for_each(|a| a.init(seed))
+        host::init(self, seed)
     }
 
     /// A copy for inference that shares the weights but keeps no autograd graph.
     pub fn detach(&self) -> Self {
-        Self {
-            layers: self.layers.iter().map(Layer::detach).collect(),
-            ..self.clone()
-        }
+        host::detached(self)
     }
 
-    /// The final-normed hidden states `(batch, len, hidden)` of token ids `ids` `(batch,
-    /// len)` whose `mask` (1 for tokens, 0 for padding, which goes on the left) says which
+    /// A copy for inference that evaluates `samples` weight samples of the adapters in one
+    /// forward pass, carried in the batch dimension member-major as LoRA-Ensemble's
+    /// members are: `stacked` maps an adapter var's name to its samples stacked
+    /// `(samples, ..var shape)`, as
+    /// [`crate::predict::GaussianPosterior::stacked_samples`] gives them. A var it lacks is
+    /// the same in every sample; an entry that is no adapter var of the model is an error,
+    /// and so are adapters other than plain LoRA and a model that already carries members.
+    pub fn with_stacked_weights(
+        &self,
+        stacked: &HashMap<String, Tensor>,
+        samples: usize,
+    ) -> Result<Self> {
+        take_all_stacked(stacked, |rest| host::stacked(self, rest, samples))
+    }
+
+    /// The final-normed hidden states `(batch, len, hidden)` (`(members * batch, len,
+    /// hidden)`, member-major, for LoRA-Ensemble or stacked samples) of token ids `ids`
+    /// `(batch, len)` whose `mask` (1 for tokens, 0 for padding, which goes on the left) says which
     /// are real; `train` turns on the adapters' dropout. Positions count from 0 at the
     /// first column, padding included, as transformers' forward does (RoPE's scores
     /// depend only on the distance, so a row's left padding does not change them).
@@ -369,18 +460,24 @@ impl LlamaDecoder {
             )));
         }
         // The tables and the bias in the weights' dtype (f32, or f64 for checks).
-        let dtype = self.embed_tokens.dtype();
+        let dtype = self.compute_dtype();
         let (cos, sin) = self.rope.tables(len, ids.device())?;
+        let m = self.members;
         let pass = Pass {
-            batch,
+            batch: m * batch,
             len,
             config: &self.config,
             cos: cos.to_dtype(dtype)?,
             sin: sin.to_dtype(dtype)?,
-            bias: causal_bias(mask)?.to_dtype(dtype)?,
+            bias: repeat_members(&causal_bias(mask)?.to_dtype(dtype)?, m)?,
             train,
         };
-        let mut x = self.embed_tokens.index_select(&ids_flat, 0)?;
+        let x = self
+            .embed_tokens
+            .index_select(&ids_flat, 0)?
+            .to_dtype(dtype)?;
+        let mut x = repeat_members(&x.reshape((batch, len * self.config.hidden_size))?, m)?
+            .reshape((m * batch * len, self.config.hidden_size))?;
         for layer in &self.layers {
             let attn = layer
                 .self_attn
@@ -394,12 +491,12 @@ impl LlamaDecoder {
         Ok(self
             .norm
             .forward(&x)?
-            .reshape((batch, len, self.config.hidden_size))?)
+            .reshape((m * batch, len, self.config.hidden_size))?)
     }
 
     /// The logits `(batch, len, vocab)` of every position (see [`Self::hidden_states`]).
     pub fn logits(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
         let h = self.hidden_states(ids, mask, train)?;
-        Ok(h.broadcast_matmul(&self.lm_head.t()?)?)
+        Ok(h.broadcast_matmul(&self.output_rows(None)?.t()?)?)
     }
 }

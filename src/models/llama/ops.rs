@@ -17,15 +17,27 @@ pub(crate) struct RmsNorm {
 }
 
 impl RmsNorm {
+    /// The norm `vb` holds, its weight in the dtype the model computes in.
     pub(crate) fn load(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        let dtype = compute_dtype(vb.dtype());
         Ok(Self {
-            weight: vb.get(size, "weight")?,
+            weight: vb.get(size, "weight")?.to_dtype(dtype)?,
             eps: eps as f32,
         })
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         rms_norm(x, &self.weight, self.eps)
+    }
+}
+
+/// The dtype a model whose base is stored in `base` computes in: the base's, except that
+/// a bf16 base computes in f32.
+pub(crate) fn compute_dtype(base: DType) -> DType {
+    if base == DType::BF16 {
+        DType::F32
+    } else {
+        base
     }
 }
 

@@ -1,0 +1,74 @@
+//! The walk over a model's adapters, written once for every model. A model lists its
+//! linear layers under their full (peft) names and rebuilds itself from new ones; finding
+//! its adapters, detaching them, stacking weight samples into them and initialising them
+//! follow from those two.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use candle_core::Tensor;
+
+use super::proj::Proj;
+use crate::lora::Adapter;
+use crate::{Error, Result};
+
+/// A model made of named linear layers, frozen or adapted.
+pub(crate) trait Linears: Sized {
+    /// Every linear layer with its full name (`encoder.layer.0.attention.self.query`,
+    /// `model.layers.0.self_attn.q_proj`), in the model's order.
+    fn linears(&self) -> Vec<(String, &Proj)>;
+
+    /// The model with each linear layer replaced by `f` of it; the rest is shared.
+    fn try_map_linears<E>(
+        &self,
+        f: &mut dyn FnMut(&Proj) -> std::result::Result<Proj, E>,
+    ) -> std::result::Result<Self, E>;
+
+    /// The ensemble members (or stacked samples) carried in the batch dimension.
+    fn members(&self) -> usize;
+
+    /// The model carrying `members` in its batch dimension.
+    fn with_members(self, members: usize) -> Self;
+}
+
+/// The adapters of `model`, in its order.
+pub(crate) fn adapters<M: Linears>(model: &M) -> Vec<&dyn Adapter> {
+    model
+        .linears()
+        .into_iter()
+        .filter_map(|(_, p)| p.adapter())
+        .collect()
+}
+
+/// `model` with every adapter detached from the autograd graph.
+pub(crate) fn detached<M: Linears>(model: &M) -> M {
+    match model.try_map_linears::<Infallible>(&mut |p| Ok(p.detach())) {
+        Ok(m) => m,
+        Err(never) => match never {},
+    }
+}
+
+/// `model` with `samples` stacked weight samples in each adapter, carried in its batch
+/// dimension, taking the entries it uses out of `stacked` (see
+/// [`crate::lora::Adapter::with_stacked_weights`]).
+pub(crate) fn stacked<M: Linears>(
+    model: &M,
+    stacked: &mut HashMap<String, Tensor>,
+    samples: usize,
+) -> Result<M> {
+    if model.members() != 1 || samples == 0 {
+        return Err(Error::InvalidInput(format!(
+            "{samples} stacked samples of a model with {} members: stack at least one \
+             sample, of a model that is not an ensemble",
+            model.members()
+        )));
+    }
+    Ok(model
+        .try_map_linears(&mut |p| p.stacked(stacked, samples))?
+        .with_members(samples))
+}
+
+/// Sets every adapter of `model` to draws from `seed`.
+pub(crate) fn init<M: Linears>(model: &M, seed: u64) -> Result<()> {
+    adapters(model).into_iter().try_for_each(|a| a.init(seed))
+}
