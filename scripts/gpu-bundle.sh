@@ -7,7 +7,8 @@
 #
 # The bundle holds, stripped and built with `--features cuda` against the CUDA 13.0 wheels
 # of scripts/cuda-toolkit.sh: the CUDA test suite (tests/ivon_cuda.rs) with the fused and
-# API suites, the optimizer_step bench and the quickstart example, the NCCL backend's
+# API suites, the optimizer_step bench, the quickstart example, the decoder's training step
+# on random weights of SmolLM2's shape (speed/examples/decoder_step.rs), the NCCL backend's
 # test (built with `--features nccl`), plus the runner (scripts/gpu-run.sh). The binaries
 # link cuBLAS, cuRAND and NVRTC (and libnccl) dynamically; the runner finds them in the
 # GPU machine's Python install (PyTorch's nvidia wheels), and the driver supplies libcuda.
@@ -36,6 +37,8 @@ for line in sys.stdin:
     # The bench lives in the speed/ member, whose cuda feature turns on the crate's.
     executables bench -p varlora-speed --features cuda --no-run --bench optimizer_step
     executables build --release --features cuda --example quickstart
+    # The decoder's LoRA step and forward; the 98 MB model cannot travel, so --random.
+    executables build --release -p varlora-speed --features cuda --example decoder_step
     # The NCCL backend in a world of one GPU (needs libnccl there).
     executables test --release --features nccl --no-run --test collective_nccl
 } >"$out/executables.txt"

@@ -108,6 +108,8 @@ else
 fi
 # A binary built with the feature still runs the CPU example.
 step 60 quickstart.txt "$bin/quickstart"
+# The decoder's LoRA training step and forward on GPU 0, random weights of SmolLM2's shape.
+step 120 decoder.txt "$bin/decoder_step" 5 --random
 # Fused IVON, tensor-op IVON and AdamW against a device-to-device copy, 1e5 to 1e8.
 CRITERION_HOME=${CRITERION_HOME:-/tmp/varlora-criterion}
 export CRITERION_HOME
