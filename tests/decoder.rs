@@ -511,7 +511,21 @@ fn cloze_batch_lays_out_each_choice_after_its_question() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("does not tokenize as the prompt's tokens"),
+        err.contains("does not tokenize as the context's tokens"),
+        "{err}"
+    );
+
+    // WinoGrande's layout: the choice fills the context, the same rest is scored.
+    let rows = [("q x", " is y"), ("q w", " is y")];
+    let b = ClozeBatch::encode_pairs(&t, &rows, 2, 1, &Device::Cpu).unwrap();
+    let ids: Vec<Vec<u32>> = b.ids.to_vec2().unwrap();
+    assert_eq!(ids, [[2, 4, 3, 5], [2, 7, 3, 5]]);
+    assert_eq!((b.choice_lens.as_slice(), b.choices), (&[2, 2][..], 2));
+    let err = ClozeBatch::encode_pairs(&t, &rows, 3, 1, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("2 sequences for questions of 3 choices"),
         "{err}"
     );
 }

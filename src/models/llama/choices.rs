@@ -42,14 +42,7 @@ impl ClozeBatch {
         dev: &candle_core::Device,
     ) -> Result<Self> {
         let choices = questions.first().map_or(0, |q| q.1.len());
-        let tokens = |s: &str| -> Result<Vec<u32>> {
-            Ok(tokenizer
-                .encode(s, false)
-                .map_err(|e| Error::InvalidInput(format!("{s:?} does not tokenize: {e}")))?
-                .get_ids()
-                .to_vec())
-        };
-        let (mut rows, mut choice_lens) = (Vec::new(), Vec::new());
+        let mut rows = Vec::new();
         for (prompt, options) in questions {
             if options.len() != choices || choices == 0 {
                 return Err(Error::InvalidInput(format!(
@@ -58,26 +51,60 @@ impl ClozeBatch {
                     options.len()
                 )));
             }
-            let head = tokens(prompt)?;
-            for option in *options {
-                let row = tokens(&format!("{prompt}{option}"))?;
-                if !row.starts_with(&head) || row.len() == head.len() {
-                    return Err(Error::InvalidInput(format!(
-                        "{prompt:?} followed by {option:?} does not tokenize as the prompt's \
-                         tokens and then the choice's"
-                    )));
-                }
-                choice_lens.push(row.len() - head.len());
-                rows.push(row);
-            }
+            rows.extend(options.iter().map(|option| (*prompt, *option)));
         }
-        let len = rows.iter().map(Vec::len).max().unwrap_or(0);
+        Self::encode_pairs(tokenizer, &rows, choices, pad_id, dev)
+    }
+
+    /// Encodes sequences given as a context and the continuation that is scored, `choices`
+    /// consecutive rows to a question: the general form of [`Self::encode`], for tasks
+    /// whose choices change the context rather than the continuation (WinoGrande's
+    /// partial scoring: the sentence up to its blank filled with each option, then the
+    /// same rest, scored). The continuation's tokens are those that context and
+    /// continuation together have beyond the context's own; a row that does not tokenize
+    /// so, a continuation with no tokens, and a row count that is not a multiple of
+    /// `choices` are errors.
+    pub fn encode_pairs(
+        tokenizer: &Tokenizer,
+        rows: &[(&str, &str)],
+        choices: usize,
+        pad_id: u32,
+        dev: &candle_core::Device,
+    ) -> Result<Self> {
+        if choices == 0 || !rows.len().is_multiple_of(choices) {
+            return Err(Error::InvalidInput(format!(
+                "{} sequences for questions of {choices} choices: give each question all of \
+                 its choices",
+                rows.len()
+            )));
+        }
+        let tokens = |s: &str| -> Result<Vec<u32>> {
+            Ok(tokenizer
+                .encode(s, false)
+                .map_err(|e| Error::InvalidInput(format!("{s:?} does not tokenize: {e}")))?
+                .get_ids()
+                .to_vec())
+        };
+        let (mut seqs, mut choice_lens) = (Vec::new(), Vec::new());
+        for (context, continuation) in rows {
+            let head = tokens(context)?;
+            let row = tokens(&format!("{context}{continuation}"))?;
+            if !row.starts_with(&head) || row.len() == head.len() {
+                return Err(Error::InvalidInput(format!(
+                    "{context:?} followed by {continuation:?} does not tokenize as the \
+                     context's tokens and then the continuation's"
+                )));
+            }
+            choice_lens.push(row.len() - head.len());
+            seqs.push(row);
+        }
+        let len = seqs.iter().map(Vec::len).max().unwrap_or(0);
         let (mut ids, mut mask) = (Vec::new(), Vec::new());
-        for r in &rows {
+        for r in &seqs {
             ids.extend(std::iter::repeat_n(pad_id, len - r.len()).chain(r.iter().copied()));
             mask.extend((0..len).map(|t| u32::from(t >= len - r.len())));
         }
-        let shape = (rows.len(), len);
+        let shape = (seqs.len(), len);
         Ok(Self {
             ids: Tensor::from_vec(ids, shape, dev)?,
             mask: Tensor::from_vec(mask, shape, dev)?,
