@@ -92,6 +92,7 @@ fn a_bf16_base_computes_what_its_rounded_f32_weights_compute() {
         let (wl, wg) = logits_and_grads(&wide, &wide_vars, arch);
         assert_eq!(hl.dtype(), DType::F32);
         let err = max_abs_diff(&hl, &wl) / max_abs(&wl);
+        eprintln!("{arch}: bf16 base against the rounded f32 model: logits {err:e}");
         assert!(err < 1e-5, "{arch}: logits differ by {err:e}");
         for (h, w) in hg.iter().zip(&wg) {
             let err = max_abs_diff(h, w) / max_abs(w);
@@ -100,6 +101,8 @@ fn a_bf16_base_computes_what_its_rounded_f32_weights_compute() {
         // Rounding the base moves the logits, so the two paths are not trivially one.
         let (full, _) = model(arch, original, DType::F32);
         let (fl, _) = logits_and_grads(&full, &VarMap::new(), arch);
+        let rounding = max_abs_diff(&fl, &wl) / max_abs(&fl);
+        eprintln!("{arch}: bf16 rounding of the base moves the logits by {rounding:e}");
         assert!(
             max_abs_diff(&fl, &wl) > 1e-6,
             "{arch}: bf16 rounding changed nothing"

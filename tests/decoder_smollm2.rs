@@ -28,9 +28,25 @@ fn smollm2() -> (PathBuf, PathBuf) {
 #[ignore = "needs the real SmolLM2: bash scripts/fetch-assets.sh --llm, then \
             cargo test --test decoder_smollm2 -- --ignored"]
 fn smollm2_gguf_matches_transformers() {
+    against_transformers(DType::F32, 1e-3);
+}
+
+/// With the base stored in bf16 (half the memory), the same top token on every prompt,
+/// and every last-position logit within 1e-2 of the largest: the cost of rounding each
+/// dequantized weight to bf16's 8 bits of mantissa.
+#[test]
+#[ignore = "needs the real SmolLM2: bash scripts/fetch-assets.sh --llm, then \
+            cargo test --test decoder_smollm2 -- --ignored"]
+fn smollm2_in_bf16_keeps_transformers_top_tokens() {
+    against_transformers(DType::BF16, 1e-2);
+}
+
+/// SmolLM2 read with its base in `dtype`, against transformers' f32 logits: the same top
+/// token on every prompt, and every last-position logit within `tol` of the largest.
+fn against_transformers(dtype: DType, tol: f32) {
     let (root, path) = smollm2();
     let dev = Device::Cpu;
-    let gguf = GgufDecoder::read(&path, &dev).unwrap();
+    let gguf = GgufDecoder::read_as(&path, dtype, &dev).unwrap();
     assert_eq!(
         (
             gguf.config.num_hidden_layers,
@@ -42,7 +58,7 @@ fn smollm2_gguf_matches_transformers() {
     assert!(gguf.config.tie_word_embeddings);
     let varmap = VarMap::new();
     let model = LlamaDecoder::load(
-        VarBuilder::from_tensors(gguf.tensors, DType::F32, &dev),
+        VarBuilder::from_tensors(gguf.tensors, dtype, &dev),
         VarBuilder::from_varmap(&varmap, DType::F32, &dev),
         &gguf.config,
         None,
@@ -66,13 +82,14 @@ fn smollm2_gguf_matches_transformers() {
             .zip(&expected)
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         eprintln!(
-            "prompt {p}: top token {} (transformers {}), largest difference {diff:e} of {scale}",
+            "{dtype:?} base, prompt {p}: top token {} (transformers {}), largest difference \
+             {diff:e} of {scale}",
             top(&ours),
             top(&expected)
         );
         assert_eq!(top(&ours), top(&expected), "prompt {p}: another top token");
         assert!(
-            diff <= 1e-3 * scale,
+            diff <= tol * scale,
             "prompt {p}: {diff} against the largest {scale}"
         );
     }

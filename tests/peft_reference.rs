@@ -177,6 +177,7 @@ fn python_peft_computes_our_decoder_logits_from_our_adapter_file() {
     let real = |t: &Tensor| t.broadcast_mul(&keep).unwrap();
     let scale = common::max_abs(&real(theirs));
     let err = common::max_abs_diff(&real(&ours), &real(theirs)) / scale;
+    eprintln!("largest difference from peft's logits / largest logit: {err:e}");
     assert!(err < 1e-5, "relative error {err} against peft's logits");
     // The adapter moves the logits, so the comparison says something about it.
     let moved = common::max_abs_diff(&real(&plain), &real(theirs)) / scale;

@@ -17,7 +17,7 @@
 //! `cargo run --release --example decoder_step -- STEPS [--cloze | --samples]` (default
 //! 5 steps, after a warm-up). `--random` takes random weights of SmolLM2's shape instead
 //! of the file, for a machine the 98 MB model cannot travel to (the GPU bundle's); with
-//! `--features cuda` it runs on GPU 0.
+//! `--features cuda` it runs on GPU 0. `--bf16` stores the base in bf16.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -156,23 +156,32 @@ fn main() -> Res<()> {
     };
     // GPU 0 in a build with `--features cuda`.
     let dev = Device::cuda_if_available(0)?;
-    let (config, weights) = if std::env::args().any(|a| a == "--random") {
+    let flag = |f: &str| std::env::args().any(|a| a == f);
+    let dtype = if flag("--bf16") {
+        DType::BF16
+    } else {
+        DType::F32
+    };
+    let (config, weights) = if flag("--random") {
         random_smollm2(&dev)?
     } else {
-        let gguf = GgufDecoder::read(GGUF.as_ref(), &dev)
+        let gguf = GgufDecoder::read_as(GGUF.as_ref(), dtype, &dev)
             .map_err(|e| format!("{e} (bash scripts/fetch-assets.sh --llm fetches it)"))?;
         (gguf.config, gguf.tensors)
     };
     let varmap = VarMap::new();
     let model = LlamaDecoder::load(
-        VarBuilder::from_tensors(weights, DType::F32, &dev),
+        VarBuilder::from_tensors(weights, dtype, &dev),
         VarBuilder::from_varmap(&varmap, DType::F32, &dev),
         &config,
         Some(&AdapterSpec::Lora(LoraConfig::new(8).alpha(16.0))),
         &TargetModules::new(["q_proj", "v_proj"]),
     )?;
     model.init(0)?;
-    let mode = std::env::args().skip(2).find(|a| a != "--random");
+    eprintln!("the base stored in {dtype:?}");
+    let mode = std::env::args()
+        .skip(2)
+        .find(|a| a != "--random" && a != "--bf16");
     match mode.as_deref() {
         None => lettered(&model, &varmap, steps, &dev),
         Some("--cloze") => cloze(&model, &varmap, steps, &dev),
