@@ -148,3 +148,45 @@ fn ivon_trains_the_decoder() {
         "IVON: loss {before:?} -> {after:?}"
     );
 }
+
+/// A NaN in the loss reaches the adapters' gradients: IVON and BLoB refuse the step with
+/// an error that names it, and the adapters keep their values.
+#[test]
+fn a_nan_gradient_is_refused_and_changes_nothing() {
+    let snapshot = |varmap: &VarMap| -> Vec<Vec<f32>> {
+        let data = varmap.data().lock().unwrap();
+        let mut names: Vec<_> = data.keys().cloned().collect();
+        names.sort();
+        names
+            .iter()
+            .map(|n| {
+                data[n]
+                    .as_tensor()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let nan_loss =
+        |model: &LlamaDecoder| (losses(model, true).mean(0).unwrap() * f64::NAN).unwrap();
+
+    let spec = AdapterSpec::Lora(LoraConfig::new(4).alpha(8.0));
+    let (model, varmap) = load("llama", DType::F32, Some(&spec), &TARGETS);
+    let mut ivon = Ivon::from_varmap(&varmap, IvonConfig::new(0.1, 1e4)).unwrap();
+    let before = snapshot(&varmap);
+    let err = ivon.backward_step(&nan_loss(&model)).unwrap_err();
+    assert!(err.to_string().contains("NaN or Inf"), "{err}");
+    assert_eq!(snapshot(&varmap), before, "IVON changed the adapters");
+
+    let sampler = BlobSampler::new(2);
+    let spec = AdapterSpec::Blob(BlobConfig::new(LoraConfig::new(4).alpha(8.0)), sampler);
+    let (model, varmap) = load("llama", DType::F32, Some(&spec), &TARGETS);
+    let config = BlobOptimConfig::new(2, 2).lr(2e-2);
+    let mut blob = Blob::new(varmap.all_vars(), model.blob_layers().unwrap(), config).unwrap();
+    let before = snapshot(&varmap);
+    let err = blob.backward_step(&nan_loss(&model)).unwrap_err();
+    assert!(err.to_string().contains("NaN"), "{err}");
+    assert_eq!(snapshot(&varmap), before, "BLoB changed the adapters");
+}
