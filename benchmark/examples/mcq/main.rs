@@ -248,19 +248,18 @@ fn main() -> Res<()> {
 
     let detached = model.detach();
     let (scorer, detached) = (&scorer, &detached);
-    let mut posterior: Box<Predict> =
-        match (&mut trainer, sampler) {
-            (Trainer::Ivon(o), _) => {
-                Box::new(move |qs, s| predict(o.inner_mut(), scorer, detached, qs, s))
-            }
-            (_, Some(Sampler::Blob(mut b))) => {
-                Box::new(move |qs, s| predict(&mut b, scorer, detached, qs, s))
-            }
-            (_, Some(Sampler::Dropout(mut d))) => {
-                Box::new(move |qs, s| predict(&mut d, scorer, detached, qs, s))
-            }
-            _ => Box::new(move |qs, _| predict(&mut PointMass, scorer, detached, qs, 0)),
-        };
+    let mut posterior: Box<Predict> = match (&mut trainer, sampler) {
+        (Trainer::Ivon(o), _) => {
+            Box::new(move |qs, s| predict(o.inner_mut(), scorer, detached, qs, s))
+        }
+        (_, Some(Sampler::Blob(mut b))) => {
+            Box::new(move |qs, s| predict(&mut b, scorer, detached, qs, s))
+        }
+        (_, Some(Sampler::Dropout(mut d))) => {
+            Box::new(move |qs, s| predict(&mut d, scorer, detached, qs, s))
+        }
+        _ => Box::new(move |qs, _| predict(&mut PointMass, scorer, detached, qs, 0)),
+    };
     let limit = |qs: &[Question]| qs[..qs.len().min(args.limit.unwrap_or(usize::MAX))].to_vec();
     let eval_set = limit(match args.eval {
         EvalSplit::Validation => &split.validation,
@@ -388,11 +387,16 @@ fn train(
         losses.push(value);
         let recent = &losses[losses.len().saturating_sub(20)..];
         let secs = start.elapsed().as_secs_f64();
-        bar.set_message(format!(
+        let msg = format!(
             "loss {:.3} | {:.1} questions/s",
             recent.iter().sum::<f32>() / recent.len() as f32,
             ((step + 1) * args.batch) as f64 / secs
-        ));
+        );
+        // Without a terminal (a run in the background) the bar is hidden: a line instead.
+        if bar.is_hidden() && (step + 1) % 25 == 0 {
+            eprintln!("step {}/{}: {msg}", step + 1, args.steps);
+        }
+        bar.set_message(msg);
         bar.inc(1);
     }
     bar.finish();
@@ -414,12 +418,7 @@ fn labels(qs: &[Question]) -> candle_core::Result<Tensor> {
 }
 
 /// The predictive of `qs`, 8 questions a batch, with a progress bar.
-fn evaluate(
-    predict: &mut Predict,
-    qs: &[Question],
-    samples: usize,
-    what: &str,
-) -> Res<Predictive> {
+fn evaluate(predict: &mut Predict, qs: &[Question], samples: usize, what: &str) -> Res<Predictive> {
     let bar = ProgressBar::new(qs.len() as u64).with_style(ProgressStyle::with_template(
         "{prefix} {bar:30} {pos}/{len} [{elapsed} < {eta}]",
     )?);
