@@ -12,7 +12,7 @@ use candle_core::{ModuleT, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
-use super::host::{self, Linears};
+use super::host::{self, LayerLinears, Linears};
 use super::input::{repeat_members, Embeddings, Packed, Tokens};
 use super::norm::Norm;
 use super::proj::Proj;
@@ -142,10 +142,13 @@ impl Layer {
             output_norm: Norm::load(h, eps, b.pp("output.LayerNorm"))?,
         })
     }
+}
 
-    /// The linear layers, in the order of [`LINEARS`].
-    fn projs(&self) -> [&Proj; 6] {
-        [
+impl LayerLinears for Layer {
+    const NAMES: &'static [&'static str] = &LINEARS;
+
+    fn projs(&self) -> Vec<&Proj> {
+        vec![
             &self.query,
             &self.key,
             &self.value,
@@ -173,26 +176,15 @@ impl Layer {
 
 impl Linears for BertEncoder {
     fn linears(&self) -> Vec<(String, &Proj)> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter().enumerate() {
-            for (name, proj) in LINEARS.iter().zip(l.projs()) {
-                out.push((format!("encoder.layer.{i}.{name}"), proj));
-            }
-        }
-        out
+        host::layer_linears("encoder.layer", &self.layers)
     }
 
     fn try_map_linears<E>(
         &self,
         f: &mut dyn FnMut(&Proj) -> std::result::Result<Proj, E>,
     ) -> std::result::Result<Self, E> {
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| l.try_map(f))
-            .collect::<std::result::Result<Vec<_>, E>>()?;
         Ok(Self {
-            layers,
+            layers: host::map_layers(&self.layers, f)?,
             ..self.clone()
         })
     }

@@ -31,6 +31,43 @@ pub(crate) trait Linears: Sized {
     fn with_members(self, members: usize) -> Self;
 }
 
+/// A transformer layer's linear layers, under their names within the layer.
+pub(crate) trait LayerLinears: Sized {
+    /// The names, in the order of [`Self::projs`].
+    const NAMES: &'static [&'static str];
+
+    /// The linear layers.
+    fn projs(&self) -> Vec<&Proj>;
+
+    /// The layer with each linear layer replaced by `f` of it.
+    fn try_map<E>(
+        &self,
+        f: &mut dyn FnMut(&Proj) -> std::result::Result<Proj, E>,
+    ) -> std::result::Result<Self, E>;
+}
+
+/// Every linear layer of `layers` under its full name, `{prefix}.{i}.{name}`.
+pub(crate) fn layer_linears<'a, L: LayerLinears>(
+    prefix: &str,
+    layers: &'a [L],
+) -> Vec<(String, &'a Proj)> {
+    let mut out = Vec::new();
+    for (i, l) in layers.iter().enumerate() {
+        for (name, proj) in L::NAMES.iter().zip(l.projs()) {
+            out.push((format!("{prefix}.{i}.{name}"), proj));
+        }
+    }
+    out
+}
+
+/// `layers` with each linear layer replaced by `f` of it.
+pub(crate) fn map_layers<L: LayerLinears, E>(
+    layers: &[L],
+    f: &mut dyn FnMut(&Proj) -> std::result::Result<Proj, E>,
+) -> std::result::Result<Vec<L>, E> {
+    layers.iter().map(|l| l.try_map(f)).collect()
+}
+
 /// The adapters of `model`, in its order.
 pub(crate) fn adapters<M: Linears>(model: &M) -> Vec<&dyn Adapter> {
     model

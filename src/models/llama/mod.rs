@@ -27,7 +27,7 @@ pub use tokenizer::gguf_tokenizer;
 use std::collections::HashMap;
 
 use super::bert::take_all_stacked;
-use super::host::{self, Linears};
+use super::host::{self, LayerLinears, Linears};
 use super::input::repeat_members;
 use super::proj::Proj;
 use crate::kernels::layers::{masked_softmax, rope, swiglu};
@@ -124,12 +124,15 @@ impl Layer {
             },
         })
     }
+}
 
-    /// The layer's seven linear layers, attention's then the MLP's, in the order of
-    /// [`LINEARS`].
-    fn projs(&self) -> [&Proj; 7] {
+/// The layer's seven linear layers, attention's then the MLP's.
+impl LayerLinears for Layer {
+    const NAMES: &'static [&'static str] = &LINEARS;
+
+    fn projs(&self) -> Vec<&Proj> {
         let (a, m) = (&self.self_attn, &self.mlp);
-        [
+        vec![
             &a.q_proj,
             &a.k_proj,
             &a.v_proj,
@@ -176,26 +179,15 @@ const LINEARS: [&str; 7] = [
 
 impl Linears for LlamaDecoder {
     fn linears(&self) -> Vec<(String, &Proj)> {
-        let mut out = Vec::new();
-        for (i, l) in self.layers.iter().enumerate() {
-            for (name, proj) in LINEARS.iter().zip(l.projs()) {
-                out.push((format!("model.layers.{i}.{name}"), proj));
-            }
-        }
-        out
+        host::layer_linears("model.layers", &self.layers)
     }
 
     fn try_map_linears<E>(
         &self,
         f: &mut dyn FnMut(&Proj) -> std::result::Result<Proj, E>,
     ) -> std::result::Result<Self, E> {
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| l.try_map(f))
-            .collect::<std::result::Result<Vec<_>, E>>()?;
         Ok(Self {
-            layers,
+            layers: host::map_layers(&self.layers, f)?,
             ..self.clone()
         })
     }
