@@ -85,6 +85,9 @@ struct Args {
     /// IVON's effective sample size.
     #[arg(long, default_value_t = 1e6)]
     ess: f64,
+    /// IVON's initial Hessian (ivon-lora: 3e-4 or 1e-3).
+    #[arg(long, default_value_t = 3e-4)]
+    hess_init: f64,
     /// BLoB's KL learning rate.
     #[arg(long, default_value_t = 0.01)]
     kl_lr: f64,
@@ -162,7 +165,10 @@ enum Trainer {
 
 impl Trainer {
     fn new(args: &Args, model: &LlamaDecoder, varmap: &VarMap, n_train: usize) -> Res<Self> {
-        let schedule = Schedule::linear_with_warmup_ratio(0.06, args.steps as u64)?;
+        // BLoB's 6% warm-up for AdamW, MC dropout and BLoB; ivon-lora's decay alone for
+        // IVON.
+        let warmup = if args.method == Method::Ivon { 0.0 } else { 0.06 };
+        let schedule = Schedule::linear_with_warmup_ratio(warmup, args.steps as u64)?;
         let mut vars: Vec<_> = varmap
             .data()
             .lock()
@@ -174,9 +180,14 @@ impl Trainer {
         let vars: Vec<_> = vars.into_iter().map(|(_, v)| v).collect();
         Ok(match args.method {
             Method::Ivon => {
+                // ivon-lora's settings.
                 let c = IvonConfig::new(args.lr(), args.ess)
-                    .seed(args.seed)
-                    .clip_radius(1e-3);
+                    .hess_init(args.hess_init)
+                    .weight_decay(0.0)
+                    .rescale_lr(false)
+                    .beta2(0.99999)
+                    .clip_radius(1e-3)
+                    .seed(args.seed);
                 Trainer::Ivon(Scheduled::new(Ivon::new(vars, c)?, schedule)?)
             }
             Method::Blob => {
