@@ -52,6 +52,9 @@ enum Method {
     Ivon,
     Blob,
     McDropout,
+    /// LoRA-Ensemble: `--members` adapters of rank 8 per layer, trained by AdamW on the
+    /// mean of the members' losses, their probabilities averaged.
+    LoraEnsemble,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -91,6 +94,9 @@ struct Args {
     /// BLoB's KL learning rate.
     #[arg(long, default_value_t = 0.01)]
     kl_lr: f64,
+    /// LoRA-Ensemble's members.
+    #[arg(long, default_value_t = 4)]
+    members: usize,
     /// MC dropout's dropout rate.
     #[arg(long, default_value_t = 0.1)]
     dropout: f32,
@@ -135,6 +141,13 @@ impl Args {
         let lora = LoraConfig::new(8).alpha(16.0);
         match self.method {
             Method::Adamw | Method::Ivon => (AdapterSpec::Lora(lora), None),
+            Method::LoraEnsemble => (
+                AdapterSpec::Ensemble {
+                    members: self.members,
+                    rank: 8,
+                },
+                None,
+            ),
             Method::McDropout => {
                 let mc = McDropout::new(self.seed);
                 let spec = AdapterSpec::McDropout(lora.dropout(self.dropout), mc.clone());
@@ -167,7 +180,11 @@ impl Trainer {
     fn new(args: &Args, model: &LlamaDecoder, varmap: &VarMap, n_train: usize) -> Res<Self> {
         // BLoB's 6% warm-up for AdamW, MC dropout and BLoB; ivon-lora's decay alone for
         // IVON.
-        let warmup = if args.method == Method::Ivon { 0.0 } else { 0.06 };
+        let warmup = if args.method == Method::Ivon {
+            0.0
+        } else {
+            0.06
+        };
         let schedule = Schedule::linear_with_warmup_ratio(warmup, args.steps as u64)?;
         let mut vars: Vec<_> = varmap
             .data()
@@ -199,7 +216,7 @@ impl Trainer {
                     schedule,
                 )?)
             }
-            Method::Adamw | Method::McDropout => {
+            Method::Adamw | Method::McDropout | Method::LoraEnsemble => {
                 let p = ParamsAdamW {
                     lr: args.lr(),
                     weight_decay: 0.0,
@@ -270,6 +287,14 @@ fn main() -> Res<()> {
         (_, Some(Sampler::Dropout(mut d))) => {
             Box::new(move |qs, s| predict(&mut d, scorer, detached, qs, s))
         }
+        _ if detached.members() > 1 => Box::new(move |qs, _| {
+            let z = scorer.logits(detached, qs, false)?;
+            let c = z.dim(1)?;
+            Ok(predictive_from_samples(
+                &z.reshape((detached.members(), qs.len(), c))?,
+                true,
+            )?)
+        }),
         _ => Box::new(move |qs, _| predict(&mut PointMass, scorer, detached, qs, 0)),
     };
     let limit = |qs: &[Question]| qs[..qs.len().min(args.limit.unwrap_or(usize::MAX))].to_vec();
@@ -299,6 +324,7 @@ fn main() -> Res<()> {
             ("BLoB N=0".into(), 0),
         ],
         Method::McDropout => vec![(format!("MC dropout N={}", args.samples), args.samples)],
+        Method::LoraEnsemble => vec![(format!("LoRA-Ensemble M={}", args.members), 0)],
     };
     for (name, samples) in point_and_samples {
         let start = Instant::now();
@@ -389,7 +415,11 @@ fn train(
         }
         let qs: Vec<&Question> = order.drain(..args.batch).map(|i| &train[i]).collect();
         let logits = scorer.logits(model, &qs, true)?;
-        let nll = loss::cross_entropy(&logits, &labels_of(&qs)?)?;
+        // A LoRA-Ensemble's members come member-major: each member's labels in turn, so
+        // that the loss is the mean of the members' losses.
+        let members = logits.dim(0)? / qs.len();
+        let labels = labels_of(&qs)?.repeat(members)?;
+        let nll = loss::cross_entropy(&logits, &labels)?;
         let value = nll.to_scalar::<f32>()?;
         if !value.is_finite() {
             return Err(
