@@ -8,6 +8,7 @@ mod common;
 use common::tiny_decoder::{expected, fixture_dir, load};
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
@@ -650,6 +651,38 @@ fn blob_and_mc_dropout_adapters_run_on_the_decoder() {
             let grads = loss.backward().unwrap();
             for name in &names {
                 assert!(grads.get(&vars[*name]).is_some(), "no gradient for {name}");
+            }
+        }
+    }
+}
+
+/// Qwen2's and Llama 3's pre-tokenizers (`tokenizer.ggml.pre` = `qwen2`, `llama-bpe`) on
+/// a tiny byte-level BPE written as GGUF: the ids of transformers' tokenizer loaded from
+/// the same file and of the `tokenizers` package built with their split
+/// (tools/reference/record_gguf_pretokenizers.py), on strings where the two splits differ
+/// (digits one by one against in threes) and where they differ from SmolLM2's.
+#[test]
+fn gguf_pretokenizers_match_transformers_and_tokenizers() {
+    let dir =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/decoder/pretokenizers");
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let strings = record["strings"].as_array().unwrap();
+    for pre in ["qwen2", "llama-bpe"] {
+        let tokenizer = varlora::models::gguf_tokenizer(&dir.join(format!("{pre}.gguf"))).unwrap();
+        for (i, s) in strings.iter().enumerate() {
+            let s = s.as_str().unwrap();
+            let ours: Vec<u64> = tokenizer
+                .encode(s, false)
+                .unwrap()
+                .get_ids()
+                .iter()
+                .map(|&id| u64::from(id))
+                .collect();
+            for reference in ["transformers", "tokenizers"] {
+                let theirs: Vec<u64> =
+                    serde_json::from_value(record[pre][reference][i].clone()).unwrap();
+                assert_eq!(ours, theirs, "{pre}, {s:?}: ours against {reference}'s");
             }
         }
     }

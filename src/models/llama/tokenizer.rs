@@ -4,10 +4,15 @@
 //! pre-tokenizer is chosen by `tokenizer.ggml.pre`, which candle's own `TokenizerFromGguf`
 //! ignores (it also adds a prefix space that SmolLM2's `add_space_prefix: false` rules
 //! out). Only what is checked against transformers and the `tokenizers` package is
-//! supported: byte-level BPE (`gpt2`) with SmolLM2's pre-tokenizer (`smollm`: every digit
-//! on its own, then byte-level splitting without a prefix space). SmolLM2's vocabulary has
-//! no token that holds a digit beside another character, so for it the digit step changes
-//! no id; it is kept because it is the model's definition.
+//! supported: byte-level BPE (`gpt2`) with one of these pre-tokenizers:
+//!
+//! - `smollm` (SmolLM2): every digit on its own, then byte-level splitting without a
+//!   prefix space. SmolLM2's vocabulary has no token that holds a digit beside another
+//!   character, so for it the digit step changes no id; it is kept because it is the
+//!   model's definition.
+//! - `qwen2` (Qwen2, Qwen2.5, Qwen3) and `llama-bpe` (Llama 3): the model's split
+//!   expression (digits one by one for Qwen, in threes for Llama 3), then byte-level
+//!   encoding of each piece.
 
 use std::path::Path;
 
@@ -44,11 +49,11 @@ pub fn gguf_tokenizer(path: &Path) -> Result<Tokenizer> {
         )));
     }
     let pre = meta.string("tokenizer.ggml.pre").map_err(&fail)?;
-    if pre != "smollm" {
-        return Err(fail(format!(
-            "pre-tokenizer `{pre}` is not supported: only SmolLM2's (smollm)"
-        )));
-    }
+    let pre_tokenizer = pre_tokenizer(&pre).ok_or_else(|| {
+        fail(format!(
+            "pre-tokenizer `{pre}` is not supported: smollm, qwen2 or llama-bpe"
+        ))
+    })?;
     if matches!(
         meta.map.get("tokenizer.ggml.add_bos_token"),
         Some(Value::Bool(true))
@@ -89,11 +94,7 @@ pub fn gguf_tokenizer(path: &Path) -> Result<Tokenizer> {
         "version": "1.0",
         "added_tokens": control,
         "normalizer": null,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Digits", "individual_digits": true},
-            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
-             "use_regex": true}
-        ]},
+        "pre_tokenizer": pre_tokenizer,
         "post_processor": null,
         "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
                     "use_regex": true},
@@ -105,4 +106,32 @@ pub fn gguf_tokenizer(path: &Path) -> Result<Tokenizer> {
     spec.to_string()
         .parse::<Tokenizer>()
         .map_err(|e| fail(format!("its tokenizer does not build: {e}")))
+}
+
+/// The split expressions of Qwen2's and Llama 3's tokenizers, as their Hugging Face
+/// tokenizers (and llama.cpp) define them: contractions, letters with one leading
+/// non-letter, digits (one by one, or up to three), punctuation runs, newlines and spaces.
+const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The `tokenizers` pre-tokenizer that `tokenizer.ggml.pre` names, if supported.
+fn pre_tokenizer(name: &str) -> Option<serde_json::Value> {
+    let split = |pattern: &str| {
+        json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated",
+             "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+             "use_regex": false}
+        ]})
+    };
+    match name {
+        "smollm" => Some(json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Digits", "individual_digits": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+             "use_regex": true}
+        ]})),
+        "qwen2" => Some(split(QWEN2_SPLIT)),
+        "llama-bpe" => Some(split(LLAMA3_SPLIT)),
+        _ => None,
+    }
 }
