@@ -44,5 +44,23 @@ for p in json.load(sys.stdin)["packages"]:
         "$cuda/lib/stubs/libcuda.c"
     ln -sfn libcuda.so.1 "$cuda/lib/stubs/libcuda.so"
 fi
+if [ ! -e "$cuda/lib/stubs/libnccl.so" ]; then
+    # NCCL's entry points, as cudarc declares them: a link stub for the nccl feature's
+    # binaries, whose real libnccl.so.2 (about 200 MB) the GPU machine's Python install
+    # brings (PyTorch's nvidia wheels).
+    sys=$(cargo metadata --format-version 1 --features nccl | python3 -c '
+import json, sys, os
+for p in json.load(sys.stdin)["packages"]:
+    if p["name"] == "cudarc":
+        print(os.path.join(os.path.dirname(p["manifest_path"]), "src/nccl/sys/mod.rs"))
+        break')
+    [ -f "$sys" ] || { echo "cuda-toolkit.sh: cudarc's NCCL sources not found" >&2; exit 1; }
+    mkdir -p "$cuda/lib/stubs"
+    grep -oE 'pub (unsafe )?fn nccl[A-Za-z0-9_]+' "$sys" | awk '{print $NF}' | sort -u |
+        sed 's/.*/int &(void) { return 1; }/' >"$cuda/lib/stubs/libnccl.c"
+    cc -shared -fPIC -Wl,-soname,libnccl.so.2 -o "$cuda/lib/stubs/libnccl.so.2" \
+        "$cuda/lib/stubs/libnccl.c"
+    ln -sfn libnccl.so.2 "$cuda/lib/stubs/libnccl.so"
+fi
 cuda=$(cd "$cuda" && pwd)
 echo "export CUDA_ROOT=$cuda CUDA_PATH=$cuda CUDA_COMPUTE_CAP=90 CUDARC_CUDA_VERSION=13000 PATH=$cuda/bin:\$PATH"

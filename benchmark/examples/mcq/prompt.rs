@@ -30,10 +30,14 @@ const PASSAGE_CHARS: usize = 1024;
 
 /// The scoring of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Scoring {
     Lettered,
+    /// Each choice's summed token log-likelihood.
     Cloze,
+    /// Each choice's mean token log-likelihood (lm-eval's `acc_norm` by tokens): choices
+    /// of different lengths on one scale, and logits of a tamer size.
+    ClozeMean,
 }
 
 fn passage(q: &Question) -> String {
@@ -179,7 +183,8 @@ impl Scorer<'_> {
     ) -> varlora::Result<Tensor> {
         let logits = match self.scoring {
             Scoring::Lettered => self.lettered(model, qs, train)?,
-            Scoring::Cloze => self.cloze(model, qs, train)?,
+            Scoring::Cloze => self.cloze(model, qs, train, false)?,
+            Scoring::ClozeMean => self.cloze(model, qs, train, true)?,
         };
         let m = model.members();
         let masked: Vec<Tensor> = (0..m)
@@ -211,6 +216,7 @@ impl Scorer<'_> {
         model: &LlamaDecoder,
         qs: &[&Question],
         train: bool,
+        mean: bool,
     ) -> varlora::Result<Tensor> {
         let mut rows = Vec::new();
         for q in qs {
@@ -230,7 +236,14 @@ impl Scorer<'_> {
             batch.ids = batch.ids.narrow(1, len - self.max_len, self.max_len)?;
             batch.mask = batch.mask.narrow(1, len - self.max_len, self.max_len)?;
         }
-        model.cloze_logits(&batch, train)
+        let logits = model.cloze_logits(&batch, train)?;
+        if !mean {
+            return Ok(logits);
+        }
+        let lens: Vec<f32> = batch.choice_lens.iter().map(|&k| k as f32).collect();
+        let lens = Tensor::from_vec(lens, (qs.len(), self.width), &Device::Cpu)?;
+        let m = logits.dim(0)? / qs.len();
+        Ok(logits.broadcast_div(&Tensor::cat(&vec![lens; m], 0)?)?)
     }
 }
 
