@@ -202,6 +202,16 @@ impl BlobSampler {
         self.0.is_sampling()
     }
 
+    /// The training stream's seed and position, for [`crate::optim::Blob::save`].
+    pub(crate) fn training_stream(&self) -> Result<(u64, u64)> {
+        self.0.training_stream()
+    }
+
+    /// Moves the training stream to `block`, for [`crate::optim::Blob::load_state`].
+    pub(crate) fn set_training_stream(&self, block: u64) -> Result<()> {
+        self.0.set_training_stream(block)
+    }
+
     /// Multiplies the noise of prediction samples (the posterior's standard deviation)
     /// by `scale`: a test-time temperature of the posterior. Training draws are
     /// unchanged. 1 by default; errors unless finite and >= 0.

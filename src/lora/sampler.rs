@@ -67,6 +67,18 @@ impl SampleSwitch {
         Ok(())
     }
 
+    /// The training stream's seed and position, for a checkpoint.
+    pub(crate) fn training_stream(&self) -> Result<(u64, u64)> {
+        let st = self.lock()?;
+        Ok((st.stream.seed(), st.stream.block()))
+    }
+
+    /// Moves the training stream to `block` of this switch's seed.
+    pub(crate) fn set_training_stream(&self, block: u64) -> Result<()> {
+        self.lock()?.stream = PhiloxNormal::at(self.seed, block);
+        Ok(())
+    }
+
     /// The stream, locked: draw from it and drop the guard.
     pub(crate) fn stream(&self) -> Result<StreamGuard<'_>> {
         Ok(StreamGuard(self.lock()?))

@@ -1,5 +1,6 @@
 //! Optimizers that learn a posterior over the weights.
 
+mod adamw;
 mod blob;
 mod ivon;
 mod schedule;

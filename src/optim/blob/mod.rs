@@ -13,11 +13,15 @@
 //! the learning rate to `f * lr` sets the KL rate to `f * kl_lr`, as the reference's two
 //! linear warm-up schedulers do.
 
+mod checkpoint;
+
 use std::collections::HashSet;
 
 use candle_core::backprop::GradStore;
 use candle_core::{TensorId, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use candle_nn::{Optimizer, ParamsAdamW};
+
+use super::adamw::AdamW;
 use serde::{Deserialize, Serialize};
 
 use crate::lora::{kl_period, kl_weight, BlobLayerVars};

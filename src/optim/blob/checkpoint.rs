@@ -1,0 +1,172 @@
+//! Saving and restoring a BLoB run: the optimizer's state (every var, AdamW's moments and
+//! step, BLoB's step and rates) and the position of the sampler's training stream, in one
+//! checksummed safetensors file (see [`crate::files`]), so that a resumed run continues
+//! bit for bit.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+use super::{Blob, BlobOptimConfig};
+use crate::files::sealed;
+use crate::lora::BlobSampler;
+use crate::{Error, Result};
+
+const KIND: &str = "blob-checkpoint";
+const VERSION: u32 = 1;
+const HEADER_KEY: &str = "varlora.blob";
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    config: BlobOptimConfig,
+    step: u64,
+    lr: f64,
+    kl_lr: f64,
+    adamw_step: u64,
+    shapes: Vec<Vec<usize>>,
+    sampler_seed: u64,
+    sampler_block: u64,
+}
+
+fn bad(msg: impl Into<String>) -> Error {
+    Error::Checkpoint(msg.into())
+}
+
+impl Blob {
+    /// Saves the run: every var's value, AdamW's moments and step, BLoB's step and
+    /// current rates, and where `sampler` (the model's [`BlobSampler`]) stands in its
+    /// training stream. The file is written beside `path` and renamed into place.
+    ///
+    /// ```
+    /// # use candle_core::{DType, Device, Tensor};
+    /// # use candle_nn::{Linear, VarBuilder, VarMap};
+    /// # use varlora::lora::{BayesianLoraLinear, BlobConfig, BlobSampler, LoraConfig};
+    /// # use varlora::optim::{Blob, BlobOptimConfig};
+    /// let varmap = VarMap::new();
+    /// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    /// let sampler = BlobSampler::new(0);
+    /// let base = Linear::new(Tensor::ones((2, 3), DType::F32, &Device::Cpu)?, None);
+    /// let layer = BayesianLoraLinear::new(base, BlobConfig::new(LoraConfig::new(1)), vb, &sampler)?;
+    /// let config = BlobOptimConfig::new(8, 2);
+    /// let opt = Blob::new(varmap.all_vars(), vec![layer.posterior_vars()?], config.clone())?;
+    /// let path = std::env::temp_dir().join("varlora-doc-blob.safetensors");
+    /// opt.save(&path, &sampler)?;
+    /// let mut resumed = Blob::new(varmap.all_vars(), vec![layer.posterior_vars()?], config)?;
+    /// resumed.load_state(&path, &sampler)?;
+    /// # Ok::<(), varlora::Error>(())
+    /// ```
+    pub fn save(&self, path: impl AsRef<Path>, sampler: &BlobSampler) -> Result<()> {
+        let (adamw_step, moments) = self.adamw.state();
+        let (sampler_seed, sampler_block) = sampler.training_stream()?;
+        let header = Header {
+            config: self.config.clone(),
+            step: self.step,
+            lr: self.adamw.learning_rate(),
+            kl_lr: self.kl_lr,
+            adamw_step,
+            shapes: self.vars.iter().map(|v| v.dims().to_vec()).collect(),
+            sampler_seed,
+            sampler_block,
+        };
+        let mut tensors = Vec::new();
+        for (i, v) in self.vars.iter().enumerate() {
+            tensors.push((format!("var{i}"), v.as_tensor().copy()?));
+        }
+        for (j, (m, v)) in moments.iter().enumerate() {
+            tensors.push((format!("adamw{j}.m"), m.clone()));
+            tensors.push((format!("adamw{j}.v"), v.clone()));
+        }
+        let meta = sealed::header_meta(HEADER_KEY, &header)?;
+        sealed::write(path.as_ref(), KIND, VERSION, tensors, meta)
+    }
+
+    /// Restores a run written by [`Blob::save`] into this optimizer (built with the same
+    /// configuration over vars of the same shapes) and `sampler` (of the same seed). A
+    /// mismatch is an [`Error::Checkpoint`], a corrupt file an [`Error::File`]; either
+    /// changes nothing. A [`crate::optim::Scheduled`] around it does not learn its count
+    /// from the file yet: wrapped anew, its schedule starts again.
+    pub fn load_state(&mut self, path: impl AsRef<Path>, sampler: &BlobSampler) -> Result<()> {
+        let path = path.as_ref();
+        let device = match self.vars.first() {
+            Some(v) => v.device().clone(),
+            None => candle_core::Device::Cpu,
+        };
+        let file = sealed::read(path, KIND, VERSION, &device)?;
+        let header: Header = file.header(HEADER_KEY, path)?;
+        self.check(&header, sampler)?;
+        let mut tensors = file.tensors;
+        let values = (0..self.vars.len())
+            .map(|i| take(&mut tensors, &format!("var{i}"), self.vars[i].as_tensor()))
+            .collect::<Result<Vec<_>>>()?;
+        let (_, moments) = self.adamw.state();
+        let moments = (0..moments.len())
+            .map(|j| {
+                let like = &moments[j].0;
+                Ok((
+                    take(&mut tensors, &format!("adamw{j}.m"), like)?,
+                    take(&mut tensors, &format!("adamw{j}.v"), like)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(extra) = tensors.keys().next() {
+            return Err(bad(format!("unexpected tensor {extra}")));
+        }
+        // Everything is checked: from here on nothing fails half way.
+        self.adamw.restore(header.adamw_step, moments)?;
+        for (var, value) in self.vars.iter().zip(values) {
+            var.set(&value)?;
+        }
+        sampler.set_training_stream(header.sampler_block)?;
+        self.step = header.step;
+        self.adamw.set_learning_rate(header.lr);
+        self.kl_lr = header.kl_lr;
+        Ok(())
+    }
+
+    /// The saved run fits this optimizer and sampler.
+    fn check(&self, header: &Header, sampler: &BlobSampler) -> Result<()> {
+        if header.config != self.config {
+            return Err(bad(format!(
+                "saved with {:?}, this optimizer has {:?}: build it with the saved settings",
+                header.config, self.config
+            )));
+        }
+        let shapes: Vec<Vec<usize>> = self.vars.iter().map(|v| v.dims().to_vec()).collect();
+        if header.shapes != shapes {
+            return Err(bad(format!(
+                "saved vars of shapes {:?}, this optimizer's are {shapes:?}",
+                header.shapes
+            )));
+        }
+        let (seed, _) = sampler.training_stream()?;
+        if header.sampler_seed != seed {
+            return Err(bad(format!(
+                "saved with a sampler of seed {}, this one's is {seed}",
+                header.sampler_seed
+            )));
+        }
+        if !(header.lr.is_finite() && header.kl_lr.is_finite()) {
+            return Err(bad("saved learning rates are not finite"));
+        }
+        Ok(())
+    }
+}
+
+/// Tensor `name` of `tensors`, which must have `like`'s shape and dtype.
+fn take(tensors: &mut HashMap<String, Tensor>, name: &str, like: &Tensor) -> Result<Tensor> {
+    let t = tensors
+        .remove(name)
+        .ok_or_else(|| bad(format!("no tensor {name}")))?;
+    if t.shape() != like.shape() || t.dtype() != like.dtype() {
+        return Err(bad(format!(
+            "{name} is {:?} {:?}, expected {:?} {:?}",
+            t.dtype(),
+            t.dims(),
+            like.dtype(),
+            like.dims()
+        )));
+    }
+    Ok(t)
+}
