@@ -10,10 +10,10 @@
 //! cargo run --release --example mcq -- --task piqa --scoring cloze --method ivon --seed 0
 //! ```
 //!
-//! Writes `{out}/{task}-{scoring}-{method}-{seed}.json` (settings, training losses and one
-//! row per predictor: accuracy, NLL, 15-bin ECE, Brier, mean mutual information, and under
-//! `--shift` the same per shifted set with the AUROC of telling it from the test split),
-//! the rows as Markdown, and a reliability diagram per row.
+//! Writes `{out}/{task}-{scoring}-{method}-lr{lr}...-s{seed}.json` (settings, training
+//! losses and one row per predictor: accuracy, NLL, 15-bin ECE, Brier, mean mutual
+//! information, and under `--shift` the same per shifted set with the AUROC of telling it
+//! from the test split), the rows as Markdown, and a reliability diagram per row.
 
 mod data;
 mod prompt;
@@ -526,11 +526,21 @@ fn write(
     svgs: &[(String, String)],
 ) -> Res<()> {
     std::fs::create_dir_all(&args.out)?;
+    // The settings that vary between runs of one method are in the name, so that a
+    // search over them keeps every run.
+    let extra = match args.method {
+        Method::Ivon => format!("-ess{:e}-h{:e}", args.ess, args.hess_init),
+        Method::Blob => format!("-kl{}", args.kl_lr),
+        Method::McDropout => format!("-p{}", args.dropout),
+        Method::LoraEnsemble => format!("-m{}", args.members),
+        Method::Adamw => String::new(),
+    };
     let stem = format!(
-        "{}-{}-{}-{}",
+        "{}-{}-{}-lr{}{extra}-s{}",
         args.task,
         serde_json::to_value(args.scoring)?.as_str().unwrap_or("?"),
         serde_json::to_value(args.method)?.as_str().unwrap_or("?"),
+        args.lr(),
         args.seed
     );
     let summary = json!({
