@@ -672,20 +672,6 @@ fn gguf_pretokenizers_match_transformers_and_tokenizers() {
     let strings = record["strings"].as_array().unwrap();
     for pre in ["qwen2", "llama-bpe"] {
         let tokenizer = varlora::models::gguf_tokenizer(&dir.join(format!("{pre}.gguf"))).unwrap();
-        for (i, s) in strings.iter().enumerate() {
-            let s = s.as_str().unwrap();
-            let ours: Vec<u64> = tokenizer
-                .encode(s, false)
-                .unwrap()
-                .get_ids()
-                .iter()
-                .map(|&id| u64::from(id))
-                .collect();
-            for reference in ["transformers", "tokenizers"] {
-                let theirs: Vec<u64> =
-                    serde_json::from_value(record[pre][reference][i].clone()).unwrap();
-                assert_eq!(ours, theirs, "{pre}, {s:?}: ours against {reference}'s");
-            }
-        }
+        common::assert_same_ids(&tokenizer, strings, &record[pre], pre);
     }
 }

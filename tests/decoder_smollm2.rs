@@ -3,6 +3,8 @@
 //! left-padded into one batch give each prompt's last-position logits as transformers
 //! computes them one prompt at a time.
 
+mod common;
+
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp};
@@ -109,18 +111,5 @@ fn smollm2_tokenizer_matches_transformers_and_tokenizers() {
     let record: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
     let strings = record["strings"].as_array().unwrap();
-    for (i, s) in strings.iter().enumerate() {
-        let s = s.as_str().unwrap();
-        let ours: Vec<u64> = tokenizer
-            .encode(s, false)
-            .unwrap()
-            .get_ids()
-            .iter()
-            .map(|&id| u64::from(id))
-            .collect();
-        for reference in ["transformers", "tokenizers"] {
-            let theirs: Vec<u64> = serde_json::from_value(record[reference][i].clone()).unwrap();
-            assert_eq!(ours, theirs, "{s:?}: ours against {reference}'s");
-        }
-    }
+    common::assert_same_ids(&tokenizer, strings, &record, "SmolLM2");
 }

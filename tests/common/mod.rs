@@ -212,3 +212,28 @@ pub fn gradsq_clip_wd0() -> varlora::optim::IvonConfig {
         .beta2(0.999)
         .seed(3)
 }
+
+/// Each of `strings` tokenizes with `tokenizer` (no special tokens added) to the ids that
+/// both `references["transformers"]` and `references["tokenizers"]` recorded for it.
+pub fn assert_same_ids(
+    tokenizer: &tokenizers::Tokenizer,
+    strings: &[serde_json::Value],
+    references: &serde_json::Value,
+    what: &str,
+) {
+    for (i, s) in strings.iter().enumerate() {
+        let s = s.as_str().unwrap();
+        let ours: Vec<u64> = tokenizer
+            .encode(s, false)
+            .unwrap()
+            .get_ids()
+            .iter()
+            .map(|&id| u64::from(id))
+            .collect();
+        for reference in ["transformers", "tokenizers"] {
+            let theirs: Vec<u64> =
+                serde_json::from_value(references[reference][i].clone()).unwrap();
+            assert_eq!(ours, theirs, "{what}, {s:?}: ours against {reference}'s");
+        }
+    }
+}
