@@ -6,6 +6,7 @@ it stopped in the next.
     python3 tools/mcq_runs.py best               # per task, scoring and method: the setting
                                                  # of lowest validation NLL
     python3 tools/mcq_runs.py test [--dry]       # the chosen settings, seeds 0-2, test split
+    python3 tools/mcq_runs.py reference TASK     # transformers + peft's AdamW there, seed 0
 
 Results go to runs/mcq/search and runs/mcq/test (git-ignored); the ones reported are
 copied to results/mcq/ with the command that made them. Nothing else may be timed while
@@ -118,6 +119,26 @@ def test(dry):
     run_all(runs, ROOT / "runs" / "mcq" / "test", dry)
 
 
+def reference(task):
+    """tools/reference/mcq_adamw.py on `task`'s test split with AdamW's chosen setting and
+    the task's scoring, seed 0: its accuracy, NLL and ECE go beside ours."""
+    chosen = best()
+    adamw = {s: (name, row) for (t, s, m), (name, row) in chosen.items()
+             if t == task and m == "adamw"}
+    scoring = min(adamw, key=lambda s: adamw[s][1]["nll"])
+    lr = json.loads((ROOT / "runs" / "mcq" / "search" / adamw[scoring][0]).read_text())["args"]["lr"]
+    out = ROOT / "runs" / "mcq" / "reference" / f"{task}-{scoring}-adamw-lr{lr}-s0.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [str(ROOT / ".venv-ref" / "bin" / "python"), str(ROOT / "tools/reference/mcq_adamw.py"),
+           "--task", task, "--seed", "0", "--lr", str(lr), "--eval", "test"]
+    if scoring == "cloze-mean":
+        cmd.append("--mean")
+    print(" ".join(cmd[1:]), flush=True)
+    result = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
+    out.write_text(result.stdout.strip().splitlines()[-1] + "\n")
+    print(out.read_text())
+
+
 def main():
     what, dry = sys.argv[1] if len(sys.argv) > 1 else "", "--dry" in sys.argv
     if what == "search":
@@ -126,6 +147,8 @@ def main():
         best()
     elif what == "test":
         test(dry)
+    elif what == "reference" and len(sys.argv) > 2:
+        reference(sys.argv[2])
     else:
         raise SystemExit(__doc__)
 

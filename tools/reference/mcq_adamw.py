@@ -5,7 +5,9 @@ the committed split (benchmark/data/mcq/splits) with cloze scoring and the promp
 benchmark/examples/mcq/prompt.rs, then evaluated on the validation or test split:
 accuracy, NLL and 15-bin ECE beside ours, and the time per step.
 
-    .venv-ref/bin/python tools/reference/mcq_adamw.py --task piqa --seed 0 [--lr 1e-4]
+    .venv-ref/bin/python tools/reference/mcq_adamw.py --task piqa --seed 0 [--lr 1e-4] [--mean]
+
+`--mean` scores each choice by its mean token log-likelihood (mcq's `cloze-mean`).
 
 Cloze only, and the question forms PIQA, ARC, OpenBookQA and WinoGrande use; the batch
 order is its own seeded shuffle (not the Rust side's), so agreement is statistical.
@@ -58,7 +60,7 @@ def load(task, part):
     return out
 
 
-def cloze_logits(model, tok, qs, max_len):
+def cloze_logits(model, tok, qs, max_len, mean=False):
     """(questions, choices) summed log-likelihoods of each choice's tokens."""
     width = max(len(rows) for rows, _ in qs)
     seqs, lens = [], []
@@ -81,7 +83,10 @@ def cloze_logits(model, tok, qs, max_len):
     rows, pos = torch.tensor(rows), torch.tensor(pos)
     logp = torch.log_softmax(model.base_model.model.lm_head(hidden[rows, pos]), -1)
     picked = logp.gather(1, ids[rows, pos + 1].unsqueeze(1)).squeeze(1)
-    sums = torch.stack([s.sum() for s in picked.split(lens)]).view(len(qs), width)
+    sums = torch.stack([s.sum() for s in picked.split(lens)])
+    if mean:
+        sums = sums / torch.tensor(lens, dtype=sums.dtype)
+    sums = sums.view(len(qs), width)
     absent = torch.tensor([[0.0 if c < len(r) else -1e4 for c in range(width)] for r, _ in qs])
     return sums + absent
 
@@ -109,6 +114,7 @@ def main():
     p.add_argument("--max-len", type=int, default=256)
     p.add_argument("--eval", default="validation")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--mean", action="store_true")
     a = p.parse_args()
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
@@ -130,7 +136,7 @@ def main():
             order += fresh
         qs = [train[i] for i in order[:a.batch]]
         del order[:a.batch]
-        logits = cloze_logits(model, tok, qs, a.max_len)
+        logits = cloze_logits(model, tok, qs, a.max_len, a.mean)
         loss = torch.nn.functional.cross_entropy(logits, torch.tensor([y for _, y in qs]))
         opt.zero_grad()
         loss.backward()
@@ -140,12 +146,13 @@ def main():
     ms_per_step = 1e3 * (time.perf_counter() - start) / a.steps
     model.eval()
     with torch.no_grad():
-        logits = torch.cat([cloze_logits(model, tok, evaluated[i:i + 8], a.max_len)
+        logits = torch.cat([cloze_logits(model, tok, evaluated[i:i + 8], a.max_len, a.mean)
                             for i in range(0, len(evaluated), 8)])
     labels = torch.tensor([y for _, y in evaluated])
     logp = torch.log_softmax(logits.double(), -1)
     out = {
         "impl": "transformers + peft", "task": a.task, "seed": a.seed, "lr": a.lr,
+        "scoring": "cloze-mean" if a.mean else "cloze",
         "steps": a.steps, "batch": a.batch, "split": a.eval, "questions": len(evaluated),
         "accuracy": float((logp.argmax(1) == labels).double().mean()),
         "nll": float(-logp[torch.arange(len(labels)), labels].mean()),
