@@ -115,6 +115,7 @@ def main():
     p.add_argument("--eval", default="validation")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--mean", action="store_true")
+    p.add_argument("--limit", type=int, help="evaluate the first N questions only")
     a = p.parse_args()
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
@@ -126,7 +127,7 @@ def main():
     warm = max(1, int(0.06 * a.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (a.steps - s) / (a.steps - warm)))
-    train, evaluated = load(a.task, "train"), load(a.task, a.eval)
+    train, evaluated = load(a.task, "train"), load(a.task, a.eval)[:a.limit]
     rng = random.Random(a.seed)
     order, losses, start = [], [], time.perf_counter()
     for step in range(a.steps):
