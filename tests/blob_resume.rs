@@ -9,7 +9,7 @@ use candle_nn::{Optimizer, VarMap};
 use common::tiny_decoder::{expected, load};
 use varlora::lora::{BlobConfig, BlobSampler, LoraConfig};
 use varlora::models::{AdapterSpec, AnswerTokens, LlamaDecoder};
-use varlora::optim::{Blob, BlobOptimConfig};
+use varlora::optim::{Blob, BlobOptimConfig, Schedule, Scheduled};
 use varlora::Error;
 
 const SEED: u64 = 2;
@@ -30,7 +30,7 @@ fn run(seed: u64) -> (LlamaDecoder, VarMap, Blob, BlobSampler) {
     (model, varmap, blob, sampler)
 }
 
-fn step(model: &LlamaDecoder, blob: &mut Blob) {
+fn step(model: &LlamaDecoder, blob: &mut impl Optimizer) {
     let (ids, mask, _) = expected("llama");
     let answers = AnswerTokens::new(vec![5, 17, 3, 39]).unwrap();
     let logits = model.answer_logits(&ids, &mask, &answers, true).unwrap();
@@ -114,5 +114,39 @@ fn a_corrupt_or_mismatched_blob_file_changes_nothing() {
     assert!(bits(&varmap) == before && fresh.step_count() == 0);
     fresh.load_state(&path, &fresh_sampler).unwrap();
     assert_eq!(fresh.step_count(), 1);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The same under a schedule: `Scheduled::save` keeps the schedule's place, so the resumed
+/// run takes the rates the uninterrupted one took.
+#[test]
+fn a_resumed_scheduled_blob_run_equals_the_uninterrupted_one() {
+    let schedule = Schedule::linear_with_warmup_ratio(0.3, 6).unwrap();
+    let scheduled = |blob| Scheduled::new(blob, schedule).unwrap();
+    let (model, varmap, blob, _) = run(SEED);
+    let mut opt = scheduled(blob);
+    for _ in 0..6 {
+        step(&model, &mut opt);
+    }
+    let uninterrupted = bits(&varmap);
+
+    let dir = std::env::temp_dir().join(format!("varlora-blob-sched-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("blob.safetensors");
+    let (model, _, blob, sampler) = run(SEED);
+    let mut opt = scheduled(blob);
+    for _ in 0..3 {
+        step(&model, &mut opt);
+    }
+    opt.save(&path, &sampler).unwrap();
+
+    let (model, varmap, blob, sampler) = run(SEED);
+    let mut opt = scheduled(blob);
+    opt.load_state(&path, &sampler).unwrap();
+    assert_eq!(opt.step_count(), 3);
+    for _ in 0..3 {
+        step(&model, &mut opt);
+    }
+    assert!(bits(&varmap) == uninterrupted, "the resumed run differs");
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -4,6 +4,7 @@ mod adamw;
 mod blob;
 mod ivon;
 mod schedule;
+mod scheduled_checkpoint;
 
 pub use blob::{Blob, BlobOptimConfig, BlobSetup};
 pub use schedule::{Schedule, Scheduled};

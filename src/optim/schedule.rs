@@ -216,6 +216,66 @@ impl<O: Optimizer> Scheduled<O> {
     }
 }
 
+/// A schedule's place, kept in its optimizer's checkpoint by `Scheduled::save`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ScheduleRecord {
+    schedule: Schedule,
+    base_lr: f64,
+    calls: u64,
+    calls_per_update: u64,
+}
+
+impl ScheduleRecord {
+    /// Errors unless `record` is there, is of `schedule`, and holds a valid state.
+    pub(crate) fn check(record: Option<&Self>, schedule: &Schedule) -> Result<()> {
+        let r = record.ok_or_else(|| {
+            Error::Checkpoint(
+                "the file holds no schedule (saved by the optimizer's own save, not \
+                 Scheduled's): load it into the bare optimizer"
+                    .into(),
+            )
+        })?;
+        if r.schedule != *schedule {
+            return Err(Error::Checkpoint(format!(
+                "saved under {:?}, this schedule is {schedule:?}",
+                r.schedule
+            )));
+        }
+        if r.calls_per_update == 0 || !r.base_lr.is_finite() {
+            return Err(Error::Checkpoint(format!(
+                "a saved schedule of {} calls per update at base rate {}",
+                r.calls_per_update, r.base_lr
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<O: Optimizer> Scheduled<O> {
+    /// The schedule.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// Where the schedule stands, for a checkpoint.
+    pub(crate) fn record(&self) -> ScheduleRecord {
+        ScheduleRecord {
+            schedule: self.schedule,
+            base_lr: self.base_lr,
+            calls: self.calls,
+            calls_per_update: self.calls_per_update,
+        }
+    }
+
+    /// Puts the schedule where `record` (checked) says, and the inner rate with it.
+    pub(crate) fn restore(&mut self, record: ScheduleRecord) {
+        self.base_lr = record.base_lr;
+        self.calls = record.calls;
+        self.calls_per_update = record.calls_per_update;
+        self.apply_rate();
+    }
+}
+
 impl<O: Optimizer> Optimizer for Scheduled<O> {
     /// The inner optimizer's config and the schedule.
     type Config = (O::Config, Schedule);

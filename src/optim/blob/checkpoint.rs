@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::{Blob, BlobOptimConfig};
 use crate::files::sealed;
 use crate::lora::BlobSampler;
+use crate::optim::schedule::ScheduleRecord;
 use crate::{Error, Result};
 
 const KIND: &str = "blob-checkpoint";
@@ -28,6 +29,9 @@ struct Header {
     shapes: Vec<Vec<usize>>,
     sampler_seed: u64,
     sampler_block: u64,
+    /// The schedule around the optimizer, when `Scheduled::save` wrote the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schedule: Option<ScheduleRecord>,
 }
 
 fn bad(msg: impl Into<String>) -> Error {
@@ -58,6 +62,16 @@ impl Blob {
     /// # Ok::<(), varlora::Error>(())
     /// ```
     pub fn save(&self, path: impl AsRef<Path>, sampler: &BlobSampler) -> Result<()> {
+        self.save_with(path.as_ref(), sampler, None)
+    }
+
+    /// [`Blob::save`], with a schedule's record in the header.
+    pub(crate) fn save_with(
+        &self,
+        path: &Path,
+        sampler: &BlobSampler,
+        schedule: Option<ScheduleRecord>,
+    ) -> Result<()> {
         let (adamw_step, moments) = self.adamw.state();
         let (sampler_seed, sampler_block) = sampler.training_stream()?;
         let header = Header {
@@ -69,6 +83,7 @@ impl Blob {
             shapes: self.vars.iter().map(|v| v.dims().to_vec()).collect(),
             sampler_seed,
             sampler_block,
+            schedule,
         };
         let mut tensors = Vec::new();
         for (i, v) in self.vars.iter().enumerate() {
@@ -79,16 +94,27 @@ impl Blob {
             tensors.push((format!("adamw{j}.v"), v.clone()));
         }
         let meta = sealed::header_meta(HEADER_KEY, &header)?;
-        sealed::write(path.as_ref(), KIND, VERSION, tensors, meta)
+        sealed::write(path, KIND, VERSION, tensors, meta)
     }
 
     /// Restores a run written by [`Blob::save`] into this optimizer (built with the same
     /// configuration over vars of the same shapes) and `sampler` (of the same seed). A
     /// mismatch is an [`Error::Checkpoint`], a corrupt file an [`Error::File`]; either
-    /// changes nothing. A [`crate::optim::Scheduled`] around it does not learn its count
-    /// from the file yet: wrapped anew, its schedule starts again.
+    /// changes nothing. Under a [`crate::optim::Scheduled`], save and load through the
+    /// `Scheduled`, so that the schedule's place is in the file too.
     pub fn load_state(&mut self, path: impl AsRef<Path>, sampler: &BlobSampler) -> Result<()> {
-        let path = path.as_ref();
+        self.load_with(path.as_ref(), sampler, |_| Ok(()))
+            .map(|_| ())
+    }
+
+    /// [`Blob::load_state`], whose file's schedule record `check` must accept before
+    /// anything changes; returns the record.
+    pub(crate) fn load_with(
+        &mut self,
+        path: &Path,
+        sampler: &BlobSampler,
+        check: impl FnOnce(Option<&ScheduleRecord>) -> Result<()>,
+    ) -> Result<Option<ScheduleRecord>> {
         let device = match self.vars.first() {
             Some(v) => v.device().clone(),
             None => candle_core::Device::Cpu,
@@ -96,6 +122,7 @@ impl Blob {
         let file = sealed::read(path, KIND, VERSION, &device)?;
         let header: Header = file.header(HEADER_KEY, path)?;
         self.check(&header, sampler)?;
+        check(header.schedule.as_ref())?;
         let mut tensors = file.tensors;
         let values = (0..self.vars.len())
             .map(|i| take(&mut tensors, &format!("var{i}"), self.vars[i].as_tensor()))
@@ -122,7 +149,7 @@ impl Blob {
         self.step = header.step;
         self.adamw.set_learning_rate(header.lr);
         self.kl_lr = header.kl_lr;
-        Ok(())
+        Ok(header.schedule)
     }
 
     /// The saved run fits this optimizer and sampler.

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::param::{HESS, MEAN, MOMENTUM, NOISE};
 use super::{GroupSettings, Ivon, IvonConfig, Position};
 use crate::files::sealed;
+use crate::optim::schedule::ScheduleRecord;
 use crate::{Error, Result};
 
 /// The file's kind, and its version: 2 added the checksum and moved the format out of
@@ -28,6 +29,9 @@ struct Header {
     position: Position,
     dtype: String,
     noise: serde_json::Value,
+    /// The schedule around the optimizer, when `Scheduled::save` wrote the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    schedule: Option<ScheduleRecord>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -65,7 +69,11 @@ impl Ivon {
     /// # Ok::<(), varlora::Error>(())
     /// ```
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
+        self.save_with(path.as_ref(), None)
+    }
+
+    /// [`Ivon::save`], with a schedule's record in the header.
+    pub(crate) fn save_with(&self, path: &Path, schedule: Option<ScheduleRecord>) -> Result<()> {
         let noise = self.noise.state().ok_or_else(|| {
             bad("the noise source cannot save its state; use the default PhiloxNormal to checkpoint")
         })?;
@@ -86,6 +94,7 @@ impl Ivon {
             position: self.position,
             dtype: self.dtype.as_str().into(),
             noise,
+            schedule,
         };
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for (gi, g) in self.groups.iter().enumerate() {
@@ -121,10 +130,20 @@ impl Ivon {
     /// stopped. A mismatch is an [`Error::Checkpoint`], a corrupt file (any byte changed)
     /// an [`Error::File`]; either changes nothing.
     pub fn load_state(&mut self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
+        self.load_with(path.as_ref(), |_| Ok(())).map(|_| ())
+    }
+
+    /// [`Ivon::load_state`], whose file's schedule record `check` must accept before
+    /// anything changes; returns the record.
+    pub(crate) fn load_with(
+        &mut self,
+        path: &Path,
+        check: impl FnOnce(Option<&ScheduleRecord>) -> Result<()>,
+    ) -> Result<Option<ScheduleRecord>> {
         let file = sealed::read(path, KIND, VERSION, &self.device)?;
         let header: Header = file.header(HEADER_KEY, path)?;
         self.check_header(&header)?;
+        check(header.schedule.as_ref())?;
         let mut tensors = file.tensors;
         let mut restored = Vec::new();
         for (gi, gh) in header.groups.iter().enumerate() {
@@ -137,7 +156,9 @@ impl Ivon {
             return Err(bad(format!("unexpected tensor {extra}")));
         }
         self.noise.load_state(&header.noise)?;
-        self.apply(header, restored)
+        let schedule = header.schedule.clone();
+        self.apply(header, restored)?;
+        Ok(schedule)
     }
 
     /// The saved optimizer fits this one: a valid configuration, the dtype, the groups.
