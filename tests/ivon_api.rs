@@ -422,10 +422,8 @@ fn a_schedule_over_updates_advances_once_per_round_of_samples() {
     };
     let (a, b) = (Model::new(12), Model::new(12));
     let ivon = Ivon::new(a.vars(), config().mc_samples(2)).unwrap();
-    let mut scheduled = Scheduled::new(ivon, schedule)
-        .unwrap()
-        .calls_per_update(2)
-        .unwrap();
+    // The rounds of 2 are learned from IVON's mc_samples, not told.
+    let mut scheduled = Scheduled::new(ivon, schedule).unwrap();
     let mut by_hand = Ivon::new(b.vars(), config().mc_samples(2)).unwrap();
     for call in 0..8u64 {
         let rate = 0.05 * schedule.factor(call / 2);

@@ -22,10 +22,7 @@ fn run() -> (Vec<Var>, Scheduled<Ivon>) {
     ];
     let config = IvonConfig::new(0.1, 50.0).mc_samples(2).seed(3);
     let ivon = Ivon::new(vars.clone(), config).unwrap();
-    let opt = Scheduled::new(ivon, SCHEDULE)
-        .unwrap()
-        .calls_per_update(2)
-        .unwrap();
+    let opt = Scheduled::new(ivon, SCHEDULE).unwrap();
     (vars, opt)
 }
 

@@ -7,7 +7,7 @@ mod schedule;
 mod scheduled_checkpoint;
 
 pub use blob::{Blob, BlobOptimConfig, BlobSetup};
-pub use schedule::{Schedule, Scheduled};
+pub use schedule::{CallsPerUpdate, Schedule, Scheduled};
 
 pub use ivon::{
     GroupSettings, HessApprox, Ivon, IvonConfig, NonFinite, ParamGroup, ParamState, Position,

@@ -113,12 +113,40 @@ impl Schedule {
     }
 }
 
+/// How many calls of `step` an optimizer takes per update of its weights: 1 for most,
+/// `mc_samples` for IVON. [`Scheduled`] advances its schedule once per update, so that a
+/// schedule's `total_steps` counts updates. Implement it (the default is 1) to put an
+/// optimizer of your own under a schedule.
+pub trait CallsPerUpdate {
+    /// Calls of `step` per update.
+    fn calls_per_update(&self) -> u64 {
+        1
+    }
+}
+
+impl CallsPerUpdate for candle_nn::AdamW {}
+impl CallsPerUpdate for candle_nn::SGD {}
+impl CallsPerUpdate for super::Blob {}
+
+impl CallsPerUpdate for super::Ivon {
+    /// `mc_samples`: IVON updates after each round of that many samples.
+    fn calls_per_update(&self) -> u64 {
+        self.config().mc_samples as u64
+    }
+}
+
+impl<O: Optimizer + CallsPerUpdate> CallsPerUpdate for Scheduled<O> {
+    fn calls_per_update(&self) -> u64 {
+        self.calls_per_update
+    }
+}
+
 /// An optimizer whose learning rate follows a [`Schedule`]: before step `t` (from 0) it
 /// sets the rate to `base_lr * schedule.factor(t)`.
 ///
-/// A step is one call of `step`, unless the inner optimizer updates only every few
-/// calls (IVON with `mc_samples` > 1): then [`Scheduled::calls_per_update`] makes the
-/// schedule count updates, so that `total_steps` is the number of updates.
+/// A step is one update of the inner optimizer: one call of `step`, or a round of
+/// [`CallsPerUpdate::calls_per_update`] calls (IVON with `mc_samples` > 1), which the
+/// schedule learns from the optimizer it wraps.
 ///
 /// ```
 /// use candle_core::{DType, Device};
@@ -143,35 +171,40 @@ pub struct Scheduled<O: Optimizer> {
     calls_per_update: u64,
 }
 
-impl<O: Optimizer> Scheduled<O> {
-    /// Wraps `inner`, whose current learning rate becomes the base rate.
+impl<O: Optimizer + CallsPerUpdate> Scheduled<O> {
+    /// Wraps `inner`, whose current learning rate becomes the base rate, and whose
+    /// [`CallsPerUpdate`] makes one step of the schedule.
     pub fn new(mut inner: O, schedule: Schedule) -> Result<Self> {
         schedule.validate()?;
         let base_lr = inner.learning_rate();
         inner.set_learning_rate(base_lr * schedule.factor(0));
+        let calls_per_update = inner.calls_per_update().max(1);
         Ok(Self {
             inner,
             schedule,
             base_lr,
             calls: 0,
-            calls_per_update: 1,
+            calls_per_update,
         })
     }
+}
 
-    /// Advances the schedule once every `calls` calls of `step` instead of every call:
-    /// the inner optimizer's updates, for IVON with `mc_samples = calls`, whose update on
-    /// the last call of each round uses the rate of that round. Set it before the first
-    /// call, so that the rounds line up with IVON's.
+impl<O: Optimizer> Scheduled<O> {
+    /// Advances the schedule once every `calls` calls of `step`, overriding what the
+    /// inner optimizer's [`CallsPerUpdate`] said. Set it before the first call, so that
+    /// the rounds line up with the optimizer's.
     ///
     /// ```
     /// use candle_core::{DType, Device, Var};
     /// use candle_nn::Optimizer;
-    /// use varlora::optim::{Ivon, IvonConfig, Schedule, Scheduled};
+    /// use varlora::optim::{CallsPerUpdate, Ivon, IvonConfig, Schedule, Scheduled};
     ///
     /// let w = Var::zeros(4, DType::F32, &Device::Cpu)?;
     /// let ivon = Ivon::new(vec![w], IvonConfig::new(0.1, 100.0).mc_samples(2))?;
     /// let schedule = Schedule::LinearWarmupDecay { warmup_steps: 0, total_steps: 50 };
-    /// let opt = Scheduled::new(ivon, schedule)?.calls_per_update(2)?; // 50 updates, 100 calls
+    /// let opt = Scheduled::new(ivon, schedule)?; // 50 updates of 2 calls: learned from IVON
+    /// assert_eq!(CallsPerUpdate::calls_per_update(&opt), 2);
+    /// let opt = opt.calls_per_update(2)?; // the same, said by hand
     /// assert_eq!(opt.learning_rate(), 0.1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -276,7 +309,7 @@ impl<O: Optimizer> Scheduled<O> {
     }
 }
 
-impl<O: Optimizer> Optimizer for Scheduled<O> {
+impl<O: Optimizer + CallsPerUpdate> Optimizer for Scheduled<O> {
     /// The inner optimizer's config and the schedule.
     type Config = (O::Config, Schedule);
 

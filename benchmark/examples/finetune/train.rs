@@ -55,7 +55,7 @@ impl Trainer {
                     .seed(args.seed);
                 let groups = ivon_groups(s.varmap, (args.head_beta2, args.head_ess))?;
                 let ivon = Scheduled::new(Ivon::with_groups(groups, c)?, schedule)?;
-                Trainer::Ivon(ivon.calls_per_update(args.train_samples as u64)?)
+                Trainer::Ivon(ivon)
             }
             Method::Blob => {
                 let c = BlobOptimConfig::new(s.n_train, args.batch)

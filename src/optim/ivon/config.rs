@@ -95,9 +95,8 @@ pub struct IvonConfig {
     #[serde(default = "defaults::weight_decay")]
     pub weight_decay: f64,
     /// Weight samples per update. The [`candle_nn::Optimizer`] one-liner updates after
-    /// every `mc_samples`-th call of `step`; under a schedule, give
-    /// [`Scheduled::calls_per_update`](crate::optim::Scheduled::calls_per_update) the same
-    /// count.
+    /// every `mc_samples`-th call of `step`; a [`crate::optim::Scheduled`] learns it and
+    /// counts updates.
     #[serde(default = "defaults::mc_samples")]
     pub mc_samples: usize,
     /// Hessian estimator.
