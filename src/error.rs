@@ -94,7 +94,21 @@ pub enum Error {
         available: u64,
     },
 
-    /// Invalid input to a metric or prediction function.
+    /// Something asked for by name or index is not there: a parameter group or var, a
+    /// weight of a model file, an adapter var that stacked samples name.
+    #[error("not found: {0}")]
+    NotFound(String),
+
+    /// The operation is not one this object does, with what to do instead (stacked
+    /// samples of a BLoB or MC dropout model, the merged weight of an ensemble).
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+
+    /// A value could not be written as JSON (a file's header).
+    #[error("serialisation: {0}")]
+    Serialization(String),
+
+    /// Invalid input to a function: shapes, ranges, empty batches, NaN, malformed text.
     #[error("invalid input: {0}")]
     InvalidInput(String),
 

@@ -172,6 +172,7 @@ fn what_cannot_be_stacked_is_an_error() {
         .with_stacked_weights(&Default::default(), 2)
         .unwrap_err();
     assert!(err.to_string().contains("sample by sample"), "{err}");
+    assert!(matches!(err, varlora::Error::Unsupported(_)), "{err:?}");
 
     let spec = AdapterSpec::Lora(LoraConfig::new(2));
     let (model, varmap) = classifier(&spec, false);
@@ -189,6 +190,7 @@ fn what_cannot_be_stacked_is_an_error() {
     renamed.insert("head.bias".into(), b);
     let err = model.with_stacked_weights(&renamed, 3).unwrap_err();
     assert!(err.to_string().contains("head.bias"), "{err}");
+    assert!(matches!(err, varlora::Error::NotFound(_)), "{err:?}");
     // A stacked model has no member dimension left for another stacking.
     let sampled = model.with_stacked_weights(&weights, 3).unwrap();
     assert!(sampled.with_stacked_weights(&weights, 3).is_err());

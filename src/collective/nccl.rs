@@ -71,8 +71,8 @@ impl NcclCollective {
     /// rank). Blocks until every rank has joined.
     pub fn new(id: NcclId, rank: usize, world: usize, device: &Device) -> Result<Self> {
         if rank >= world {
-            return Err(Error::InvalidInput(format!(
-                "rank {rank} of a world of {world}"
+            return Err(Error::Collective(format!(
+                "rank {rank} of a world of {world}: ranks count from 0 below the world size"
             )));
         }
         let stream = device.as_cuda_device()?.cuda_stream();
@@ -155,7 +155,7 @@ impl Collective for NcclCollective {
 
     fn all_reduce(&self, t: &Tensor, op: ReduceOp) -> Result<Tensor> {
         if !t.device().same_device(&self.device) {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::Collective(format!(
                 "a tensor on {:?} for the communicator on {:?}",
                 t.device().location(),
                 self.device.location()

@@ -45,7 +45,7 @@ pub(crate) fn header_meta(
     key: &str,
     header: &impl serde::Serialize,
 ) -> Result<HashMap<String, String>> {
-    let json = serde_json::to_string(header).map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let json = serde_json::to_string(header).map_err(|e| Error::Serialization(e.to_string()))?;
     Ok(HashMap::from([(key.to_string(), json)]))
 }
 

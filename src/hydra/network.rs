@@ -73,7 +73,7 @@ fn get<'a>(weights: &'a HashMap<String, Tensor>, name: &str) -> Result<&'a Tenso
     weights
         .get(name)
         .or_else(|| weights.get(&format!("bert.{name}")))
-        .ok_or_else(|| Error::InvalidInput(format!("the weights have no `{name}`")))
+        .ok_or_else(|| Error::NotFound(format!("the weights have no `{name}`")))
 }
 
 /// `t`'s `index` entries along `dim`, padded with zeros to `len` entries.

@@ -74,7 +74,7 @@ pub trait Adapter: std::fmt::Debug + Send + Sync {
         _stacked: &mut HashMap<String, Tensor>,
         _samples: usize,
     ) -> Result<Arc<dyn Adapter>> {
-        Err(Error::InvalidInput(
+        Err(Error::Unsupported(
             "only plain LoRA adapters evaluate stacked weight samples: predict this model \
              sample by sample (predict::predictive)"
                 .into(),
@@ -85,7 +85,7 @@ pub trait Adapter: std::fmt::Debug + Send + Sync {
     /// posterior, its mean. An adapter without one merged weight (an ensemble's members)
     /// gets an error.
     fn merged_linear(&self) -> Result<Linear> {
-        Err(Error::InvalidInput(
+        Err(Error::Unsupported(
             "this adapter has no single merged weight (an ensemble has one per member)".into(),
         ))
     }

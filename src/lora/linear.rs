@@ -306,7 +306,7 @@ impl Adapter for LoraLinear {
             ));
         }
         if let LoraDropout::Seeded(..) = self.dropout {
-            return Err(Error::InvalidInput(
+            return Err(Error::Unsupported(
                 "MC dropout samples masks, not weights: predict it sample by sample".into(),
             ));
         }

@@ -465,7 +465,7 @@ pub(crate) fn take_all_stacked<T>(
     let out = stack(&mut rest)?;
     match rest.keys().min() {
         None => Ok(out),
-        Some(name) => Err(Error::InvalidInput(format!(
+        Some(name) => Err(Error::NotFound(format!(
             "stacked samples of {name}, which is no adapter var of the model (and {} more): \
              the posterior and the model must name the vars alike",
             rest.len() - 1

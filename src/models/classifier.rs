@@ -85,7 +85,7 @@ impl BertClassifier {
         seed: u64,
     ) -> Result<Self> {
         if encoder.members() != 1 || builder.members() != 1 {
-            return Err(Error::InvalidInput(
+            return Err(Error::Unsupported(
                 "an adapted head needs a single model: LoRA-Ensemble members train heads of \
                  their own (BertClassifier::new)"
                     .into(),

@@ -288,11 +288,11 @@ impl Ivon {
         let g = self
             .groups
             .get(group)
-            .ok_or_else(|| Error::InvalidInput(format!("no group {group}")))?;
+            .ok_or_else(|| Error::NotFound(format!("no group {group}")))?;
         let p = g
             .params
             .get(index)
-            .ok_or_else(|| Error::InvalidInput(format!("group {group} has no var {index}")))?;
+            .ok_or_else(|| Error::NotFound(format!("group {group} has no var {index}")))?;
         math::posterior_std(&p.hess()?, &g.settings)
     }
 
@@ -345,7 +345,7 @@ impl Ivon {
     pub fn set_group_lr(&mut self, group: usize, lr: f64) -> Result<()> {
         let mut settings = self
             .group_settings(group)
-            .ok_or_else(|| Error::InvalidInput(format!("no group {group}")))?
+            .ok_or_else(|| Error::NotFound(format!("no group {group}")))?
             .clone();
         settings.lr = lr;
         settings.validate(self.config.debias)?;
