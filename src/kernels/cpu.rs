@@ -13,7 +13,7 @@ use std::cell::Cell;
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Tensor, Var};
 use rayon::prelude::*;
 
-use super::{Draws, IvonCoeffs};
+use super::{Draws, IvonCoeffs, HESS, MEAN, MOMENTUM, NOISE, ROWS};
 use crate::noise::{normal_batch, BATCH_BLOCKS};
 use crate::vector_unit::widest_vector_unit;
 
@@ -123,9 +123,11 @@ impl InplaceOp1 for StatePass<'_> {
         };
         let state = f32_slice_mut(s, l)?;
         let n = theta.len();
-        if state.len() != 4 * n {
+        if state.len() != ROWS * n {
             candle_core::bail!("IVON state of {} values for a var of {n}", state.len());
         }
+        // The rows in the contract's order (MEAN, HESS, MOMENTUM, NOISE are 0 to 3).
+        const _: () = assert!(MEAN == 0 && HESS == 1 && MOMENTUM == 2 && NOISE == 3 && ROWS == 4);
         let (mean, rest) = state.split_at_mut(n);
         let (hess, rest) = rest.split_at_mut(n);
         let (momentum, noise) = rest.split_at_mut(n);

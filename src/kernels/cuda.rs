@@ -16,52 +16,15 @@ use candle_core::cuda::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use candle_core::cuda::WrapErr;
 use candle_core::{CpuStorage, CudaStorage, InplaceOp1, InplaceOp2, Layout, Tensor, Var};
 
+use super::contract::{c_header, VlCoeffs, ROWS};
 use super::{Draws, IvonCoeffs};
 
 const SOURCE: &str = include_str!("ivon.cu");
 const MODULE: &str = "varlora_ivon";
 
-/// `VlCoeffs` of `ivon.cu`, field for field.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct VlCoeffs {
-    beta1: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    correction: f32,
-    weight_decay: f32,
-    ess: f32,
-    lr: f32,
-    debias: f32,
-    clip_radius: f32,
-    has_debias: i32,
-    price: i32,
-    averaged: i32,
-}
-
-// SAFETY: a plain `repr(C)` struct of f32 and i32, laid out as the kernel's `VlCoeffs`.
+// SAFETY: a plain `repr(C)` struct of f32 and i32, laid out as the kernel's `VlCoeffs`
+// (both come from `contract`).
 unsafe impl DeviceRepr for VlCoeffs {}
-
-impl From<&IvonCoeffs> for VlCoeffs {
-    fn from(c: &IvonCoeffs) -> Self {
-        Self {
-            beta1: c.beta1,
-            one_minus_beta1: c.one_minus_beta1,
-            beta2: c.beta2,
-            one_minus_beta2: c.one_minus_beta2,
-            correction: c.correction,
-            weight_decay: c.weight_decay,
-            ess: c.ess,
-            lr: c.lr,
-            debias: c.debias.unwrap_or(1.0),
-            clip_radius: c.clip_radius,
-            has_debias: i32::from(c.debias.is_some()),
-            price: i32::from(c.price),
-            averaged: i32::from(c.averaged),
-        }
-    }
-}
 
 /// The PTX of `ivon.cu`, compiled once per process: the source is fixed, and NVRTC takes
 /// a noticeable fraction of a second.
@@ -76,7 +39,7 @@ fn ptx() -> candle_core::Result<&'static str> {
             use_fast_math: Some(false),
             ..Default::default()
         };
-        compile_ptx_with_opts(SOURCE, opts)
+        compile_ptx_with_opts(format!("{}{SOURCE}", c_header()), opts)
             .map(|p| p.to_src())
             .map_err(|e| e.to_string())
     });
@@ -178,7 +141,7 @@ impl InplaceOp1 for StatePass<'_> {
         };
         let n = theta.len();
         let (a, b) = contiguous(l)?;
-        if b - a != 4 * n {
+        if b - a != ROWS * n {
             candle_core::bail!("IVON state of {} values for a var of {n}", b - a);
         }
         if n == 0 {

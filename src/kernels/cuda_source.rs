@@ -9,17 +9,19 @@ use std::process::Command;
 
 use candle_core::{Device, Tensor, Var};
 
+use super::contract::{c_header, VlCoeffs, HESS, MEAN, MOMENTUM, NOISE, ROWS};
 use super::{cpu, Draws, IvonCoeffs};
 use crate::noise::PhiloxNormal;
 
 const HARNESS: &str = r#"
 #include <stdio.h>
 #include <stdlib.h>
+#include "contract.h"
 #include KERNEL
 
-/* in: n, seed, block, offset (u64), 10 f32 and 3 i32 coefficients, then theta, grad (2n
-   values when averaged) and the 4n state values (f32); out: theta, state, then draws
-   0..n of the request. */
+/* in: n, seed, block, offset (u64), the VlCoeffs struct, then theta, grad (2n values when
+   averaged) and the VL_ROWS * n state values (f32); out: theta, state, then draws 0..n of
+   the request. */
 int main(int argc, char** argv) {
     FILE* in = fopen(argv[1], "rb");
     FILE* out = fopen(argv[2], "wb");
@@ -30,17 +32,17 @@ int main(int argc, char** argv) {
     vl_u64 gn = c.averaged ? 2 * n : n;
     float* theta = malloc(4 * n);
     float* grad = malloc(4 * gn);
-    float* state = malloc(16 * n);
+    float* state = malloc(4 * VL_ROWS * n);
     if (fread(theta, 4, n, in) != n || fread(grad, 4, gn, in) != gn ||
-        fread(state, 4, 4 * n, in) != 4 * n) return 2;
+        fread(state, 4, VL_ROWS * n, in) != VL_ROWS * n) return 2;
     for (vl_u64 i = 0; i < n; ++i) {
         float z = vl_normal(hdr[1], hdr[2], hdr[3] + i);
-        float hs = c.averaged ? grad[n + i] : vl_hess_sample(state[3 * n + i], grad[i], &c);
-        vl_element(&theta[i], grad[i], hs, &state[i], &state[n + i], &state[2 * n + i],
-                   &state[3 * n + i], z, &c);
+        float hs = c.averaged ? grad[n + i] : vl_hess_sample(state[VL_NOISE * n + i], grad[i], &c);
+        vl_element(&theta[i], grad[i], hs, &state[VL_MEAN * n + i], &state[VL_HESS * n + i],
+                   &state[VL_MOMENTUM * n + i], &state[VL_NOISE * n + i], z, &c);
     }
     fwrite(theta, 4, n, out);
-    fwrite(state, 4, 4 * n, out);
+    fwrite(state, 4, VL_ROWS * n, out);
     for (vl_u64 i = 0; i < n; ++i) {
         float z = vl_normal(hdr[1], hdr[2], i);
         fwrite(&z, 4, 1, out);
@@ -55,10 +57,12 @@ fn compile(dir: &Path) -> PathBuf {
     let src = dir.join("harness.c");
     let exe = dir.join("harness");
     std::fs::write(&src, HARNESS).unwrap();
+    std::fs::write(dir.join("contract.h"), c_header()).unwrap();
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
     let status = Command::new(&cc)
         .args(["-std=c11", "-O2", "-ffp-contract=off", "-x", "c"])
         .arg(format!("-DKERNEL=\"{}\"", kernel.display()))
+        .arg(format!("-I{}", dir.display()))
         .arg(&src)
         .arg("-o")
         .arg(&exe)
@@ -83,12 +87,14 @@ fn inputs(n: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     grad[2] = 1e6;
     grad[3] = -3e-38;
     let theta = vec![0f32; n];
-    let mut state: Vec<f32> = wave(0.11, 0.5).collect();
-    state.extend(wave(0.23, 0.5).map(|v| v.abs() + 1e-3));
-    state.extend(wave(0.05, 0.1));
-    state.extend(wave(0.71, 0.01));
+    let mut rows = vec![Vec::new(); ROWS];
+    rows[MEAN] = wave(0.11, 0.5).collect();
+    rows[HESS] = wave(0.23, 0.5).map(|v| v.abs() + 1e-3).collect();
+    rows[MOMENTUM] = wave(0.05, 0.1).collect();
+    rows[NOISE] = wave(0.71, 0.01).collect();
     // A zero gradient on a zero of negative sign: `x * k + 0.0` must give +0.
-    state[2 * n + 1] = -0.0;
+    rows[MOMENTUM][1] = -0.0;
+    let state = rows.concat();
     (theta, grad, state)
 }
 
@@ -124,22 +130,7 @@ fn cuda_source_gives_the_cpu_kernels_bits() {
         for v in [n as u64, draws.seed, draws.block, draws.offset as u64] {
             input.extend(v.to_le_bytes());
         }
-        let f = [
-            c.beta1,
-            c.one_minus_beta1,
-            c.beta2,
-            c.one_minus_beta2,
-            c.correction,
-            c.weight_decay,
-            c.ess,
-            c.lr,
-            c.debias.unwrap_or(1.0),
-            c.clip_radius,
-        ];
-        input.extend(bytes(&f));
-        input.extend(i32::from(c.debias.is_some()).to_le_bytes());
-        input.extend(i32::from(c.price).to_le_bytes());
-        input.extend(i32::from(c.averaged).to_le_bytes());
+        input.extend(VlCoeffs::from(&c).to_le_bytes());
         input.extend(bytes(&theta));
         input.extend(bytes(&grad));
         input.extend(bytes(&state));
@@ -152,11 +143,11 @@ fn cuda_source_gives_the_cpu_kernels_bits() {
             .chunks_exact(4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        assert_eq!(out.len(), 6 * n);
+        assert_eq!(out.len(), (2 + ROWS) * n);
 
         let dev = Device::Cpu;
         let var = Var::from_tensor(&Tensor::new(theta.as_slice(), &dev).unwrap()).unwrap();
-        let st = Tensor::from_vec(state, (4, n), &dev).unwrap();
+        let st = Tensor::from_vec(state, (ROWS, n), &dev).unwrap();
         let g = Tensor::new(grad.as_slice(), &dev).unwrap();
         cpu::ivon_step(&var, &st, &g, draws, &c).unwrap();
         let bits = |t: &Tensor| -> Vec<u32> {
@@ -173,12 +164,16 @@ fn cuda_source_gives_the_cpu_kernels_bits() {
             bits(var.as_tensor())[..],
             "weights, price {price}"
         );
-        assert_eq!(out[n..5 * n], bits(&st)[..], "state, price {price}");
+        assert_eq!(
+            out[n..(1 + ROWS) * n],
+            bits(&st)[..],
+            "state, price {price}"
+        );
 
         let mut z = vec![0f32; n];
         PhiloxNormal::at(draws.seed, draws.block).fill(&mut z);
         let z: Vec<u32> = z.iter().map(|x| x.to_bits()).collect();
-        assert_eq!(out[5 * n..], z[..], "draws");
+        assert_eq!(out[(1 + ROWS) * n..], z[..], "draws");
     }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -120,15 +120,9 @@ VL_FN float vl_normal(vl_u64 seed, vl_u64 block, vl_u64 idx) {
     return z[idx % 4];
 }
 
-// The step's scalars, rounded to f32 on the host as the tensor-op path rounds them.
-typedef struct {
-    float beta1, one_minus_beta1, beta2, one_minus_beta2, correction, weight_decay, ess, lr;
-    float debias;  // 1 - beta1^t, used when has_debias
-    float clip_radius;  // infinite for no clipping
-    int has_debias;
-    int price;  // the price estimator, else gradsq
-    int averaged;  // grad holds 2n values: the ranks' mean gradient, then mean statistic
-} VlCoeffs;
+// The step's scalars (VlCoeffs, rounded to f32 on the host as the tensor-op path rounds
+// them) and the state's row order (VL_MEAN ... VL_ROWS) come from the header that
+// src/kernels/contract.rs generates and puts before this source.
 
 // This rank's Hessian statistic of one sample: noise times gradient (price) or the
 // squared gradient (gradsq).
@@ -164,7 +158,8 @@ VL_FN void vl_element(float* theta, float g, float hess_sample, float* m, float*
 #ifdef __CUDACC__
 // One thread per Philox block, grid-stride: the block's four draws go to the (up to) four
 // elements that take them, so one Philox and two logarithms serve four elements. `state`
-// holds the rows mean, h, momentum and noise of `n` elements each; element i takes draw
+// holds VL_ROWS rows of `n` elements each (mean, h, momentum, noise, at the VL_ row
+// numbers); element i takes draw
 // `offset + i` of the request at `block`. `grad` holds n gradients, or with `c.averaged`
 // the ranks' n mean gradients followed by their n mean Hessian statistics.
 extern "C" __global__ void ivon_step(float* theta, const float* grad, float* state, vl_u64 n,
@@ -181,9 +176,9 @@ extern "C" __global__ void ivon_step(float* theta, const float* grad, float* sta
             if (draw < offset || draw - offset >= n) continue;
             vl_u64 i = draw - offset;
             float g = grad[i];
-            float hs = c.averaged ? grad[n + i] : vl_hess_sample(state[3 * n + i], g, &c);
-            vl_element(&theta[i], g, hs, &state[i], &state[n + i], &state[2 * n + i],
-                       &state[3 * n + i], z[lane], &c);
+            float hs = c.averaged ? grad[n + i] : vl_hess_sample(state[VL_NOISE * n + i], g, &c);
+            vl_element(&theta[i], g, hs, &state[VL_MEAN * n + i], &state[VL_HESS * n + i],
+                       &state[VL_MOMENTUM * n + i], &state[VL_NOISE * n + i], z[lane], &c);
         }
     }
 }

@@ -6,6 +6,7 @@
 //! same floating-point operations in the same order, so their results are bit-identical
 //! to it (the tests compare the two).
 
+mod contract;
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
@@ -14,6 +15,7 @@ mod cuda_source;
 mod finite;
 pub(crate) mod layers;
 
+pub(crate) use contract::{HESS, MEAN, MOMENTUM, NOISE, ROWS};
 pub(crate) use finite::all_finite;
 
 use candle_core::{Tensor, Var};

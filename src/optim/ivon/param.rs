@@ -4,14 +4,13 @@ use candle_core::{Tensor, Var};
 
 use crate::Result;
 
-pub(super) const MEAN: usize = 0;
-pub(super) const HESS: usize = 1;
-pub(super) const MOMENTUM: usize = 2;
-pub(super) const NOISE: usize = 3;
+// The rows of the state, as the fused kernels read them (written once, in
+// `kernels::contract`).
+pub(super) use crate::kernels::{HESS, MEAN, MOMENTUM, NOISE, ROWS};
 
 /// The state IVON keeps for one var: the posterior mean `m`, the Hessian estimate `h`, the
-/// momentum and the current sample's noise, held as the rows of one `(4, numel)` tensor so
-/// that the fused kernel updates them in one pass, in place.
+/// momentum and the current sample's noise, held as the rows of one `(ROWS, numel)`
+/// tensor so that the fused kernel updates them in one pass, in place.
 ///
 /// The accessors return views of that live state: the next step overwrites them in place.
 /// Call `copy()` on one to keep a snapshot.
@@ -29,15 +28,10 @@ impl ParamState {
     /// State for `var`: mean at the var's value, `h = hess_init`, zero momentum.
     pub(super) fn new(name: Option<String>, var: Var, hess_init: f64) -> Result<Self> {
         let mean = var.as_tensor().flatten_all()?;
-        let state = Tensor::stack(
-            &[
-                mean.clone(),
-                (mean.ones_like()? * hess_init)?,
-                mean.zeros_like()?,
-                mean.zeros_like()?,
-            ],
-            0,
-        )?;
+        let mut rows = vec![mean.zeros_like()?; ROWS];
+        rows[HESS] = (mean.ones_like()? * hess_init)?;
+        rows[MEAN] = mean;
+        let state = Tensor::stack(&rows, 0)?;
         Ok(Self {
             name,
             var,
