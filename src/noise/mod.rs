@@ -37,13 +37,6 @@ pub trait NoiseSource: Send {
         None
     }
 
-    /// The counter-based generator behind this source, if it is a [`PhiloxNormal`]: the
-    /// fused CPU update then draws the next sample inside its single pass, and samples are
-    /// recorded as counters rather than stored.
-    fn as_philox(&mut self) -> Option<&mut PhiloxNormal> {
-        None
-    }
-
     /// Restores a state returned by [`NoiseSource::state`].
     fn load_state(&mut self, state: &serde_json::Value) -> Result<()> {
         let _ = state;

@@ -335,10 +335,6 @@ impl NoiseSource for PhiloxNormal {
             .map_err(|e| Error::Checkpoint(format!("bad PhiloxNormal state {state}: {e}")))?;
         Ok(())
     }
-
-    fn as_philox(&mut self) -> Option<&mut PhiloxNormal> {
-        Some(self)
-    }
 }
 
 #[cfg(test)]

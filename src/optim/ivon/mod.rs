@@ -3,6 +3,7 @@
 mod checkpoint;
 mod config;
 mod math;
+mod noise;
 mod param;
 mod sampling;
 mod step;
@@ -10,6 +11,8 @@ mod sync;
 
 pub use config::{GroupSettings, HessApprox, IvonConfig, NonFinite, ParamGroup};
 pub use param::ParamState;
+
+use noise::Noise;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -95,7 +98,7 @@ pub struct Ivon {
     skipped_steps: u64,
     fused_steps: u64,
     position: Position,
-    noise: Box<dyn NoiseSource>,
+    noise: Noise,
     dtype: DType,
     device: Device,
     prediction_scale: f64,
@@ -137,16 +140,22 @@ impl Ivon {
 
     /// IVON over parameter groups with settings of their own.
     pub fn with_groups(groups: Vec<ParamGroup>, config: IvonConfig) -> Result<Self> {
-        let noise = Box::new(PhiloxNormal::new(config.seed));
-        Self::with_noise(groups, config, noise)
+        let noise = Noise::Philox(PhiloxNormal::new(config.seed));
+        Self::build(groups, config, noise)
     }
 
-    /// IVON with a noise source of your own, e.g. to replay recorded draws.
+    /// IVON with a noise source of your own, e.g. to replay recorded draws. Its steps take
+    /// the unfused path (the fused kernel draws from IVON's own generator), with the same
+    /// bits.
     pub fn with_noise(
         groups: Vec<ParamGroup>,
         config: IvonConfig,
         noise: Box<dyn NoiseSource>,
     ) -> Result<Self> {
+        Self::build(groups, config, Noise::Custom(noise))
+    }
+
+    fn build(groups: Vec<ParamGroup>, config: IvonConfig, noise: Noise) -> Result<Self> {
         config.validate()?;
         let first = groups.iter().flat_map(|g| g.vars.first()).next();
         let (dtype, device) = match first {

@@ -50,7 +50,7 @@ impl Ivon {
     pub(super) fn draw_group_noise(&mut self, gi: usize) -> Result<Vec<Tensor>> {
         group_noise(
             &self.groups[gi],
-            self.noise.as_mut(),
+            self.noise.source(),
             self.dtype,
             &self.device,
         )

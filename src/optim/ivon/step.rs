@@ -217,7 +217,7 @@ impl Ivon {
             && self.dtype == DType::F32
             && kernels::fused_on(&self.device)
             && self.params_mut().all(|p| p.sampled)
-            && self.noise.as_philox().is_some()
+            && self.noise.philox().is_some()
     }
 
     /// What the fused kernel reads beside each var: its gradient alone, or, in a
@@ -261,7 +261,7 @@ impl Ivon {
         for (gi, gs) in grads.iter().enumerate() {
             let group = &self.groups[gi];
             let numel = group.numel();
-            let philox = self.noise.as_philox().ok_or(Error::InvalidState(
+            let philox = self.noise.philox().ok_or(Error::InvalidState(
                 "the fused step needs the Philox noise source",
             ))?;
             let (seed, block) = (philox.seed(), philox.skip(numel));

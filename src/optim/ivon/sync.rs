@@ -66,7 +66,7 @@ impl Ivon {
         let drawn = self.blocks_per_sample();
         let at_sample = self.position == Position::Sample;
         let mut redraw = false;
-        if let Some(philox) = self.noise.as_philox() {
+        if let Some(philox) = self.noise.philox() {
             // Back to where the current sample was drawn, on this rank's stream.
             let block = if at_sample {
                 philox.block().saturating_sub(drawn)
