@@ -28,39 +28,29 @@ if [ ! -x "$cuda/bin/nvcc" ] || [ ! -e "$cuda/lib/libcublas.so" ]; then
     ln -sfn lib "$cuda/lib64"
     (cd "$cuda/lib" && for f in *.so.*; do b=${f%%.so.*}.so; [ -e "$b" ] || ln -s "$f" "$b"; done)
 fi
-if [ ! -e "$cuda/lib/stubs/libcuda.so" ]; then
-    # The driver API's entry points, as cudarc (candle's binding) declares them.
-    sys=$(cargo metadata --format-version 1 --features cuda | python3 -c '
+# stub NAME SONAME FEATURE SYS PATTERN RET: a link stub lib$NAME.so (soname SONAME) whose
+# entry points, the functions of cudarc's SYS (under --features FEATURE) that PATTERN
+# matches, each return RET (an error code), unless the stub is already there.
+stub() {
+    local name=$1 soname=$2 feature=$3 path=$4 pattern=$5 ret=$6 dir="$cuda/lib/stubs" sys
+    [ -e "$dir/lib$name.so" ] && return
+    sys=$(cargo metadata --format-version 1 --features "$feature" | python3 -c '
 import json, sys, os
 for p in json.load(sys.stdin)["packages"]:
     if p["name"] == "cudarc":
-        print(os.path.join(os.path.dirname(p["manifest_path"]), "src/driver/sys/mod.rs"))
-        break')
-    [ -f "$sys" ] || { echo "cuda-toolkit.sh: cudarc's sources not found (cargo fetch first)" >&2; exit 1; }
-    mkdir -p "$cuda/lib/stubs"
-    grep -oE 'pub unsafe fn cu[A-Za-z0-9_]+' "$sys" | awk '{print $4}' | sort -u |
-        sed 's/.*/int &(void) { return 34; }/' >"$cuda/lib/stubs/libcuda.c"
-    cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$cuda/lib/stubs/libcuda.so.1" \
-        "$cuda/lib/stubs/libcuda.c"
-    ln -sfn libcuda.so.1 "$cuda/lib/stubs/libcuda.so"
-fi
-if [ ! -e "$cuda/lib/stubs/libnccl.so" ]; then
-    # NCCL's entry points, as cudarc declares them: a link stub for the nccl feature's
-    # binaries, whose real libnccl.so.2 (about 200 MB) the GPU machine's Python install
-    # brings (PyTorch's nvidia wheels).
-    sys=$(cargo metadata --format-version 1 --features nccl | python3 -c '
-import json, sys, os
-for p in json.load(sys.stdin)["packages"]:
-    if p["name"] == "cudarc":
-        print(os.path.join(os.path.dirname(p["manifest_path"]), "src/nccl/sys/mod.rs"))
-        break')
-    [ -f "$sys" ] || { echo "cuda-toolkit.sh: cudarc's NCCL sources not found" >&2; exit 1; }
-    mkdir -p "$cuda/lib/stubs"
-    grep -oE 'pub (unsafe )?fn nccl[A-Za-z0-9_]+' "$sys" | awk '{print $NF}' | sort -u |
-        sed 's/.*/int &(void) { return 1; }/' >"$cuda/lib/stubs/libnccl.c"
-    cc -shared -fPIC -Wl,-soname,libnccl.so.2 -o "$cuda/lib/stubs/libnccl.so.2" \
-        "$cuda/lib/stubs/libnccl.c"
-    ln -sfn libnccl.so.2 "$cuda/lib/stubs/libnccl.so"
-fi
+        print(os.path.join(os.path.dirname(p["manifest_path"]), sys.argv[1]))
+        break' "$path")
+    [ -f "$sys" ] || { echo "cuda-toolkit.sh: cudarc's $path not found (cargo fetch first)" >&2; exit 1; }
+    mkdir -p "$dir"
+    grep -oE "$pattern" "$sys" | awk '{print $NF}' | sort -u |
+        sed "s/.*/int &(void) { return $ret; }/" >"$dir/lib$name.c"
+    cc -shared -fPIC -Wl,-soname,"$soname" -o "$dir/$soname" "$dir/lib$name.c"
+    ln -sfn "$soname" "$dir/lib$name.so"
+}
+# The driver API (CUDA_ERROR_STUB_LIBRARY, 34): the real libcuda.so.1 comes with the driver.
+stub cuda libcuda.so.1 cuda src/driver/sys/mod.rs 'pub unsafe fn cu[A-Za-z0-9_]+' 34
+# NCCL (ncclUnhandledCudaError, 1): the real libnccl.so.2 (about 200 MB) comes with the GPU
+# machine's Python install (PyTorch's nvidia wheels).
+stub nccl libnccl.so.2 nccl src/nccl/sys/mod.rs 'pub (unsafe )?fn nccl[A-Za-z0-9_]+' 1
 cuda=$(cd "$cuda" && pwd)
 echo "export CUDA_ROOT=$cuda CUDA_PATH=$cuda CUDA_COMPUTE_CAP=90 CUDARC_CUDA_VERSION=13000 PATH=$cuda/bin:\$PATH"
