@@ -6,7 +6,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
-use super::{cpu_f32, par_output, rows_per_task, slice, with_slice};
+use super::{cpu_f32, norm_grad, par_output, rows_per_task, slice};
 
 /// `(x - mean) / sqrt(var + eps) * weight + bias` over the last dimension. The fused kernel
 /// treats `weight` and `bias` as frozen; where either is tracked, the composed op computes
@@ -118,33 +118,22 @@ impl CustomOp2 for LayerNormGrad {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, g) = (slice(xs, xl)?, slice(gs, gl)?);
-        if x.len() != g.len() {
-            candle_core::bail!("layer-norm-grad: {} inputs, {} gradients", x.len(), g.len());
-        }
-        let gx = with_slice(&self.weight, |w| {
+        let row = |gx: &mut [f32], x: &[f32], g: &[f32], w: &[f32]| {
             let h = w.len();
-            Ok(par_output(x.len(), rows_per_task(h) * h, |start, gx| {
-                let range = start..start + gx.len();
-                let (x, g) = (&x[range.clone()], &g[range]);
-                let rows = gx.chunks_exact_mut(h).zip(x.chunks_exact(h));
-                for ((gx, x), g) in rows.zip(g.chunks_exact(h)) {
-                    let (mean, rstd) = moments(x, self.eps);
-                    let (mut d_mean, mut dx_mean) = (0f32, 0f32);
-                    for i in 0..h {
-                        let d = g[i] * w[i];
-                        d_mean += d;
-                        dx_mean += d * (x[i] - mean) * rstd;
-                    }
-                    let (d_mean, dx_mean) = (d_mean / h as f32, dx_mean / h as f32);
-                    for i in 0..h {
-                        let xhat = (x[i] - mean) * rstd;
-                        gx[i] = rstd * (g[i] * w[i] - d_mean - xhat * dx_mean);
-                    }
-                }
-            }))
-        })?;
-        Ok((CpuStorage::F32(gx), xl.shape().clone()))
+            let (mean, rstd) = moments(x, self.eps);
+            let (mut d_mean, mut dx_mean) = (0f32, 0f32);
+            for i in 0..h {
+                let d = g[i] * w[i];
+                d_mean += d;
+                dx_mean += d * (x[i] - mean) * rstd;
+            }
+            let (d_mean, dx_mean) = (d_mean / h as f32, dx_mean / h as f32);
+            for i in 0..h {
+                let xhat = (x[i] - mean) * rstd;
+                gx[i] = rstd * (g[i] * w[i] - d_mean - xhat * dx_mean);
+            }
+        };
+        norm_grad("layer-norm-grad", (xs, xl), (gs, gl), &self.weight, row)
     }
 }
 

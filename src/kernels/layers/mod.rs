@@ -70,6 +70,35 @@ fn par_output(len: usize, task: usize, fill: impl Fn(usize, &mut [f32]) + Sync +
     v
 }
 
+/// The input gradient of a normalisation over rows with a frozen `weight` of the rows'
+/// width, for a norm's backward `CustomOp2` (input, incoming gradient): `row(gx, x, g, w)`
+/// fills each row of the gradient from that row of the input and of the incoming
+/// gradient, rows in parallel. `name` is the op's, for the length check's message.
+fn norm_grad(
+    name: &str,
+    (xs, xl): (&CpuStorage, &Layout),
+    (gs, gl): (&CpuStorage, &Layout),
+    weight: &Tensor,
+    row: impl Fn(&mut [f32], &[f32], &[f32], &[f32]) + Sync + Send,
+) -> candle_core::Result<(CpuStorage, candle_core::Shape)> {
+    let (x, g) = (slice(xs, xl)?, slice(gs, gl)?);
+    if x.len() != g.len() {
+        candle_core::bail!("{name}: {} inputs, {} gradients", x.len(), g.len());
+    }
+    let gx = with_slice(weight, |w| {
+        let h = w.len();
+        Ok(par_output(x.len(), rows_per_task(h) * h, |start, gx| {
+            let range = start..start + gx.len();
+            let (x, g) = (&x[range.clone()], &g[range]);
+            let rows = gx.chunks_exact_mut(h).zip(x.chunks_exact(h));
+            for ((gx, x), g) in rows.zip(g.chunks_exact(h)) {
+                row(gx, x, g, w);
+            }
+        }))
+    })?;
+    Ok((CpuStorage::F32(gx), xl.shape().clone()))
+}
+
 /// The contiguous f32 data of a CPU storage.
 fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
     match (s, l.contiguous_offsets()) {

@@ -6,7 +6,7 @@
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor, D};
 
-use super::{cpu_f32, par_output, rows_per_task, slice, with_slice};
+use super::{cpu_f32, norm_grad, par_output, rows_per_task, slice};
 
 /// `x / sqrt(mean(x^2) + eps) * weight` over the last dimension. The fused kernel treats
 /// `weight` as frozen; where it is tracked, or off the CPU or f32, the composed ops run.
@@ -101,26 +101,15 @@ impl CustomOp2 for RmsNormGrad {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (x, g) = (slice(xs, xl)?, slice(gs, gl)?);
-        if x.len() != g.len() {
-            candle_core::bail!("rms-norm-grad: {} inputs, {} gradients", x.len(), g.len());
-        }
-        let gx = with_slice(&self.weight, |w| {
+        let row = |gx: &mut [f32], x: &[f32], g: &[f32], w: &[f32]| {
             let h = w.len();
-            Ok(par_output(x.len(), rows_per_task(h) * h, |start, gx| {
-                let range = start..start + gx.len();
-                let (x, g) = (&x[range.clone()], &g[range]);
-                let rows = gx.chunks_exact_mut(h).zip(x.chunks_exact(h));
-                for ((gx, x), g) in rows.zip(g.chunks_exact(h)) {
-                    let r = rstd(x, self.eps);
-                    let dx_mean = (0..h).map(|i| g[i] * w[i] * x[i] * r).sum::<f32>() / h as f32;
-                    for i in 0..h {
-                        gx[i] = r * (g[i] * w[i] - x[i] * r * dx_mean);
-                    }
-                }
-            }))
-        })?;
-        Ok((CpuStorage::F32(gx), xl.shape().clone()))
+            let r = rstd(x, self.eps);
+            let dx_mean = (0..h).map(|i| g[i] * w[i] * x[i] * r).sum::<f32>() / h as f32;
+            for i in 0..h {
+                gx[i] = r * (g[i] * w[i] - x[i] * r * dx_mean);
+            }
+        };
+        norm_grad("rms-norm-grad", (xs, xl), (gs, gl), &self.weight, row)
     }
 }
 
