@@ -41,6 +41,16 @@ fn pair<'a>(
     Ok((a, b))
 }
 
+/// `f(a[i], b[i])` for every element, in parallel.
+fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync + Send) -> Vec<f32> {
+    par_output(a.len(), TASK, |start, out| {
+        let (a, b) = (&a[start..start + out.len()], &b[start..start + out.len()]);
+        for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+            *o = f(a, b);
+        }
+    })
+}
+
 struct SwiGlu;
 
 impl CustomOp2 for SwiGlu {
@@ -56,12 +66,7 @@ impl CustomOp2 for SwiGlu {
         ul: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, u) = pair((gs, gl), (us, ul), "swiglu")?;
-        let y = par_output(g.len(), TASK, |start, y| {
-            let (g, u) = (&g[start..start + y.len()], &u[start..start + y.len()]);
-            for ((y, &g), &u) in y.iter_mut().zip(g).zip(u) {
-                *y = g * sigmoid(g) * u;
-            }
-        });
+        let y = map2(g, u, |g, u| g * sigmoid(g) * u);
         Ok((CpuStorage::F32(y), gl.shape().clone()))
     }
 
@@ -126,12 +131,7 @@ impl CustomOp2 for UpGrad {
         dl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (g, d) = pair((gs, gl), (ds, dl), "swiglu-up-grad")?;
-        let out = par_output(g.len(), TASK, |start, out| {
-            let (g, d) = (&g[start..start + out.len()], &d[start..start + out.len()]);
-            for ((o, &g), &d) in out.iter_mut().zip(g).zip(d) {
-                *o = d * g * sigmoid(g);
-            }
-        });
+        let out = map2(g, d, |g, d| d * g * sigmoid(g));
         Ok((CpuStorage::F32(out), gl.shape().clone()))
     }
 }
