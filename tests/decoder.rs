@@ -5,15 +5,13 @@
 
 mod common;
 
-use common::tiny_decoder::{expected, fixture_dir, load};
+use common::tiny_decoder::{expected, fixture_dir, load, without_adapters};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
-use candle_nn::{VarBuilder, VarMap};
 use varlora::lora::LoraConfig;
-use varlora::lora::TargetModules;
 use varlora::models::{AdapterSpec, LlamaConfig, LlamaDecoder};
 
 /// The largest difference at real (unpadded) positions, over the largest |logit| there.
@@ -285,14 +283,7 @@ fn gguf_reads_back_to_transformers_logits_and_refuses_what_it_cannot_read() {
     write_tiny_gguf(&path, "llama", 0);
     let gguf = varlora::models::GgufDecoder::read(&path, &dev).unwrap();
     assert!(gguf.config.tie_word_embeddings);
-    let model = LlamaDecoder::load(
-        VarBuilder::from_tensors(gguf.tensors, DType::F32, &dev),
-        VarBuilder::from_varmap(&VarMap::new(), DType::F32, &dev),
-        &gguf.config,
-        None,
-        &TargetModules::new(["q_proj"]),
-    )
-    .unwrap();
+    let model = without_adapters(gguf, DType::F32);
     let (ids, mask, theirs) = expected("llama");
     let ours = model.logits(&ids, &mask, false).unwrap();
     assert!(relative_error(&ours, &theirs, &mask) < 1e-5);
@@ -300,14 +291,7 @@ fn gguf_reads_back_to_transformers_logits_and_refuses_what_it_cannot_read() {
     // Read as bf16, every tensor is stored so, and the model stays near the f32 one.
     let half = varlora::models::GgufDecoder::read_as(&path, DType::BF16, &dev).unwrap();
     assert!(half.tensors.values().all(|t| t.dtype() == DType::BF16));
-    let model = LlamaDecoder::load(
-        VarBuilder::from_tensors(half.tensors, DType::BF16, &dev),
-        VarBuilder::from_varmap(&VarMap::new(), DType::F32, &dev),
-        &half.config,
-        None,
-        &TargetModules::new(["q_proj"]),
-    )
-    .unwrap();
+    let model = without_adapters(half, DType::BF16);
     let err = relative_error(&model.logits(&ids, &mask, false).unwrap(), &theirs, &mask);
     assert!(err < 2e-2, "bf16 logits off by {err}");
 

@@ -8,9 +8,7 @@ mod common;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp};
-use candle_nn::{VarBuilder, VarMap};
-use varlora::lora::TargetModules;
-use varlora::models::{GgufDecoder, LlamaDecoder};
+use varlora::models::GgufDecoder;
 
 /// The repository's root and the SmolLM2 GGUF's path in it, which must be there.
 fn smollm2() -> (PathBuf, PathBuf) {
@@ -58,15 +56,7 @@ fn against_transformers(dtype: DType, tol: f32) {
         (30, 3, 64)
     );
     assert!(gguf.config.tie_word_embeddings);
-    let varmap = VarMap::new();
-    let model = LlamaDecoder::load(
-        VarBuilder::from_tensors(gguf.tensors, dtype, &dev),
-        VarBuilder::from_varmap(&varmap, DType::F32, &dev),
-        &gguf.config,
-        None,
-        &TargetModules::new(["q_proj", "v_proj"]),
-    )
-    .unwrap();
+    let model = common::tiny_decoder::without_adapters(gguf, dtype);
     let fixture = root.join("tests/fixtures/decoder/smollm2/expected.safetensors");
     let t = candle_core::safetensors::load(fixture, &dev).unwrap();
     let ids = t["input_ids"].to_dtype(DType::U32).unwrap();

@@ -5,12 +5,13 @@
 //! the other check against candle-transformers, so that the core crate's builds need not
 //! compile that crate.
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, IndexOp, Tensor};
-use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use varlora::lora::TargetModules;
-use varlora::models::{GgufDecoder, LlamaDecoder};
+use varlora::models::GgufDecoder;
 
 #[test]
 #[ignore = "needs the real SmolLM2: bash scripts/fetch-assets.sh --llm, then \
@@ -28,14 +29,7 @@ fn smollm2_matches_quantized_llama_top_tokens() {
     let content = gguf_file::Content::read(&mut file).unwrap();
     let mut theirs = ModelWeights::from_gguf(content, &mut file, &dev).unwrap();
     let gguf = GgufDecoder::read(&path, &dev).unwrap();
-    let ours = LlamaDecoder::load(
-        VarBuilder::from_tensors(gguf.tensors, DType::F32, &dev),
-        VarBuilder::from_varmap(&VarMap::new(), DType::F32, &dev),
-        &gguf.config,
-        None,
-        &TargetModules::new(["q_proj"]),
-    )
-    .unwrap();
+    let ours = common::tiny_decoder::without_adapters(gguf, DType::F32);
     // The prompts of tests/fixtures/decoder/smollm2, each on its own (no padding, which
     // quantized_llama does not take).
     let fixture = root.join("tests/fixtures/decoder/smollm2/expected.safetensors");

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use varlora::lora::TargetModules;
-use varlora::models::{AdapterSpec, LlamaConfig, LlamaDecoder};
+use varlora::models::{AdapterSpec, GgufDecoder, LlamaConfig, LlamaDecoder};
 
 /// The fixture folder of `arch` (`llama`, `qwen2`, `qwen3`).
 pub fn fixture_dir(arch: &str) -> PathBuf {
@@ -40,6 +40,19 @@ pub fn load(
     .unwrap();
     model.init(0).unwrap();
     (model, varmap)
+}
+
+/// The decoder a GGUF file read into, its base stored in `dtype`, with no adapters.
+pub fn without_adapters(gguf: GgufDecoder, dtype: DType) -> LlamaDecoder {
+    let dev = Device::Cpu;
+    LlamaDecoder::load(
+        VarBuilder::from_tensors(gguf.tensors, dtype, &dev),
+        VarBuilder::from_varmap(&VarMap::new(), DType::F32, &dev),
+        &gguf.config,
+        None,
+        &TargetModules::new(Vec::<String>::new()),
+    )
+    .unwrap()
 }
 
 /// The recorded ids, mask (as u32) and transformers' logits.
