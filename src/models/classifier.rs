@@ -7,7 +7,8 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use candle_nn::{Linear, VarBuilder};
 
-use super::bert::{insert_linear, take_all_stacked};
+use super::bert::insert_linear;
+use super::host;
 use super::BertEncoder;
 use crate::lora::{
     kaiming_uniform_bound, seeded_uniform, set_uniform, stacked_or_repeated, var_name, Adapter,
@@ -185,9 +186,9 @@ impl BertClassifier {
         stacked: &HashMap<String, Tensor>,
         samples: usize,
     ) -> Result<Self> {
-        take_all_stacked(stacked, |rest| {
+        host::take_all_stacked(stacked, |rest| {
             Ok(Self {
-                encoder: self.encoder.stack_taking(rest, samples)?,
+                encoder: host::stacked(&self.encoder, rest, samples)?,
                 head: self.stacked_head(rest, samples)?,
             })
         })

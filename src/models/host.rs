@@ -109,3 +109,22 @@ pub(crate) fn stacked<M: Linears>(
 pub(crate) fn init<M: Linears>(model: &M, seed: u64) -> Result<()> {
     adapters(model).into_iter().try_for_each(|a| a.init(seed))
 }
+
+/// `stack` run on a copy of `stacked` that it takes the samples it uses out of; errors
+/// unless every stacked sample found its var in the model, since samples of a var the
+/// model does not use under that name would otherwise be left out unseen.
+pub(crate) fn take_all_stacked<T>(
+    stacked: &HashMap<String, Tensor>,
+    stack: impl FnOnce(&mut HashMap<String, Tensor>) -> Result<T>,
+) -> Result<T> {
+    let mut rest = stacked.clone();
+    let out = stack(&mut rest)?;
+    match rest.keys().min() {
+        None => Ok(out),
+        Some(name) => Err(Error::NotFound(format!(
+            "stacked samples of {name}, which is no adapter var of the model (and {} more): \
+             the posterior and the model must name the vars alike",
+            rest.len() - 1
+        ))),
+    }
+}

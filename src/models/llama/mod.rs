@@ -26,7 +26,6 @@ pub use tokenizer::gguf_tokenizer;
 
 use std::collections::HashMap;
 
-use super::bert::take_all_stacked;
 use super::host::{self, LayerLinears, Linears};
 use super::input::repeat_members;
 use super::proj::Proj;
@@ -416,7 +415,7 @@ impl LlamaDecoder {
         stacked: &HashMap<String, Tensor>,
         samples: usize,
     ) -> Result<Self> {
-        take_all_stacked(stacked, |rest| host::stacked(self, rest, samples))
+        host::take_all_stacked(stacked, |rest| host::stacked(self, rest, samples))
     }
 
     /// The final-normed hidden states `(batch, len, hidden)` (`(members * batch, len,
