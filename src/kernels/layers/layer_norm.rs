@@ -141,7 +141,7 @@ impl CustomOp2 for LayerNormGrad {
 mod tests {
     use candle_core::{Device, Var};
 
-    use super::super::test_util::{max_diff, weighted_grad};
+    use super::super::test_util::{assert_input_grad_matches_fd, max_diff, weighted_grad};
     use super::*;
 
     fn params(h: usize) -> (Tensor, Tensor) {
@@ -192,27 +192,9 @@ mod tests {
                 .map(|i| cs[i] * (x[i] - mean) * rstd * ws[i])
                 .sum::<f64>()
         };
-        let to32 = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<_>>();
-        let dev = Device::Cpu;
-        let x = Var::new(to32(&xs), &dev).unwrap();
-        let w = Tensor::new(to32(&ws), &dev).unwrap();
-        let y = layer_norm(&x, &w, &w.zeros_like().unwrap(), eps as f32).unwrap();
-        let c = Tensor::new(to32(&cs), &dev).unwrap();
-        let grads = (y * c).unwrap().sum_all().unwrap().backward().unwrap();
-        let ours = grads.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
-        for i in 0..h {
-            let step = |d: f64| {
-                let mut v = xs;
-                v[i] += d;
-                loss(&v)
-            };
-            let fd = (step(1e-6) - step(-1e-6)) / 2e-6;
-            assert!(
-                (fd - f64::from(ours[i])).abs() < 1e-5,
-                "{i}: {fd} vs {}",
-                ours[i]
-            );
-        }
+        let op =
+            |x: &Var, w: &Tensor| layer_norm(x, w, &w.zeros_like().unwrap(), eps as f32).unwrap();
+        assert_input_grad_matches_fd((&xs, &ws, &cs), op, loss);
     }
 
     /// A trainable scale takes the composed path and gets its gradient.

@@ -160,4 +160,33 @@ mod test_util {
             .unwrap();
         grads.get(x.as_tensor()).unwrap().clone()
     }
+
+    /// The f32 gradient of `sum(c_i y_i)`, `y = op(x, w)`, with respect to `x`, against
+    /// central finite differences of `loss`, the same sum computed in f64 from the op's
+    /// definition: every entry within 1e-5.
+    pub(super) fn assert_input_grad_matches_fd(
+        (xs, ws, cs): (&[f64], &[f64], &[f64]),
+        op: impl Fn(&Var, &Tensor) -> Tensor,
+        loss: impl Fn(&[f64]) -> f64,
+    ) {
+        let to32 = |v: &[f64]| v.iter().map(|&v| v as f32).collect::<Vec<_>>();
+        let dev = candle_core::Device::Cpu;
+        let x = Var::new(to32(xs), &dev).unwrap();
+        let w = Tensor::new(to32(ws), &dev).unwrap();
+        let c = Tensor::new(to32(cs), &dev).unwrap();
+        let ours: Vec<f32> = weighted_grad(&op(&x, &w), &c, &x).to_vec1().unwrap();
+        for i in 0..xs.len() {
+            let step = |d: f64| {
+                let mut v = xs.to_vec();
+                v[i] += d;
+                loss(&v)
+            };
+            let fd = (step(1e-6) - step(-1e-6)) / 2e-6;
+            assert!(
+                (fd - f64::from(ours[i])).abs() < 1e-5,
+                "{i}: {fd} vs {}",
+                ours[i]
+            );
+        }
+    }
 }
