@@ -6,7 +6,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::{loss, Linear, Optimizer, VarBuilder, VarMap, SGD};
 use varlora::lora::{BayesianLoraLinear, BlobConfig, BlobLayerVars, BlobSampler, LoraConfig};
-use varlora::optim::{Blob, BlobOptimConfig, Schedule, Scheduled};
+use varlora::optim::{Blob, BlobOptimConfig, NonFinite, Schedule, Scheduled};
 use varlora::Error;
 
 const IN: usize = 4;
@@ -289,40 +289,103 @@ fn kl_gradient_matches_finite_differences() {
     }
 }
 
+/// `grads` with var `name`'s gradient replaced by `change` of it.
+fn with_grad(
+    model: &Model,
+    grads: &GradStore,
+    name: &str,
+    change: impl FnOnce(Vec<f64>) -> Tensor,
+) -> GradStore {
+    let mut out = GradStore::default();
+    for v in model.vars() {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            out.insert(v.as_tensor(), g.clone());
+        }
+    }
+    let var = model.varmap.data().lock().unwrap()[name].clone();
+    let g = change(flat(out.get(var.as_tensor()).unwrap()));
+    out.insert(var.as_tensor(), g.to_dtype(DType::F32).unwrap());
+    out
+}
+
+/// The gradient `g` with a NaN at index 1, in `var`'s shape.
+fn with_nan(mut g: Vec<f64>, shape: &[usize]) -> Tensor {
+    g[1] = f64::NAN;
+    Tensor::from_vec(g, shape, &Device::Cpu).unwrap()
+}
+
+fn blob(model: &Model, config: BlobOptimConfig) -> Blob {
+    Blob::new(
+        model.vars(),
+        vec![model.layer.posterior_vars().unwrap()],
+        config,
+    )
+    .unwrap()
+}
+
+fn values(model: &Model) -> Vec<Vec<f64>> {
+    model.vars().iter().map(|v| flat(v.as_tensor())).collect()
+}
+
 #[test]
 fn nonfinite_gradients_are_an_error_that_changes_nothing() {
     let model = model(DType::F32, 0.05);
-    let mut opt = Blob::new(
-        model.vars(),
-        vec![model.layer.posterior_vars().unwrap()],
-        BlobOptimConfig::new(64, 8),
-    )
-    .unwrap();
+    let mut opt = blob(&model, BlobOptimConfig::new(64, 8));
     let grads = model.nll().backward().unwrap();
-    let before: Vec<Vec<f64>> = model.vars().iter().map(|v| flat(v.as_tensor())).collect();
-    for name in ["head", "fc.lora_a_g"] {
-        let mut bad = GradStore::default();
-        for v in model.vars() {
-            if let Some(g) = grads.get(v.as_tensor()) {
-                bad.insert(v.as_tensor(), g.clone());
-            }
-        }
-        let var = model.varmap.data().lock().unwrap()[name].clone();
-        let mut g = flat(bad.get(var.as_tensor()).unwrap());
-        g[1] = f64::NAN;
-        let g = Tensor::from_vec(g, var.shape(), &Device::Cpu)
-            .unwrap()
-            .to_dtype(DType::F32)
-            .unwrap();
-        bad.insert(var.as_tensor(), g);
+    let before = values(&model);
+    for (name, shape) in [("head", vec![OUT, 2]), ("fc.lora_a_g", vec![RANK, IN])] {
+        let bad = with_grad(&model, &grads, name, |g| with_nan(g, &shape));
         match opt.try_step(&bad) {
             Err(Error::NonFiniteGradient { .. }) => {}
             other => panic!("a NaN in {name}: expected NonFiniteGradient, got {other:?}"),
         }
-        let after: Vec<Vec<f64>> = model.vars().iter().map(|v| flat(v.as_tensor())).collect();
-        assert_eq!(after, before, "a NaN in {name} changed the vars");
+        assert_eq!(values(&model), before, "a NaN in {name} changed the vars");
         assert_eq!(opt.step_count(), 0);
     }
+}
+
+/// Under `SkipStep` a NaN step is dropped and counted, and the next good step is the
+/// first one taken: the same bits as an optimizer that never saw the NaN.
+#[test]
+fn nonfinite_steps_are_skipped_under_skip_step() {
+    let config = BlobOptimConfig::new(64, 8).on_nonfinite(NonFinite::SkipStep);
+    let (skipping, plain) = (model(DType::F32, 0.05), model(DType::F32, 0.05));
+    let mut opt = blob(&skipping, config.clone());
+    let grads = skipping.nll().backward().unwrap();
+    let before = values(&skipping);
+    let bad = with_grad(&skipping, &grads, "head", |g| with_nan(g, &[OUT, 2]));
+    opt.try_step(&bad).unwrap();
+    assert_eq!(values(&skipping), before, "a skipped step changed the vars");
+    assert_eq!((opt.step_count(), opt.skipped_steps()), (0, 1));
+
+    opt.try_step(&grads).unwrap();
+    let mut reference = blob(&plain, config);
+    reference
+        .try_step(&plain.nll().backward().unwrap())
+        .unwrap();
+    assert_eq!(values(&skipping), values(&plain));
+    assert_eq!((opt.step_count(), opt.skipped_steps()), (1, 1));
+}
+
+/// A gradient of the wrong shape for the last var is refused before AdamW moves the
+/// vars before it.
+#[test]
+fn a_mismatched_gradient_is_an_error_that_changes_nothing() {
+    let model = model(DType::F32, 0.05);
+    let mut opt = blob(&model, BlobOptimConfig::new(64, 8));
+    let grads = model.nll().backward().unwrap();
+    let before = values(&model);
+    let bad = with_grad(&model, &grads, "head", |g| {
+        Tensor::from_vec(g, OUT * 2, &Device::Cpu).unwrap()
+    });
+    match opt.try_step(&bad) {
+        Err(Error::GradientMismatch { var: 3, detail, .. }) => {
+            assert!(detail.contains("shape"), "{detail}")
+        }
+        other => panic!("expected a mismatch of the head (var 3), got {other:?}"),
+    }
+    assert_eq!(values(&model), before);
+    assert_eq!(opt.step_count(), 0);
 }
 
 #[test]

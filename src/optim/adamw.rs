@@ -50,23 +50,21 @@ impl AdamW {
     }
 
     /// One step for the vars whose gradient `grads` holds; the others keep their values
-    /// and moments, as candle-nn's `AdamW` leaves them.
+    /// and moments, as candle-nn's `AdamW` leaves them. Every var's update is computed
+    /// before any is written, so an error changes nothing.
     pub(crate) fn step(&mut self, grads: &GradStore) -> Result<()> {
-        self.step += 1;
-        let p = &self.params;
-        let t = self.step as i32;
-        let (scale_m, scale_v) = (1.0 / (1.0 - p.beta1.powi(t)), 1.0 / (1.0 - p.beta2.powi(t)));
-        for (var, (m, v)) in self.vars.iter().zip(self.moments.iter_mut()) {
-            let Some(g) = grads.get(var) else { continue };
-            let next_m = ((&*m * p.beta1)? + (g * (1.0 - p.beta1))?)?;
-            let next_v = ((&*v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
-            let m_hat = (&next_m * scale_m)?;
-            let v_hat = (&next_v * scale_v)?;
-            let decayed = (var.as_tensor() * (1.0 - p.lr * p.weight_decay))?;
-            let adjusted = (m_hat / (v_hat.sqrt()? + p.eps)?)?;
-            var.set(&(decayed - (adjusted * p.lr)?)?)?;
-            (*m, *v) = (next_m, next_v);
+        let t = self.step + 1;
+        let mut next = Vec::with_capacity(self.vars.len());
+        for (i, (var, moments)) in self.vars.iter().zip(&self.moments).enumerate() {
+            if let Some(g) = grads.get(var) {
+                next.push((i, rule(&self.params, t, var.as_tensor(), g, moments)?));
+            }
         }
+        for (i, (theta, moments)) in next {
+            self.vars[i].set(&theta)?;
+            self.moments[i] = moments;
+        }
+        self.step = t;
         Ok(())
     }
 
@@ -109,6 +107,26 @@ impl AdamW {
         self.step = step;
         Ok(())
     }
+}
+
+/// The rule above for one var at step `t`: its next value and moments. Pure, in
+/// candle-nn's op order.
+fn rule(
+    p: &ParamsAdamW,
+    t: u64,
+    theta: &Tensor,
+    g: &Tensor,
+    (m, v): &(Tensor, Tensor),
+) -> Result<(Tensor, (Tensor, Tensor))> {
+    let t = t as i32;
+    let (scale_m, scale_v) = (1.0 / (1.0 - p.beta1.powi(t)), 1.0 / (1.0 - p.beta2.powi(t)));
+    let next_m = ((m * p.beta1)? + (g * (1.0 - p.beta1))?)?;
+    let next_v = ((v * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
+    let m_hat = (&next_m * scale_m)?;
+    let v_hat = (&next_v * scale_v)?;
+    let decayed = (theta * (1.0 - p.lr * p.weight_decay))?;
+    let adjusted = (m_hat / (v_hat.sqrt()? + p.eps)?)?;
+    Ok(((decayed - (adjusted * p.lr)?)?, (next_m, next_v)))
 }
 
 #[cfg(test)]

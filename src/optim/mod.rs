@@ -5,10 +5,10 @@ mod blob;
 mod ivon;
 mod schedule;
 mod scheduled_checkpoint;
+mod shell;
 
 pub use blob::{Blob, BlobOptimConfig, BlobSetup};
 pub use schedule::{CallsPerUpdate, Schedule, Scheduled};
+pub use shell::NonFinite;
 
-pub use ivon::{
-    GroupSettings, HessApprox, Ivon, IvonConfig, NonFinite, ParamGroup, ParamState, Position,
-};
+pub use ivon::{GroupSettings, HessApprox, Ivon, IvonConfig, ParamGroup, ParamState, Position};

@@ -23,6 +23,9 @@ const HEADER_KEY: &str = "varlora.blob";
 struct Header {
     config: BlobOptimConfig,
     step: u64,
+    /// Absent from files written before BLoB could skip a step.
+    #[serde(default)]
+    skipped_steps: u64,
     lr: f64,
     kl_lr: f64,
     adamw_step: u64,
@@ -77,6 +80,7 @@ impl Blob {
         let header = Header {
             config: self.config.clone(),
             step: self.step,
+            skipped_steps: self.skipped_steps,
             lr: self.adamw.learning_rate(),
             kl_lr: self.kl_lr,
             adamw_step,
@@ -147,6 +151,7 @@ impl Blob {
         }
         sampler.set_training_stream(header.sampler_block)?;
         self.step = header.step;
+        self.skipped_steps = header.skipped_steps;
         self.adamw.set_learning_rate(header.lr);
         self.kl_lr = header.kl_lr;
         Ok(header.schedule)

@@ -14,6 +14,7 @@
 //! linear warm-up schedulers do.
 
 mod checkpoint;
+mod rule;
 
 use std::collections::HashSet;
 
@@ -22,6 +23,7 @@ use candle_core::{TensorId, Var};
 use candle_nn::{Optimizer, ParamsAdamW};
 
 use super::adamw::AdamW;
+use super::shell::{self, Missing, NonFinite, Slot, Verdict};
 use serde::{Deserialize, Serialize};
 
 use crate::lora::{kl_period, kl_weight, BlobLayerVars};
@@ -42,6 +44,7 @@ use crate::{Error, Result};
 /// | `dataset_rescaling` | true | `bayes_datasetrescaling` (on in every script) | |
 /// | `gamma` | 8 | `bayes_gamma` | finite, > 0 |
 /// | `kl_period` | none | | > 0 |
+/// | `on_nonfinite` | `Error` | (the reference has none) | |
 ///
 /// The KL period `K` is `kl_period` when set; else, with `dataset_rescaling`,
 /// `int(100 * n_train^(pi / gamma) / batch_size)`; else the batches per epoch. Without
@@ -91,6 +94,10 @@ pub struct BlobOptimConfig {
     /// A period `K` of your own, overriding both rules.
     #[serde(default)]
     pub kl_period: Option<u64>,
+    /// What a step whose gradients hold NaN or Inf does: fail, changing nothing, or be
+    /// skipped and counted in [`Blob::skipped_steps`].
+    #[serde(default)]
+    pub on_nonfinite: NonFinite,
 }
 
 fn default_lr() -> f64 {
@@ -141,6 +148,7 @@ impl BlobOptimConfig {
             dataset_rescaling: true,
             gamma: default_gamma(),
             kl_period: None,
+            on_nonfinite: NonFinite::Error,
         }
     }
 
@@ -165,6 +173,8 @@ impl BlobOptimConfig {
         gamma: f64,
         /// Sets `kl_period`.
         kl_period: Option<u64>,
+        /// Sets `on_nonfinite`.
+        on_nonfinite: NonFinite,
     }
 
     /// The KL period `K` these settings give.
@@ -271,6 +281,7 @@ pub struct Blob {
     layers: Vec<BlobLayerVars>,
     kl_lr: f64,
     step: u64,
+    skipped_steps: u64,
 }
 
 impl std::fmt::Debug for Blob {
@@ -281,6 +292,7 @@ impl std::fmt::Debug for Blob {
             .field("lr", &self.adamw.learning_rate())
             .field("kl_lr", &self.kl_lr)
             .field("step", &self.step)
+            .field("skipped_steps", &self.skipped_steps)
             .finish()
     }
 }
@@ -327,6 +339,7 @@ impl Blob {
             layers,
             config,
             step: 0,
+            skipped_steps: 0,
         })
     }
 
@@ -338,6 +351,11 @@ impl Blob {
     /// Steps taken.
     pub fn step_count(&self) -> u64 {
         self.step
+    }
+
+    /// Steps dropped for a NaN or Inf gradient under [`NonFinite::SkipStep`].
+    pub fn skipped_steps(&self) -> u64 {
+        self.skipped_steps
     }
 
     /// The KL's learning rate of the next step.
@@ -354,40 +372,33 @@ impl Blob {
         Ok(total)
     }
 
-    /// Errors, before anything changes, on a gradient holding NaN or Inf.
-    fn check_finite(&self, grads: &GradStore) -> Result<()> {
-        for (i, v) in self.vars.iter().enumerate() {
-            let Some(g) = grads.get(v) else { continue };
-            if !crate::kernels::all_finite(g)? {
-                return Err(Error::NonFiniteGradient {
-                    group: 0,
-                    var: i,
-                    shape: v.shape().clone(),
-                });
-            }
-        }
-        Ok(())
-    }
-
     /// The whole step for the NLL gradients `grads`: AdamW, then SGD on the reweighted KL
-    /// (and `G`'s NLL gradient). A gradient with NaN or Inf is an
-    /// [`Error::NonFiniteGradient`] (`var`: its index in the vars given) that changes
-    /// nothing.
+    /// (and `G`'s NLL gradient), as `blob/rule.rs` spells out. Before anything changes, a
+    /// gradient that does not match its var is an [`Error::GradientMismatch`], and one
+    /// with NaN or Inf an [`Error::NonFiniteGradient`] (`var`: its index in the vars
+    /// given), or a skipped step under [`NonFinite::SkipStep`].
     pub fn try_step(&mut self, grads: &GradStore) -> Result<()> {
-        self.check_finite(grads)?;
+        let slots = self
+            .vars
+            .iter()
+            .enumerate()
+            .map(|(var, v)| (Slot { group: 0, var }, v));
+        let gathered = shell::gather(slots, grads, Missing::Skip)?;
+        let present = gathered
+            .iter()
+            .enumerate()
+            .filter_map(|(var, g)| Some((Slot { group: 0, var }, g.as_ref()?)));
+        if shell::screen(present, self.config.on_nonfinite, Ok)? == Verdict::Skip {
+            self.skipped_steps += 1;
+            return Ok(());
+        }
         self.adamw.step(grads)?;
         self.step += 1;
         let pi = self.config.kl_weight(self.step);
         for l in &self.layers {
-            let (d_m, d_g) = l.kl_grads()?;
-            let m = l.a_mean.as_tensor();
-            l.a_mean.set(&(m - (d_m * (self.kl_lr * pi))?)?)?;
-            let mut d_g = (d_g * pi)?;
-            if let Some(nll) = grads.get(&l.a_g) {
-                d_g = (d_g + nll)?;
-            }
-            let g = l.a_g.as_tensor();
-            l.a_g.set(&(g - (d_g * self.kl_lr)?)?)?;
+            let (m, g) = rule::kl_step(l, pi, self.kl_lr, grads.get(&l.a_g))?;
+            l.a_mean.set(&m)?;
+            l.a_g.set(&g)?;
         }
         Ok(())
     }

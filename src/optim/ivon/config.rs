@@ -3,6 +3,7 @@
 use candle_core::Var;
 use serde::{Deserialize, Serialize};
 
+use crate::optim::shell::NonFinite;
 use crate::{Error, Result};
 
 /// How IVON estimates the Hessian diagonal from a sampled gradient.
@@ -16,18 +17,6 @@ pub enum HessApprox {
     /// The squared gradient `ess * grad^2`, a Gauss-Newton-like estimate that is never
     /// negative.
     Gradsq,
-}
-
-/// What to do when a gradient holds NaN or Inf.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NonFinite {
-    /// Return [`Error::NonFiniteGradient`] and change nothing (the default).
-    #[default]
-    Error,
-    /// Drop the whole step: discard the samples collected for it, restore the mean,
-    /// and count it in [`Ivon::skipped_steps`](crate::optim::Ivon::skipped_steps).
-    SkipStep,
 }
 
 /// IVON's configuration. `lr` and `ess` are required; everything else has the reference's

@@ -9,7 +9,7 @@ mod sampling;
 mod step;
 mod sync;
 
-pub use config::{GroupSettings, HessApprox, IvonConfig, NonFinite, ParamGroup};
+pub use config::{GroupSettings, HessApprox, IvonConfig, ParamGroup};
 pub use param::ParamState;
 
 use noise::Noise;
@@ -320,7 +320,8 @@ impl Ivon {
         self.count
     }
 
-    /// Steps dropped for a NaN or Inf gradient under [`NonFinite::SkipStep`].
+    /// Steps dropped for a NaN or Inf gradient under
+    /// [`NonFinite::SkipStep`](crate::optim::NonFinite::SkipStep).
     pub fn skipped_steps(&self) -> u64 {
         self.skipped_steps
     }

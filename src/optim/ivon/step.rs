@@ -4,87 +4,48 @@
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor};
 
-use super::config::{HessApprox, NonFinite};
+use super::config::HessApprox;
 use super::param::{HESS, MEAN, MOMENTUM, NOISE};
 use super::{math, Ivon, Position};
 use crate::kernels::{self, Draws};
+use crate::optim::shell::{self, Missing, Slot, Verdict};
 use crate::{Error, Result};
 
 impl Ivon {
-    /// The gradient of each var, validated; a missing one is zero.
+    /// The gradient of each var, checked against it (a missing one is zero), by group.
     fn collect_grads(&self, grads: &GradStore) -> Result<Vec<Vec<Tensor>>> {
+        let slots = self.groups.iter().enumerate().flat_map(|(group, g)| {
+            g.params
+                .iter()
+                .enumerate()
+                .map(move |(var, p)| (Slot { group, var }, &p.var))
+        });
+        let mut gathered = shell::gather(slots, grads, Missing::Zero)?.into_iter();
         let mut out = Vec::with_capacity(self.groups.len());
-        for (gi, group) in self.groups.iter().enumerate() {
-            let mut gs = Vec::with_capacity(group.params.len());
-            for (vi, p) in group.params.iter().enumerate() {
-                let mismatch = |detail: String| Error::GradientMismatch {
-                    group: gi,
-                    var: vi,
-                    detail,
-                };
-                let g = match grads.get(p.var.as_tensor()) {
-                    None => p.var.zeros_like()?,
-                    Some(g) => {
-                        if g.shape() != p.var.shape() {
-                            return Err(mismatch(format!(
-                                "shape {:?}, var {:?}",
-                                g.shape(),
-                                p.var.shape()
-                            )));
-                        }
-                        if g.dtype() != self.dtype {
-                            return Err(mismatch(format!(
-                                "dtype {:?}, var {:?}",
-                                g.dtype(),
-                                self.dtype
-                            )));
-                        }
-                        if !g.device().same_device(&self.device) {
-                            return Err(mismatch(format!(
-                                "device {:?}, var {:?}",
-                                g.device().location(),
-                                self.device.location()
-                            )));
-                        }
-                        g.clone()
-                    }
-                };
-                gs.push(g);
-            }
-            out.push(gs);
+        for group in &self.groups {
+            let gs: Option<Vec<Tensor>> = gathered.by_ref().take(group.params.len()).collect();
+            out.push(gs.ok_or(Error::InvalidState("a missing gradient was not zeroed"))?);
         }
         Ok(out)
     }
 
-    /// Checks every gradient for NaN or Inf, on every rank. Returns `Ok(false)` if the
-    /// step is to be skipped (and has been: samples dropped, mean restored, skip counted).
-    fn check_finite(&mut self, grads: &[Vec<Tensor>]) -> Result<bool> {
-        let mut first_bad = None;
-        'search: for (gi, gs) in grads.iter().enumerate() {
-            for (vi, g) in gs.iter().enumerate() {
-                if !kernels::all_finite(g)? {
-                    first_bad = Some((gi, vi, g.shape().clone()));
-                    break 'search;
-                }
-            }
-        }
-        if !self.any_rank_nonfinite(first_bad.is_some())? {
-            return Ok(true);
-        }
-        if self.config.on_nonfinite == NonFinite::SkipStep {
+    /// The non-finite policy on every rank. A skipped step is dropped here: its samples
+    /// discarded, the mean restored, the skip counted.
+    fn screen(&mut self, grads: &[Vec<Tensor>]) -> Result<Verdict> {
+        let slots = grads.iter().enumerate().flat_map(|(group, gs)| {
+            gs.iter()
+                .enumerate()
+                .map(move |(var, g)| (Slot { group, var }, g))
+        });
+        let verdict = shell::screen(slots, self.config.on_nonfinite, |here| {
+            self.any_rank_nonfinite(here)
+        })?;
+        if verdict == Verdict::Skip {
             self.discard_samples();
             self.skipped_steps += 1;
             self.restore_mean()?;
-            return Ok(false);
         }
-        Err(match first_bad {
-            Some((group, var, shape)) => Error::NonFiniteGradient { group, var, shape },
-            None => Error::Collective(
-                "another rank's gradient holds NaN or Inf: every rank fails this step, \
-                 nothing changed"
-                    .into(),
-            ),
-        })
+        Ok(verdict)
     }
 
     /// Collects the gradient at the current training sample into the running means of
@@ -99,14 +60,19 @@ impl Ivon {
     /// [`NonFinite::SkipStep`], which drops the step's samples, counts the skip and moves
     /// the vars to the mean).
     pub fn accumulate(&mut self, grads: &GradStore) -> Result<()> {
+        self.collect(grads).map(|_| ())
+    }
+
+    /// [`Ivon::accumulate`], saying whether the sample was kept or its step skipped.
+    fn collect(&mut self, grads: &GradStore) -> Result<Verdict> {
         if self.position != Position::Sample {
             return Err(Error::NoSample(
                 "accumulate needs the vars at a training sample: call resample() before the forward pass",
             ));
         }
         let grads = self.collect_grads(grads)?;
-        if !self.check_finite(&grads)? {
-            return Ok(());
+        if self.screen(&grads)? == Verdict::Skip {
+            return Ok(Verdict::Skip);
         }
         let count = self.count + 1;
         let approx = self.config.hess_approx;
@@ -124,7 +90,8 @@ impl Ivon {
             p.avg_hess = Some(avg_hess);
         }
         self.count = count;
-        self.restore_mean()
+        self.restore_mean()?;
+        Ok(Verdict::Apply)
     }
 
     /// Checks every group's settings, which `set_learning_rate` may have made invalid.
@@ -194,16 +161,15 @@ impl Ivon {
             let collected = self.collect_grads(grads)?;
             if collected.iter().flatten().all(|g| g.is_contiguous()) {
                 self.validate_groups()?;
-                if !self.check_finite(&collected)? {
+                if self.screen(&collected)? == Verdict::Skip {
                     return self.resample();
                 }
                 let stats = self.fused_stats(collected)?;
                 return self.fused_step(&stats);
             }
         }
-        let skipped = self.skipped_steps;
-        self.accumulate(grads)?;
-        if self.skipped_steps == skipped && self.count >= self.config.mc_samples {
+        let verdict = self.collect(grads)?;
+        if verdict == Verdict::Apply && self.count >= self.config.mc_samples {
             self.update()?;
         }
         self.resample()
