@@ -3,21 +3,21 @@
 //! checksummed safetensors file (see [`crate::files`]), so that a resumed run continues
 //! bit for bit.
 
-use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::{Blob, BlobOptimConfig};
-use crate::files::sealed;
 use crate::lora::BlobSampler;
 use crate::optim::schedule::ScheduleRecord;
-use crate::{Error, Result};
+use crate::optim::shell::record::{mismatch, Format};
+use crate::Result;
 
-const KIND: &str = "blob-checkpoint";
-const VERSION: u32 = 1;
-const HEADER_KEY: &str = "varlora.blob";
+const FORMAT: Format = Format {
+    kind: "blob-checkpoint",
+    version: 1,
+    header_key: "varlora.blob",
+};
 
 #[derive(Serialize, Deserialize)]
 struct Header {
@@ -35,10 +35,6 @@ struct Header {
     /// The schedule around the optimizer, when `Scheduled::save` wrote the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     schedule: Option<ScheduleRecord>,
-}
-
-fn bad(msg: impl Into<String>) -> Error {
-    Error::Checkpoint(msg.into())
 }
 
 impl Blob {
@@ -97,8 +93,7 @@ impl Blob {
             tensors.push((format!("adamw{j}.m"), m.clone()));
             tensors.push((format!("adamw{j}.v"), v.clone()));
         }
-        let meta = sealed::header_meta(HEADER_KEY, &header)?;
-        sealed::write(path, KIND, VERSION, tensors, meta)
+        FORMAT.write(path, &header, tensors)
     }
 
     /// Restores a run written by [`Blob::save`] into this optimizer (built with the same
@@ -123,27 +118,23 @@ impl Blob {
             Some(v) => v.device().clone(),
             None => candle_core::Device::Cpu,
         };
-        let file = sealed::read(path, KIND, VERSION, &device)?;
-        let header: Header = file.header(HEADER_KEY, path)?;
+        let (header, mut tensors) = FORMAT.read::<Header>(path, &device)?;
         self.check(&header, sampler)?;
         check(header.schedule.as_ref())?;
-        let mut tensors = file.tensors;
         let values = (0..self.vars.len())
-            .map(|i| take(&mut tensors, &format!("var{i}"), self.vars[i].as_tensor()))
+            .map(|i| tensors.take(&format!("var{i}"), self.vars[i].as_tensor()))
             .collect::<Result<Vec<_>>>()?;
         let (_, moments) = self.adamw.state();
         let moments = (0..moments.len())
             .map(|j| {
                 let like = &moments[j].0;
                 Ok((
-                    take(&mut tensors, &format!("adamw{j}.m"), like)?,
-                    take(&mut tensors, &format!("adamw{j}.v"), like)?,
+                    tensors.take(&format!("adamw{j}.m"), like)?,
+                    tensors.take(&format!("adamw{j}.v"), like)?,
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        if let Some(extra) = tensors.keys().next() {
-            return Err(bad(format!("unexpected tensor {extra}")));
-        }
+        tensors.finish()?;
         // Everything is checked: from here on nothing fails half way.
         self.adamw.restore(header.adamw_step, moments)?;
         for (var, value) in self.vars.iter().zip(values) {
@@ -160,45 +151,28 @@ impl Blob {
     /// The saved run fits this optimizer and sampler.
     fn check(&self, header: &Header, sampler: &BlobSampler) -> Result<()> {
         if header.config != self.config {
-            return Err(bad(format!(
+            return Err(mismatch(format!(
                 "saved with {:?}, this optimizer has {:?}: build it with the saved settings",
                 header.config, self.config
             )));
         }
         let shapes: Vec<Vec<usize>> = self.vars.iter().map(|v| v.dims().to_vec()).collect();
         if header.shapes != shapes {
-            return Err(bad(format!(
+            return Err(mismatch(format!(
                 "saved vars of shapes {:?}, this optimizer's are {shapes:?}",
                 header.shapes
             )));
         }
         let (seed, _) = sampler.training_stream()?;
         if header.sampler_seed != seed {
-            return Err(bad(format!(
+            return Err(mismatch(format!(
                 "saved with a sampler of seed {}, this one's is {seed}",
                 header.sampler_seed
             )));
         }
         if !(header.lr.is_finite() && header.kl_lr.is_finite()) {
-            return Err(bad("saved learning rates are not finite"));
+            return Err(mismatch("saved learning rates are not finite"));
         }
         Ok(())
     }
-}
-
-/// Tensor `name` of `tensors`, which must have `like`'s shape and dtype.
-fn take(tensors: &mut HashMap<String, Tensor>, name: &str, like: &Tensor) -> Result<Tensor> {
-    let t = tensors
-        .remove(name)
-        .ok_or_else(|| bad(format!("no tensor {name}")))?;
-    if t.shape() != like.shape() || t.dtype() != like.dtype() {
-        return Err(bad(format!(
-            "{name} is {:?} {:?}, expected {:?} {:?}",
-            t.dtype(),
-            t.dims(),
-            like.dtype(),
-            like.dims()
-        )));
-    }
-    Ok(t)
 }

@@ -1,7 +1,6 @@
 //! Saving and restoring IVON's whole state: one checksummed safetensors file (see
 //! [`crate::files`]) whose metadata holds the configuration and counters as JSON.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::Tensor;
@@ -9,15 +8,17 @@ use serde::{Deserialize, Serialize};
 
 use super::param::{HESS, MEAN, MOMENTUM, NOISE};
 use super::{GroupSettings, Ivon, IvonConfig, Position};
-use crate::files::sealed;
 use crate::optim::schedule::ScheduleRecord;
-use crate::{Error, Result};
+use crate::optim::shell::record::{mismatch, Format, Tensors};
+use crate::Result;
 
-/// The file's kind, and its version: 2 added the checksum and moved the format out of
-/// the header.
-const KIND: &str = "ivon-checkpoint";
-const VERSION: u32 = 2;
-const HEADER_KEY: &str = "varlora.ivon";
+/// The file's format; version 2 added the checksum and moved the format out of the
+/// header.
+const FORMAT: Format = Format {
+    kind: "ivon-checkpoint",
+    version: 2,
+    header_key: "varlora.ivon",
+};
 
 #[derive(Serialize, Deserialize)]
 struct Header {
@@ -47,10 +48,6 @@ fn key(group: usize, var: usize, what: &str) -> String {
     format!("group{group}.var{var}.{what}")
 }
 
-fn bad(msg: impl Into<String>) -> Error {
-    Error::Checkpoint(msg.into())
-}
-
 impl Ivon {
     /// Saves the full state (configuration, group settings, step counter, `m`, `h`,
     /// momentum, the current sample and collected gradients, and the noise source's
@@ -75,7 +72,7 @@ impl Ivon {
     /// [`Ivon::save`], with a schedule's record in the header.
     pub(crate) fn save_with(&self, path: &Path, schedule: Option<ScheduleRecord>) -> Result<()> {
         let noise = self.noise.state().ok_or_else(|| {
-            bad("the noise source cannot save its state; use the default PhiloxNormal to checkpoint")
+            mismatch("the noise source cannot save its state; use the default PhiloxNormal to checkpoint")
         })?;
         let header = Header {
             config: self.config.clone(),
@@ -114,13 +111,7 @@ impl Ivon {
                 }
             }
         }
-        sealed::write(
-            path,
-            KIND,
-            VERSION,
-            tensors,
-            sealed::header_meta(HEADER_KEY, &header)?,
-        )
+        FORMAT.write(path, &header, tensors)
     }
 
     /// Restores a state written by [`Ivon::save`] into this optimizer, whose vars must have
@@ -140,11 +131,9 @@ impl Ivon {
         path: &Path,
         check: impl FnOnce(Option<&ScheduleRecord>) -> Result<()>,
     ) -> Result<Option<ScheduleRecord>> {
-        let file = sealed::read(path, KIND, VERSION, &self.device)?;
-        let header: Header = file.header(HEADER_KEY, path)?;
+        let (header, mut tensors) = FORMAT.read::<Header>(path, &self.device)?;
         self.check_header(&header)?;
         check(header.schedule.as_ref())?;
-        let mut tensors = file.tensors;
         let mut restored = Vec::new();
         for (gi, gh) in header.groups.iter().enumerate() {
             self.check_group(gi, gh, header.config.debias)?;
@@ -152,9 +141,7 @@ impl Ivon {
                 restored.push(self.take_var(&mut tensors, gi, vi, &header)?);
             }
         }
-        if let Some(extra) = tensors.keys().next() {
-            return Err(bad(format!("unexpected tensor {extra}")));
-        }
+        tensors.finish()?;
         self.noise.load_state(&header.noise)?;
         let schedule = header.schedule.clone();
         self.apply(header, restored)?;
@@ -165,14 +152,14 @@ impl Ivon {
     fn check_header(&self, header: &Header) -> Result<()> {
         header.config.validate()?;
         if header.dtype != self.dtype.as_str() {
-            return Err(bad(format!(
+            return Err(mismatch(format!(
                 "saved dtype {}, but the vars are {}",
                 header.dtype,
                 self.dtype.as_str()
             )));
         }
         if header.groups.len() != self.groups.len() {
-            return Err(bad(format!(
+            return Err(mismatch(format!(
                 "{} groups saved, the optimizer has {}",
                 header.groups.len(),
                 self.groups.len()
@@ -188,14 +175,14 @@ impl Ivon {
         gh.settings.validate(debias)?;
         let names: Vec<String> = group.params.iter().flat_map(|p| p.name.clone()).collect();
         if !names.is_empty() && !gh.names.is_empty() && names != gh.names {
-            return Err(bad(format!(
+            return Err(mismatch(format!(
                 "group {gi} was saved with vars {:?}, the optimizer has {:?}",
                 gh.names, names
             )));
         }
         let dims: Vec<&[usize]> = group.params.iter().map(|p| p.var.dims()).collect();
         if gh.shapes.len() != dims.len() || gh.shapes.iter().zip(&dims).any(|(a, b)| a != b) {
-            return Err(bad(format!(
+            return Err(mismatch(format!(
                 "group {gi} was saved with shapes {:?}, the vars have {:?}",
                 gh.shapes, dims
             )));
@@ -207,30 +194,18 @@ impl Ivon {
     /// saved position and count, and taken out of `tensors`.
     fn take_var(
         &self,
-        tensors: &mut HashMap<String, Tensor>,
+        tensors: &mut Tensors,
         gi: usize,
         vi: usize,
         header: &Header,
     ) -> Result<Restored> {
         let dims = self.groups[gi].params[vi].var.dims();
-        let mut take = |what: &str| -> Result<Option<Tensor>> {
-            let name = key(gi, vi, what);
-            match tensors.remove(&name) {
-                Some(t) if t.dims() == dims && t.dtype() == self.dtype => Ok(Some(t)),
-                Some(t) => Err(bad(format!(
-                    "{name} is {:?} {:?}, expected {dims:?} {:?}",
-                    t.dims(),
-                    t.dtype(),
-                    self.dtype
-                ))),
-                None => Ok(None),
-            }
-        };
+        let mut take = |what: &str| tensors.take_optional(&key(gi, vi, what), dims, self.dtype);
         let mut required =
-            |what| take(what)?.ok_or_else(|| bad(format!("{} is missing", key(gi, vi, what))));
+            |what| take(what)?.ok_or_else(|| mismatch(format!("{} is missing", key(gi, vi, what))));
         let (mean, hess, momentum) = (required("mean")?, required("hess")?, required("momentum")?);
         if !crate::kernels::all_finite(&mean)? || !crate::kernels::all_finite(&hess)? {
-            return Err(bad(format!(
+            return Err(mismatch(format!(
                 "group {gi}, var {vi}: the mean or Hessian holds NaN or Inf"
             )));
         }
@@ -246,7 +221,7 @@ impl Ivon {
             || r.avg_grad.is_some() != (header.count > 0)
             || r.avg_hess.is_some() != (header.count > 0)
         {
-            return Err(bad(format!(
+            return Err(mismatch(format!(
                 "group {gi}, var {vi}: the sample tensors do not match position {:?} and count {}",
                 header.position, header.count
             )));

@@ -1,9 +1,11 @@
 //! The plumbing every optimizer shares, written once: gathering and checking the
-//! gradients of its vars, and the policy for a gradient that holds NaN or Inf. Each
-//! optimizer keeps only its update rule (`ivon/math.rs`, `adamw.rs`, `blob/rule.rs`).
+//! gradients of its vars, the policy for a gradient that holds NaN or Inf, and the record
+//! a checkpoint is written as. Each optimizer keeps its update rule (`ivon/math.rs`,
+//! `adamw.rs`, `blob/rule.rs`) and what its record holds.
 
 mod finite;
 mod gradients;
+pub(crate) mod record;
 
 pub use finite::NonFinite;
 pub(crate) use finite::{screen, Verdict};
