@@ -388,6 +388,25 @@ fn a_mismatched_gradient_is_an_error_that_changes_nothing() {
     assert_eq!(opt.step_count(), 0);
 }
 
+/// Two layers that draw from different samplers: a checkpoint could keep only one
+/// stream, so `Blob::new` refuses them.
+#[test]
+fn layers_of_two_samplers_are_an_error() {
+    let (a, b) = (model(DType::F32, 0.05), model(DType::F32, 0.05));
+    let mut vars = a.vars();
+    vars.extend(b.vars());
+    let layers = vec![
+        a.layer.posterior_vars().unwrap(),
+        b.layer.posterior_vars().unwrap(),
+    ];
+    match Blob::new(vars, layers, BlobOptimConfig::new(64, 8)) {
+        Err(Error::VarMismatch(m)) => assert!(m.contains("sampler"), "{m}"),
+        other => panic!("expected VarMismatch, got {other:?}"),
+    }
+    let one = vec![a.layer.posterior_vars().unwrap(); 2];
+    Blob::new(a.vars(), one, BlobOptimConfig::new(64, 8)).unwrap();
+}
+
 #[test]
 fn configs_are_validated_and_serde() {
     let good = BlobOptimConfig::new(100, 10);

@@ -14,8 +14,9 @@ use varlora::Error;
 
 const SEED: u64 = 2;
 
-/// A tiny Llama with BLoB on q and v, its optimizer and sampler.
-fn run(seed: u64) -> (LlamaDecoder, VarMap, Blob, BlobSampler) {
+/// A tiny Llama with BLoB on q and v (its layers drawing from one sampler of `seed`), and
+/// its optimizer.
+fn run(seed: u64) -> (LlamaDecoder, VarMap, Blob) {
     let sampler = BlobSampler::new(seed);
     let spec = AdapterSpec::Blob(
         BlobConfig::new(LoraConfig::new(2).alpha(4.0)),
@@ -27,7 +28,7 @@ fn run(seed: u64) -> (LlamaDecoder, VarMap, Blob, BlobSampler) {
     let vars = vars.into_iter().map(|(_, v)| v).collect();
     let config = BlobOptimConfig::new(8, 2).lr(1e-2).kl_lr(1e-2);
     let blob = Blob::new(vars, model.blob_layers().unwrap(), config).unwrap();
-    (model, varmap, blob, sampler)
+    (model, varmap, blob)
 }
 
 fn step(model: &LlamaDecoder, blob: &mut impl Optimizer) {
@@ -55,7 +56,7 @@ fn bits(varmap: &VarMap) -> Vec<(String, Vec<u32>)> {
 
 #[test]
 fn a_resumed_blob_run_equals_the_uninterrupted_one() {
-    let (model, varmap, mut blob, _) = run(SEED);
+    let (model, varmap, mut blob) = run(SEED);
     for _ in 0..6 {
         step(&model, &mut blob);
     }
@@ -64,15 +65,15 @@ fn a_resumed_blob_run_equals_the_uninterrupted_one() {
     let dir = std::env::temp_dir().join(format!("varlora-blob-resume-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("blob.safetensors");
-    let (model, _, mut blob, sampler) = run(SEED);
+    let (model, _, mut blob) = run(SEED);
     for _ in 0..3 {
         step(&model, &mut blob);
     }
-    blob.save(&path, &sampler).unwrap();
-    drop((model, blob, sampler));
+    blob.save(&path).unwrap();
+    drop((model, blob));
 
-    let (model, varmap, mut blob, sampler) = run(SEED);
-    blob.load_state(&path, &sampler).unwrap();
+    let (model, varmap, mut blob) = run(SEED);
+    blob.load_state(&path).unwrap();
     assert_eq!(blob.step_count(), 3);
     for _ in 0..3 {
         step(&model, &mut blob);
@@ -86,18 +87,18 @@ fn a_corrupt_or_mismatched_blob_file_changes_nothing() {
     let dir = std::env::temp_dir().join(format!("varlora-blob-bad-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("blob.safetensors");
-    let (model, _, mut blob, sampler) = run(SEED);
+    let (model, _, mut blob) = run(SEED);
     step(&model, &mut blob);
-    blob.save(&path, &sampler).unwrap();
+    blob.save(&path).unwrap();
 
-    let (_, varmap, mut fresh, fresh_sampler) = run(SEED);
+    let (_, varmap, mut fresh) = run(SEED);
     let before = bits(&varmap);
     let original = std::fs::read(&path).unwrap();
     for i in (0..original.len()).step_by(97) {
         let mut bytes = original.clone();
         bytes[i] ^= 0x01;
         std::fs::write(&path, &bytes).unwrap();
-        match fresh.load_state(&path, &fresh_sampler) {
+        match fresh.load_state(&path) {
             Err(Error::File { .. }) => {}
             other => panic!("byte {i} flipped: {other:?}"),
         }
@@ -105,14 +106,13 @@ fn a_corrupt_or_mismatched_blob_file_changes_nothing() {
     assert!(bits(&varmap) == before && fresh.step_count() == 0);
 
     std::fs::write(&path, &original).unwrap();
-    let other_seed = BlobSampler::new(SEED + 1);
-    let err = fresh
-        .load_state(&path, &other_seed)
-        .unwrap_err()
-        .to_string();
+    // A model whose layers draw from a sampler of another seed.
+    let (_, other_varmap, mut other) = run(SEED + 1);
+    let other_before = bits(&other_varmap);
+    let err = other.load_state(&path).unwrap_err().to_string();
     assert!(err.contains("seed"), "{err}");
-    assert!(bits(&varmap) == before && fresh.step_count() == 0);
-    fresh.load_state(&path, &fresh_sampler).unwrap();
+    assert!(bits(&other_varmap) == other_before && other.step_count() == 0);
+    fresh.load_state(&path).unwrap();
     assert_eq!(fresh.step_count(), 1);
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -123,7 +123,7 @@ fn a_corrupt_or_mismatched_blob_file_changes_nothing() {
 fn a_resumed_scheduled_blob_run_equals_the_uninterrupted_one() {
     let schedule = Schedule::linear_with_warmup_ratio(0.3, 6).unwrap();
     let scheduled = |blob| Scheduled::new(blob, schedule).unwrap();
-    let (model, varmap, blob, _) = run(SEED);
+    let (model, varmap, blob) = run(SEED);
     let mut opt = scheduled(blob);
     for _ in 0..6 {
         step(&model, &mut opt);
@@ -133,16 +133,16 @@ fn a_resumed_scheduled_blob_run_equals_the_uninterrupted_one() {
     let dir = std::env::temp_dir().join(format!("varlora-blob-sched-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("blob.safetensors");
-    let (model, _, blob, sampler) = run(SEED);
+    let (model, _, blob) = run(SEED);
     let mut opt = scheduled(blob);
     for _ in 0..3 {
         step(&model, &mut opt);
     }
-    opt.save(&path, &sampler).unwrap();
+    opt.save(&path).unwrap();
 
-    let (model, varmap, blob, sampler) = run(SEED);
+    let (model, varmap, blob) = run(SEED);
     let mut opt = scheduled(blob);
-    opt.load_state(&path, &sampler).unwrap();
+    opt.load_state(&path).unwrap();
     assert_eq!(opt.step_count(), 3);
     for _ in 0..3 {
         step(&model, &mut opt);

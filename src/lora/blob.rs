@@ -108,6 +108,9 @@ pub struct BlobLayerVars {
     pub prior_std: f64,
     /// `S = softplus(G)` (`bayes_eps < 0`) rather than `G^2`.
     pub softplus: bool,
+    /// The sampler the layer draws from, whose training stream [`crate::optim::Blob`]
+    /// saves and restores with the run.
+    pub sampler: BlobSampler,
 }
 
 impl BlobLayerVars {
@@ -200,6 +203,11 @@ impl BlobSampler {
     /// Whether forwards sample.
     pub fn is_sampling(&self) -> Result<bool> {
         self.0.is_sampling()
+    }
+
+    /// Whether `other` is a clone of this sampler: the same switch and stream.
+    pub(crate) fn is(&self, other: &Self) -> bool {
+        self.0.shares_state(&other.0)
     }
 
     /// The training stream's seed and position, for [`crate::optim::Blob::save`].
@@ -370,6 +378,7 @@ impl BayesianLoraLinear {
             b: var(&self.b, DETACHED)?,
             prior_std: self.config.prior_std,
             softplus: self.config.bayes_eps < 0.0,
+            sampler: self.sampler.clone(),
         })
     }
 

@@ -67,6 +67,11 @@ impl SampleSwitch {
         Ok(())
     }
 
+    /// Whether `other` is a clone of this switch (they share one state).
+    pub(crate) fn shares_state(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+
     /// The training stream's seed and position, for a checkpoint.
     pub(crate) fn training_stream(&self) -> Result<(u64, u64)> {
         let st = self.lock()?;

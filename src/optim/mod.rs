@@ -9,6 +9,6 @@ mod shell;
 
 pub use blob::{Blob, BlobOptimConfig, BlobSetup};
 pub use schedule::{CallsPerUpdate, Schedule, Scheduled};
-pub use shell::NonFinite;
+pub use shell::{NonFinite, Resumable};
 
 pub use ivon::{GroupSettings, HessApprox, Ivon, IvonConfig, ParamGroup, ParamState, Position};

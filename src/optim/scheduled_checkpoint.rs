@@ -1,22 +1,33 @@
-//! Saving and resuming a scheduled run: the inner optimizer's checkpoint with the
-//! schedule's place (its base rate and calls so far) in the same file, so that a resumed
-//! run takes the rate the uninterrupted one would have taken, step for step.
+//! Saving and resuming a scheduled run: the inner optimizer's record with the schedule's
+//! place (its base rate and calls so far) in the same file, so that a resumed run takes
+//! the rate the uninterrupted one would have taken, step for step.
 
 use std::path::Path;
 
+use candle_nn::Optimizer;
+use serde_json::Value;
+
 use super::schedule::ScheduleRecord;
-use super::{Blob, Ivon, Scheduled};
-use crate::lora::BlobSampler;
+use super::{Resumable, Scheduled};
 use crate::{Error, Result};
 
-/// The record a checked load returned: `check` refuses a file without one, so `None`
-/// cannot come back; said as an error rather than assumed.
-fn checked(record: Option<ScheduleRecord>) -> Result<ScheduleRecord> {
-    record.ok_or_else(|| Error::Checkpoint("the file holds no schedule".into()))
+/// The schedule's record as the inner optimizer's file holds it.
+fn to_value(record: ScheduleRecord) -> Result<Value> {
+    serde_json::to_value(record).map_err(|e| Error::Serialization(e.to_string()))
 }
 
-impl Scheduled<Ivon> {
-    /// Saves IVON's whole state ([`Ivon::save`]) and the schedule's place in one file.
+fn from_value(value: Option<&Value>) -> Result<Option<ScheduleRecord>> {
+    value
+        .map(|v| {
+            serde_json::from_value(v.clone())
+                .map_err(|e| Error::Checkpoint(format!("an unreadable schedule record: {e}")))
+        })
+        .transpose()
+}
+
+impl<O: Optimizer + Resumable> Scheduled<O> {
+    /// Saves the inner optimizer's run ([`Resumable::save_with`], e.g.
+    /// [`crate::optim::Ivon::save`]) and the schedule's place in one file.
     ///
     /// ```
     /// # use candle_core::{DType, Device, Var};
@@ -32,37 +43,25 @@ impl Scheduled<Ivon> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        self.inner().save_with(path.as_ref(), Some(self.record()))
+        self.inner()
+            .save_with(path.as_ref(), Some(to_value(self.record())?))
     }
 
-    /// Restores a file written by [`Scheduled::save`]: IVON's state and the schedule's
-    /// place. The schedule must be the one saved, and a file of [`Ivon::save`] (no
-    /// schedule) is an error; either changes nothing.
+    /// Restores a file written by [`Scheduled::save`]: the inner optimizer's run and the
+    /// schedule's place. The schedule must be the one saved, and a file of the bare
+    /// optimizer's `save` (no schedule) is an error; either changes nothing.
     pub fn load_state(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let schedule = *self.schedule();
-        let record = self
-            .inner_mut()
-            .load_with(path.as_ref(), |r| ScheduleRecord::check(r, &schedule))?;
-        self.restore(checked(record)?);
-        Ok(())
-    }
-}
-
-impl Scheduled<Blob> {
-    /// Saves BLoB's run ([`Blob::save`]) and the schedule's place in one file.
-    pub fn save(&self, path: impl AsRef<Path>, sampler: &BlobSampler) -> Result<()> {
-        self.inner()
-            .save_with(path.as_ref(), sampler, Some(self.record()))
-    }
-
-    /// Restores a file written by [`Scheduled::save`]: BLoB's run and the schedule's
-    /// place, as the IVON one does.
-    pub fn load_state(&mut self, path: impl AsRef<Path>, sampler: &BlobSampler) -> Result<()> {
-        let schedule = *self.schedule();
-        let record = self.inner_mut().load_with(path.as_ref(), sampler, |r| {
-            ScheduleRecord::check(r, &schedule)
+        let mut record = None;
+        self.inner_mut().load_with(path.as_ref(), &mut |value| {
+            let r = from_value(value)?;
+            ScheduleRecord::check(r.as_ref(), &schedule)?;
+            record = r;
+            Ok(())
         })?;
-        self.restore(checked(record)?);
+        let record =
+            record.ok_or_else(|| Error::Checkpoint("the file holds no schedule".into()))?;
+        self.restore(record);
         Ok(())
     }
 }

@@ -1,16 +1,15 @@
 //! Saving and restoring a BLoB run: the optimizer's state (every var, AdamW's moments and
-//! step, BLoB's step and rates) and the position of the sampler's training stream, in one
-//! checksummed safetensors file (see [`crate::files`]), so that a resumed run continues
-//! bit for bit.
+//! step, BLoB's step and rates) and the position of its layers' sampler in its training
+//! stream, in one record (see [`crate::optim::Resumable`]), so that a resumed run
+//! continues bit for bit.
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{Blob, BlobOptimConfig};
-use crate::lora::BlobSampler;
-use crate::optim::schedule::ScheduleRecord;
-use crate::optim::shell::record::{mismatch, Format};
+use crate::optim::shell::record::{mismatch, Format, Resumable};
 use crate::Result;
 
 const FORMAT: Format = Format {
@@ -30,17 +29,18 @@ struct Header {
     kl_lr: f64,
     adamw_step: u64,
     shapes: Vec<Vec<usize>>,
+    /// The sampler's seed and position (0 and 0 for a run without BLoB layers).
     sampler_seed: u64,
     sampler_block: u64,
-    /// The schedule around the optimizer, when `Scheduled::save` wrote the file.
+    /// A wrapper's record ([`crate::optim::Scheduled`]'s place), kept as it was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    schedule: Option<ScheduleRecord>,
+    schedule: Option<Value>,
 }
 
 impl Blob {
     /// Saves the run: every var's value, AdamW's moments and step, BLoB's step and
-    /// current rates, and where `sampler` (the model's [`BlobSampler`]) stands in its
-    /// training stream. The file is written beside `path` and renamed into place.
+    /// current rates, and where the layers' sampler stands in its training stream. The
+    /// file is written beside `path` and renamed into place.
     ///
     /// ```
     /// # use candle_core::{DType, Device, Tensor};
@@ -55,24 +55,63 @@ impl Blob {
     /// let config = BlobOptimConfig::new(8, 2);
     /// let opt = Blob::new(varmap.all_vars(), vec![layer.posterior_vars()?], config.clone())?;
     /// let path = std::env::temp_dir().join("varlora-doc-blob.safetensors");
-    /// opt.save(&path, &sampler)?;
+    /// opt.save(&path)?;
     /// let mut resumed = Blob::new(varmap.all_vars(), vec![layer.posterior_vars()?], config)?;
-    /// resumed.load_state(&path, &sampler)?;
+    /// resumed.load_state(&path)?;
     /// # Ok::<(), varlora::Error>(())
     /// ```
-    pub fn save(&self, path: impl AsRef<Path>, sampler: &BlobSampler) -> Result<()> {
-        self.save_with(path.as_ref(), sampler, None)
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.save_with(path.as_ref(), None)
     }
 
-    /// [`Blob::save`], with a schedule's record in the header.
-    pub(crate) fn save_with(
-        &self,
-        path: &Path,
-        sampler: &BlobSampler,
-        schedule: Option<ScheduleRecord>,
-    ) -> Result<()> {
+    /// Restores a run written by [`Blob::save`] into this optimizer (built with the same
+    /// configuration over vars of the same shapes, its layers' sampler of the same seed).
+    /// A mismatch is an [`crate::Error::Checkpoint`], a corrupt file an
+    /// [`crate::Error::File`]; either changes nothing. Under a
+    /// [`crate::optim::Scheduled`], save and load through the `Scheduled`, so that the
+    /// schedule's place is in the file too.
+    pub fn load_state(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        self.load_with(path.as_ref(), &mut |_| Ok(())).map(|_| ())
+    }
+
+    /// The saved run fits this optimizer and its sampler.
+    fn check(&self, header: &Header) -> Result<()> {
+        if header.config != self.config {
+            return Err(mismatch(format!(
+                "saved with {:?}, this optimizer has {:?}: build it with the saved settings",
+                header.config, self.config
+            )));
+        }
+        let shapes: Vec<Vec<usize>> = self.vars.iter().map(|v| v.dims().to_vec()).collect();
+        if header.shapes != shapes {
+            return Err(mismatch(format!(
+                "saved vars of shapes {:?}, this optimizer's are {shapes:?}",
+                header.shapes
+            )));
+        }
+        if let Some(sampler) = &self.sampler {
+            let (seed, _) = sampler.training_stream()?;
+            if header.sampler_seed != seed {
+                return Err(mismatch(format!(
+                    "saved with a sampler of seed {}, this one's is {seed}",
+                    header.sampler_seed
+                )));
+            }
+        }
+        if !(header.lr.is_finite() && header.kl_lr.is_finite()) {
+            return Err(mismatch("saved learning rates are not finite"));
+        }
+        Ok(())
+    }
+}
+
+impl Resumable for Blob {
+    fn save_with(&self, path: &Path, schedule: Option<Value>) -> Result<()> {
         let (adamw_step, moments) = self.adamw.state();
-        let (sampler_seed, sampler_block) = sampler.training_stream()?;
+        let (sampler_seed, sampler_block) = match &self.sampler {
+            Some(s) => s.training_stream()?,
+            None => (0, 0),
+        };
         let header = Header {
             config: self.config.clone(),
             step: self.step,
@@ -96,30 +135,17 @@ impl Blob {
         FORMAT.write(path, &header, tensors)
     }
 
-    /// Restores a run written by [`Blob::save`] into this optimizer (built with the same
-    /// configuration over vars of the same shapes) and `sampler` (of the same seed). A
-    /// mismatch is an [`Error::Checkpoint`], a corrupt file an [`Error::File`]; either
-    /// changes nothing. Under a [`crate::optim::Scheduled`], save and load through the
-    /// `Scheduled`, so that the schedule's place is in the file too.
-    pub fn load_state(&mut self, path: impl AsRef<Path>, sampler: &BlobSampler) -> Result<()> {
-        self.load_with(path.as_ref(), sampler, |_| Ok(()))
-            .map(|_| ())
-    }
-
-    /// [`Blob::load_state`], whose file's schedule record `check` must accept before
-    /// anything changes; returns the record.
-    pub(crate) fn load_with(
+    fn load_with(
         &mut self,
         path: &Path,
-        sampler: &BlobSampler,
-        check: impl FnOnce(Option<&ScheduleRecord>) -> Result<()>,
-    ) -> Result<Option<ScheduleRecord>> {
+        check: &mut dyn FnMut(Option<&Value>) -> Result<()>,
+    ) -> Result<Option<Value>> {
         let device = match self.vars.first() {
             Some(v) => v.device().clone(),
             None => candle_core::Device::Cpu,
         };
         let (header, mut tensors) = FORMAT.read::<Header>(path, &device)?;
-        self.check(&header, sampler)?;
+        self.check(&header)?;
         check(header.schedule.as_ref())?;
         let values = (0..self.vars.len())
             .map(|i| tensors.take(&format!("var{i}"), self.vars[i].as_tensor()))
@@ -140,39 +166,13 @@ impl Blob {
         for (var, value) in self.vars.iter().zip(values) {
             var.set(&value)?;
         }
-        sampler.set_training_stream(header.sampler_block)?;
+        if let Some(sampler) = &self.sampler {
+            sampler.set_training_stream(header.sampler_block)?;
+        }
         self.step = header.step;
         self.skipped_steps = header.skipped_steps;
         self.adamw.set_learning_rate(header.lr);
         self.kl_lr = header.kl_lr;
         Ok(header.schedule)
-    }
-
-    /// The saved run fits this optimizer and sampler.
-    fn check(&self, header: &Header, sampler: &BlobSampler) -> Result<()> {
-        if header.config != self.config {
-            return Err(mismatch(format!(
-                "saved with {:?}, this optimizer has {:?}: build it with the saved settings",
-                header.config, self.config
-            )));
-        }
-        let shapes: Vec<Vec<usize>> = self.vars.iter().map(|v| v.dims().to_vec()).collect();
-        if header.shapes != shapes {
-            return Err(mismatch(format!(
-                "saved vars of shapes {:?}, this optimizer's are {shapes:?}",
-                header.shapes
-            )));
-        }
-        let (seed, _) = sampler.training_stream()?;
-        if header.sampler_seed != seed {
-            return Err(mismatch(format!(
-                "saved with a sampler of seed {}, this one's is {seed}",
-                header.sampler_seed
-            )));
-        }
-        if !(header.lr.is_finite() && header.kl_lr.is_finite()) {
-            return Err(mismatch("saved learning rates are not finite"));
-        }
-        Ok(())
     }
 }

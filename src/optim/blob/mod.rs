@@ -26,7 +26,7 @@ use super::adamw::AdamW;
 use super::shell::{self, Missing, NonFinite, Slot, Verdict};
 use serde::{Deserialize, Serialize};
 
-use crate::lora::{kl_period, kl_weight, BlobLayerVars};
+use crate::lora::{kl_period, kl_weight, BlobLayerVars, BlobSampler};
 use crate::{Error, Result};
 
 /// BLoB's training hyperparameters, with the reference's defaults.
@@ -279,6 +279,8 @@ pub struct Blob {
     adamw: AdamW,
     vars: Vec<Var>,
     layers: Vec<BlobLayerVars>,
+    /// The layers' sampler (one for all), whose training stream a checkpoint keeps.
+    sampler: Option<BlobSampler>,
     kl_lr: f64,
     step: u64,
     skipped_steps: u64,
@@ -300,7 +302,8 @@ impl std::fmt::Debug for Blob {
 impl Blob {
     /// BLoB over `vars` (every trainable var of the model: the BLoB layers' `M`, `G`
     /// and `B`, other adapters, heads) with the given BLoB layers. Each layer's vars must
-    /// be among `vars`.
+    /// be among `vars`, and every layer must draw from one [`BlobSampler`] (the model's),
+    /// whose training stream [`Blob::save`] keeps with the run.
     pub fn new(
         vars: Vec<Var>,
         layers: Vec<BlobLayerVars>,
@@ -320,6 +323,15 @@ impl Blob {
             }
             g_ids.insert(l.a_g.id());
         }
+        let sampler = layers.first().map(|l| l.sampler.clone());
+        if let Some(first) = &sampler {
+            if let Some(i) = layers.iter().position(|l| !l.sampler.is(first)) {
+                return Err(Error::VarMismatch(format!(
+                    "BLoB layer {i} draws from another sampler than layer 0: build every \
+                     layer of the model with one BlobSampler"
+                )));
+            }
+        }
         let params = ParamsAdamW {
             lr: config.lr,
             beta1: config.beta1,
@@ -337,6 +349,7 @@ impl Blob {
             vars,
             kl_lr: config.kl_lr,
             layers,
+            sampler,
             config,
             step: 0,
             skipped_steps: 0,

@@ -5,11 +5,11 @@ use std::path::Path;
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::param::{HESS, MEAN, MOMENTUM, NOISE};
 use super::{GroupSettings, Ivon, IvonConfig, Position};
-use crate::optim::schedule::ScheduleRecord;
-use crate::optim::shell::record::{mismatch, Format, Tensors};
+use crate::optim::shell::record::{mismatch, Format, Resumable, Tensors};
 use crate::Result;
 
 /// The file's format; version 2 added the checksum and moved the format out of the
@@ -30,9 +30,9 @@ struct Header {
     position: Position,
     dtype: String,
     noise: serde_json::Value,
-    /// The schedule around the optimizer, when `Scheduled::save` wrote the file.
+    /// A wrapper's record ([`crate::optim::Scheduled`]'s place), kept as it was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    schedule: Option<ScheduleRecord>,
+    schedule: Option<Value>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -69,51 +69,6 @@ impl Ivon {
         self.save_with(path.as_ref(), None)
     }
 
-    /// [`Ivon::save`], with a schedule's record in the header.
-    pub(crate) fn save_with(&self, path: &Path, schedule: Option<ScheduleRecord>) -> Result<()> {
-        let noise = self.noise.state().ok_or_else(|| {
-            mismatch("the noise source cannot save its state; use the default PhiloxNormal to checkpoint")
-        })?;
-        let header = Header {
-            config: self.config.clone(),
-            groups: self
-                .groups
-                .iter()
-                .map(|g| GroupHeader {
-                    settings: g.settings.clone(),
-                    shapes: g.params.iter().map(|p| p.var.dims().to_vec()).collect(),
-                    names: g.params.iter().flat_map(|p| p.name.clone()).collect(),
-                })
-                .collect(),
-            step: self.step,
-            count: self.count,
-            skipped_steps: self.skipped_steps,
-            position: self.position,
-            dtype: self.dtype.as_str().into(),
-            noise,
-            schedule,
-        };
-        let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        for (gi, g) in self.groups.iter().enumerate() {
-            for (vi, p) in g.params.iter().enumerate() {
-                tensors.push((key(gi, vi, "mean"), p.mean()?));
-                tensors.push((key(gi, vi, "hess"), p.hess()?));
-                tensors.push((key(gi, vi, "momentum"), p.momentum()?));
-                let optional = [
-                    ("noise", p.noise()?),
-                    ("avg_grad", p.avg_grad.clone()),
-                    ("avg_hess", p.avg_hess.clone()),
-                ];
-                for (name, t) in optional {
-                    if let Some(t) = t {
-                        tensors.push((key(gi, vi, name), t));
-                    }
-                }
-            }
-        }
-        FORMAT.write(path, &header, tensors)
-    }
-
     /// Restores a state written by [`Ivon::save`] into this optimizer, whose vars must have
     /// the saved groups' shapes and dtype, and their names where both sides have names
     /// (unnamed vars are matched by position). The vars are set to the saved position (mean or
@@ -121,31 +76,7 @@ impl Ivon {
     /// stopped. A mismatch is an [`Error::Checkpoint`], a corrupt file (any byte changed)
     /// an [`Error::File`]; either changes nothing.
     pub fn load_state(&mut self, path: impl AsRef<Path>) -> Result<()> {
-        self.load_with(path.as_ref(), |_| Ok(())).map(|_| ())
-    }
-
-    /// [`Ivon::load_state`], whose file's schedule record `check` must accept before
-    /// anything changes; returns the record.
-    pub(crate) fn load_with(
-        &mut self,
-        path: &Path,
-        check: impl FnOnce(Option<&ScheduleRecord>) -> Result<()>,
-    ) -> Result<Option<ScheduleRecord>> {
-        let (header, mut tensors) = FORMAT.read::<Header>(path, &self.device)?;
-        self.check_header(&header)?;
-        check(header.schedule.as_ref())?;
-        let mut restored = Vec::new();
-        for (gi, gh) in header.groups.iter().enumerate() {
-            self.check_group(gi, gh, header.config.debias)?;
-            for vi in 0..gh.shapes.len() {
-                restored.push(self.take_var(&mut tensors, gi, vi, &header)?);
-            }
-        }
-        tensors.finish()?;
-        self.noise.load_state(&header.noise)?;
-        let schedule = header.schedule.clone();
-        self.apply(header, restored)?;
-        Ok(schedule)
+        self.load_with(path.as_ref(), &mut |_| Ok(())).map(|_| ())
     }
 
     /// The saved optimizer fits this one: a valid configuration, the dtype, the groups.
@@ -250,6 +181,74 @@ impl Ivon {
         self.skipped_steps = header.skipped_steps;
         self.position = header.position;
         self.write_position()
+    }
+}
+
+impl Resumable for Ivon {
+    fn save_with(&self, path: &Path, schedule: Option<Value>) -> Result<()> {
+        let noise = self.noise.state().ok_or_else(|| {
+            mismatch("the noise source cannot save its state; use the default PhiloxNormal to checkpoint")
+        })?;
+        let header = Header {
+            config: self.config.clone(),
+            groups: self
+                .groups
+                .iter()
+                .map(|g| GroupHeader {
+                    settings: g.settings.clone(),
+                    shapes: g.params.iter().map(|p| p.var.dims().to_vec()).collect(),
+                    names: g.params.iter().flat_map(|p| p.name.clone()).collect(),
+                })
+                .collect(),
+            step: self.step,
+            count: self.count,
+            skipped_steps: self.skipped_steps,
+            position: self.position,
+            dtype: self.dtype.as_str().into(),
+            noise,
+            schedule,
+        };
+        let mut tensors: Vec<(String, Tensor)> = Vec::new();
+        for (gi, g) in self.groups.iter().enumerate() {
+            for (vi, p) in g.params.iter().enumerate() {
+                tensors.push((key(gi, vi, "mean"), p.mean()?));
+                tensors.push((key(gi, vi, "hess"), p.hess()?));
+                tensors.push((key(gi, vi, "momentum"), p.momentum()?));
+                let optional = [
+                    ("noise", p.noise()?),
+                    ("avg_grad", p.avg_grad.clone()),
+                    ("avg_hess", p.avg_hess.clone()),
+                ];
+                for (name, t) in optional {
+                    if let Some(t) = t {
+                        tensors.push((key(gi, vi, name), t));
+                    }
+                }
+            }
+        }
+        FORMAT.write(path, &header, tensors)
+    }
+
+    fn load_with(
+        &mut self,
+        path: &Path,
+        check: &mut dyn FnMut(Option<&Value>) -> Result<()>,
+    ) -> Result<Option<Value>> {
+        let (header, mut tensors) = FORMAT.read::<Header>(path, &self.device)?;
+        self.check_header(&header)?;
+        check(header.schedule.as_ref())?;
+        let mut restored = Vec::new();
+        for (gi, gh) in header.groups.iter().enumerate() {
+            self.check_group(gi, gh, header.config.debias)?;
+            for vi in 0..gh.shapes.len() {
+                restored.push(self.take_var(&mut tensors, gi, vi, &header)?);
+            }
+        }
+        tensors.finish()?;
+        self.noise.load_state(&header.noise)?;
+        let schedule = header.schedule.clone();
+        self.apply(header, restored)?;
+        Ok(schedule)
     }
 }
 

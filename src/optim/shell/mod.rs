@@ -7,6 +7,8 @@ mod finite;
 mod gradients;
 pub(crate) mod record;
 
+pub use record::Resumable;
+
 pub use finite::NonFinite;
 pub(crate) use finite::{screen, Verdict};
 pub(crate) use gradients::{gather, Missing, Slot};

@@ -9,9 +9,30 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::files::sealed;
 use crate::{Error, Result};
+
+/// An optimizer whose whole run one file holds, so that a wrapper around it
+/// ([`crate::optim::Scheduled`]) keeps its own place in the same file: IVON and BLoB, or
+/// an optimizer of your own.
+///
+/// The optimizers' own `save` and `load_state` are these with no wrapper record.
+pub trait Resumable {
+    /// Saves the run to `path`, with `wrapper` (a wrapper's record, as JSON) in the file,
+    /// to be given back as it was by [`Resumable::load_with`].
+    fn save_with(&self, path: &Path, wrapper: Option<Value>) -> Result<()>;
+
+    /// Restores a run saved by [`Resumable::save_with`]. `check` sees the file's wrapper
+    /// record once the run itself is known to fit, and may refuse it; any error changes
+    /// nothing. Returns the wrapper record.
+    fn load_with(
+        &mut self,
+        path: &Path,
+        check: &mut dyn FnMut(Option<&Value>) -> Result<()>,
+    ) -> Result<Option<Value>>;
+}
 
 /// A record's format: the file's kind, its version and the metadata key of its header.
 pub(crate) struct Format {
