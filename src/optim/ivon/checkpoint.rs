@@ -73,8 +73,8 @@ impl Ivon {
     /// the saved groups' shapes and dtype, and their names where both sides have names
     /// (unnamed vars are matched by position). The vars are set to the saved position (mean or
     /// the very same sample), so training continues bit-identically to a run that never
-    /// stopped. A mismatch is an [`Error::Checkpoint`], a corrupt file (any byte changed)
-    /// an [`Error::File`]; either changes nothing.
+    /// stopped. A mismatch is an [`Error::Checkpoint`](crate::Error::Checkpoint), a corrupt file (any byte changed)
+    /// an [`Error::File`](crate::Error::File); either changes nothing.
     pub fn load_state(&mut self, path: impl AsRef<Path>) -> Result<()> {
         self.load_with(path.as_ref(), &mut |_| Ok(())).map(|_| ())
     }

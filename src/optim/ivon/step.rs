@@ -57,7 +57,7 @@ impl Ivon {
     ///
     /// Errors, with nothing changed, if the vars do not stand at a sample, if a gradient
     /// does not match its var, or if one holds NaN or Inf (unless
-    /// [`NonFinite::SkipStep`], which drops the step's samples, counts the skip and moves
+    /// [`NonFinite::SkipStep`](crate::optim::NonFinite::SkipStep), which drops the step's samples, counts the skip and moves
     /// the vars to the mean).
     pub fn accumulate(&mut self, grads: &GradStore) -> Result<()> {
         self.collect(grads).map(|_| ())
