@@ -108,7 +108,12 @@ pub enum Error {
     #[error("serialisation: {0}")]
     Serialization(String),
 
-    /// Invalid input to a function: shapes, ranges, empty batches, NaN, malformed text.
+    /// A tensor's shape does not fit what it is given with: the message names the
+    /// tensor, its shape and the shape it needs.
+    #[error("shape mismatch: {0}")]
+    ShapeMismatch(String),
+
+    /// Invalid input to a function: ranges, empty batches, NaN, malformed text.
     #[error("invalid input: {0}")]
     InvalidInput(String),
 

@@ -54,8 +54,8 @@ impl TemperatureScaling {
     }
 
     /// Fits `T` on validation `logits` (n, classes) and `labels` (n,). Empty input, NaN
-    /// or Inf logits, labels out of range and mismatched shapes are
-    /// [`Error::InvalidInput`].
+    /// or Inf logits and labels out of range are [`Error::InvalidInput`], mismatched
+    /// shapes [`Error::ShapeMismatch`].
     pub fn fit(logits: &Tensor, labels: &Tensor) -> Result<Self> {
         let (rows, labels) = rows_and_labels(logits, labels)?;
         if rows.iter().flatten().any(|v| !v.is_finite()) {

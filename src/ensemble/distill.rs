@@ -138,7 +138,7 @@ pub fn laplace_samples(
         return Err(Error::InvalidInput("samples must be at least 1".into()));
     }
     if log_scale.dims() != [n, v] {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::ShapeMismatch(format!(
             "log_scale {:?} must have mu's shape [{n}, {v}]",
             log_scale.dims()
         )));

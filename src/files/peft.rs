@@ -272,7 +272,7 @@ fn head_as_peft(name: &str, t: &Tensor) -> Result<Tensor> {
         return Ok(t.clone());
     }
     if t.dims().first() != Some(&1) {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::Unsupported(format!(
             "{name} has shape {:?}: a head per LoRA-Ensemble member has no peft layout",
             t.dims()
         )));

@@ -65,7 +65,7 @@ impl GroupedLinear {
         match x.dims() {
             [xm, _, xi] if *xm == m && *xi == i => {}
             d => {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::ShapeMismatch(format!(
                     "a grouped linear of {m} members with {i} inputs got input {d:?}"
                 )))
             }

@@ -174,7 +174,7 @@ impl LoraLinear {
         config.validate()?;
         let (out_dim, in_dim) = base.weight().dims2()?;
         if a.dims() != [config.rank, in_dim] || b.dims() != [out_dim, config.rank] {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::ShapeMismatch(format!(
                 "adapters of shapes {:?} and {:?} for a {out_dim}x{in_dim} layer of rank {}: expected [{}, {in_dim}] and [{out_dim}, {}]",
                 a.dims(),
                 b.dims(),

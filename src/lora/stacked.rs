@@ -86,7 +86,7 @@ pub(crate) fn stacked_or_repeated(
             .contiguous()?);
     };
     if t.dims() != dims || t.dtype() != like.dtype() || !t.device().same_device(like.device()) {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::ShapeMismatch(format!(
             "the stacked samples of {name} are {:?} {:?}: expected {dims:?} {:?} on the \
              layer's device",
             t.dims(),

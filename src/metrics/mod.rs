@@ -28,13 +28,13 @@ pub(crate) fn rows_and_labels(
     labels: &Tensor,
 ) -> Result<(Vec<Vec<f64>>, Vec<usize>)> {
     let (n, c) = values.dims2().map_err(|_| {
-        Error::InvalidInput(format!("expected (n, classes), got {:?}", values.dims()))
+        Error::ShapeMismatch(format!("expected (n, classes), got {:?}", values.dims()))
     })?;
     if n == 0 || c == 0 {
         return Err(Error::InvalidInput("empty batch".into()));
     }
     if labels.dims() != [n] {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::ShapeMismatch(format!(
             "labels have shape {:?}, expected [{n}]",
             labels.dims()
         )));

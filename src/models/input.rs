@@ -88,7 +88,7 @@ impl Embeddings {
 
     /// The batch `input_ids` and `token_type_ids` `(batch, seq)` with `attention_mask`
     /// (1 for tokens, 0 for padding; all ones if `None`), for `members` members. Shapes
-    /// that do not fit each other or `config` are an `InvalidInput` error.
+    /// that do not fit each other or `config` are a `ShapeMismatch` error.
     pub(crate) fn pack(
         &self,
         config: &BertConfig,
@@ -139,7 +139,7 @@ fn check_inputs(
     ] {
         if let Some(t) = t {
             if t.dims() != [batch, seq] {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::ShapeMismatch(format!(
                     "{name} of shape {:?} for input_ids of shape [{batch}, {seq}]",
                     t.dims()
                 )));

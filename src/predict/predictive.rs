@@ -141,7 +141,7 @@ pub fn predictive_stacked(
             2 if ks.len() == 1 => z.unsqueeze(0)?,
             3 if z.dim(0)? == ks.len() => z,
             _ => {
-                return Err(Error::InvalidInput(format!(
+                return Err(Error::ShapeMismatch(format!(
                     "logits of shape {:?} for samples {ks:?}: expected ({}, n, classes)",
                     z.dims(),
                     ks.len()
@@ -213,11 +213,11 @@ pub fn predictive_at_point<P: Posterior>(
 
 fn log_softmax_checked(z: &Tensor, expected: Option<&[usize]>) -> Result<Tensor> {
     let (n, c) = z.dims2().map_err(|_| {
-        Error::InvalidInput(format!("logits must be (n, classes), got {:?}", z.dims()))
+        Error::ShapeMismatch(format!("logits must be (n, classes), got {:?}", z.dims()))
     })?;
     if let Some(dims) = expected {
         if dims != [n, c] {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::ShapeMismatch(format!(
                 "logits of shape {:?} after {:?}: every sample must give the same shape",
                 z.dims(),
                 dims

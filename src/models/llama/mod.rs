@@ -427,7 +427,7 @@ impl LlamaDecoder {
     pub fn hidden_states(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
         let (batch, len) = ids.dims2()?;
         if mask.dims() != ids.dims() {
-            return Err(Error::InvalidInput(format!(
+            return Err(Error::ShapeMismatch(format!(
                 "a mask of shape {:?} for token ids of shape {:?}: give one entry per token",
                 mask.dims(),
                 ids.dims()

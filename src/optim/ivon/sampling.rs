@@ -25,7 +25,7 @@ fn group_noise(
     }
     let z = source.standard_normal(numel, dtype, device)?;
     if z.dims() != [numel] || z.dtype() != dtype || !z.device().same_device(device) {
-        return Err(Error::InvalidInput(format!(
+        return Err(Error::ShapeMismatch(format!(
             "the noise source returned shape {:?} {:?} on {:?}; expected [{numel}] {:?} on {:?}",
             z.dims(),
             z.dtype(),
