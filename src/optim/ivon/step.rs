@@ -8,7 +8,7 @@ use super::config::HessApprox;
 use super::param::{HESS, MEAN, MOMENTUM, NOISE};
 use super::{math, Ivon, Position};
 use crate::kernels::{self, Draws};
-use crate::optim::shell::{self, Missing, Slot, Verdict};
+use crate::optim::shell::{self, ranks, Missing, Slot, Verdict};
 use crate::{Error, Result};
 
 impl Ivon {
@@ -38,7 +38,7 @@ impl Ivon {
                 .map(move |(var, g)| (Slot { group, var }, g))
         });
         let verdict = shell::screen(slots, self.config.on_nonfinite, |here| {
-            self.any_rank_nonfinite(here)
+            ranks::any_rank(self.peers(), here, &self.device)
         })?;
         if verdict == Verdict::Skip {
             self.discard_samples();
@@ -194,14 +194,14 @@ impl Ivon {
         if self.peers().is_none() {
             return Ok(grads);
         }
-        let mut pairs = Vec::new();
+        let mut stats = Vec::new();
         for (group, gs) in self.groups.iter().zip(&grads) {
             for (p, g) in group.params.iter().zip(gs) {
                 let hess_sample = math::hess_sample(&p.row(NOISE)?, g, self.config.hess_approx)?;
-                pairs.push((g.clone(), hess_sample));
+                stats.extend([g.clone(), hess_sample]);
             }
         }
-        let Some(mean) = self.mean_over_ranks(pairs)? else {
+        let Some(mean) = ranks::mean_over_ranks(self.peers(), &stats)? else {
             return Ok(grads);
         };
         let mut offset = 0;

@@ -9,6 +9,7 @@ use candle_core::Tensor;
 use super::{Ivon, Position};
 use crate::collective::{Collective, ReduceOp};
 use crate::noise::PhiloxNormal;
+use crate::optim::shell::ranks;
 use crate::{Error, Result};
 
 /// Rank `rank`'s training-noise seed: the configured seed itself on rank 0 (so a run of
@@ -128,29 +129,20 @@ impl Ivon {
         Ok(())
     }
 
-    /// Whether any rank's gradient is non-finite, given whether this rank's is.
-    pub(super) fn any_rank_nonfinite(&self, here: bool) -> Result<bool> {
-        let Some(c) = self.peers() else {
-            return Ok(here);
-        };
-        let flag = Tensor::new(&[f32::from(u8::from(here))], &self.device)?;
-        Ok(c.all_reduce(&flag, ReduceOp::Max)?.to_vec1::<f32>()?[0] > 0.0)
-    }
-
     /// Replaces every var's gradient and Hessian statistics with their mean over ranks,
     /// in one all-reduce. Nothing changes if it fails.
     pub(super) fn average_over_ranks(&mut self) -> Result<()> {
         if self.peers().is_none() {
             return Ok(());
         }
-        let mut pairs = Vec::new();
+        let mut stats = Vec::new();
         for p in self.groups.iter().flat_map(|g| g.params.iter()) {
             let (Some(g), Some(h)) = (&p.avg_grad, &p.avg_hess) else {
                 return Err(Error::NoSample("a var has no gradient sample"));
             };
-            pairs.push((g.clone(), h.clone()));
+            stats.extend([g.clone(), h.clone()]);
         }
-        let Some(mean) = self.mean_over_ranks(pairs)? else {
+        let Some(mean) = ranks::mean_over_ranks(self.peers(), &stats)? else {
             return Ok(());
         };
         let mut offset = 0;
@@ -162,34 +154,5 @@ impl Ivon {
             offset += 2 * n;
         }
         Ok(())
-    }
-
-    /// The mean over ranks of every var's gradient and Hessian statistic, laid out var by
-    /// var as `[gradient; statistic]` in one flat tensor, from one all-reduce. `None`
-    /// without a collective or without vars.
-    pub(super) fn mean_over_ranks(&self, pairs: Vec<(Tensor, Tensor)>) -> Result<Option<Tensor>> {
-        let Some(c) = self.peers() else {
-            return Ok(None);
-        };
-        let mut parts = Vec::with_capacity(2 * pairs.len());
-        for (g, h) in pairs {
-            parts.push(g.flatten_all()?);
-            parts.push(h.flatten_all()?);
-        }
-        if parts.is_empty() {
-            return Ok(None);
-        }
-        let flat = Tensor::cat(&parts, 0)?;
-        let mean = c.all_reduce(&flat, ReduceOp::Mean)?;
-        if mean.dtype() != flat.dtype() || mean.dims() != flat.dims() {
-            return Err(Error::Collective(format!(
-                "the all-reduce of {:?} {:?} returned {:?} {:?}",
-                flat.dims(),
-                flat.dtype(),
-                mean.dims(),
-                mean.dtype()
-            )));
-        }
-        Ok(Some(mean))
     }
 }
