@@ -4,6 +4,10 @@ accuracy, NLL, ECE and Brier, and the paired difference to AdamW's row of the sa
 with --shift, the shift sets' columns (accuracy, ECE, AUROC by entropy and by MI).
 
     python3 tools/mcq_tables.py results/mcq/test [--shift]
+    python3 tools/mcq_tables.py --search results/mcq/search
+
+--search lists validation runs one by one (seed 0, a setting each): every row with the
+run's setting, its training loss over the first and last 25 steps, and its file.
 
 Prints Markdown, for docs/mcq.md and the README, so that the tables come from the JSON and
 cannot drift from it.
@@ -73,9 +77,48 @@ def shift(task, rows):
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
+def num(x):
+    """1e6 rather than 1e+06."""
+    return f"{x:g}".replace("e+0", "e").replace("e+", "e").replace("e-0", "e-")
+
+
+def setting(args):
+    """A run's method and the settings that the search varies, as the docs write them."""
+    parts = [f"lr {num(args['lr'])}"]
+    if args["method"] == "ivon":
+        parts.append(f"ess {num(args['ess'])}")
+    if args["method"] == "blob":
+        parts.append(f"KL rate {num(args['kl_lr'])}")
+    return ", ".join(parts)
+
+
+def search(folder):
+    runs = []
+    for path in sorted(pathlib.Path(folder).glob("*.json")):
+        d = json.loads(path.read_text())
+        a = d["args"]
+        runs.append(((a["task"], a["scoring"], a["method"], a["lr"], a.get("ess"),
+                      a.get("kl_lr")), path.name, d))
+    print("| task | scoring | row | setting | questions | accuracy | NLL | ECE | Brier "
+          "| training loss, first → last 25 steps | file |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---|---|")
+    for _, name, d in sorted(runs, key=lambda r: r[0]):
+        a, loss = d["args"], d["train_loss"]
+        trend = (f"{statistics.mean(loss[:25]):.3f} → {statistics.mean(loss[-25:]):.3f}"
+                 if loss else "")
+        # A temperature is fitted on test runs only (the first validation run, made before
+        # that, also holds a "+ TS" row fitted on itself).
+        for row in (r for r in d["rows"] if not r["model"].endswith("+ TS")):
+            print(f"| {a['task']} | {a['scoring']} | {row['model']} | {setting(a)} "
+                  f"| {row['questions']} | {100 * row['accuracy']:.1f}% | {row['nll']:.3f} "
+                  f"| {100 * row['ece']:.1f} | {row['brier']:.3f} | {trend} | {name} |")
+
+
 def main():
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
+    if sys.argv[1] == "--search":
+        return search(sys.argv[2])
     data = load(sys.argv[1])
     print("Accuracy and ECE in points; mean ± sd over seeds; Δ: per seed, against AdamW's row "
           "of the same seed.")
