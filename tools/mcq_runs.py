@@ -2,7 +2,8 @@
 result JSON already exists, so a queue interrupted at the end of a session goes on where
 it stopped in the next.
 
-    python3 tools/mcq_runs.py all [--dry]        # search, then test, one task after another
+    python3 tools/mcq_runs.py all [--dry]        # search, then test, one task after another;
+                                                 # then LoRA-Ensemble M=4 on PIQA
     python3 tools/mcq_runs.py search [--dry]     # validation runs, seed 0 (two stages below)
     python3 tools/mcq_runs.py best               # per task, scoring and method: the setting
                                                  # of lowest validation NLL
@@ -180,10 +181,24 @@ def test(dry):
         run_all(test_runs(task, chosen), ROOT / "runs" / "mcq" / "test", dry)
 
 
+def extra_runs():
+    """Beside the core table, on PIQA only: LoRA-Ensemble of 4 members at AdamW's chosen
+    setting (its members train as AdamW does), three seeds on the test split."""
+    scoring = scoring_of("piqa")
+    adamw = [(n, r) for (t, s, m), (n, r) in best().items()
+             if (t, s, m) == ("piqa", scoring, "adamw")]
+    if not adamw:
+        return []
+    lr = json.loads((ROOT / "runs" / "mcq" / "search" / adamw[0][0]).read_text())["args"]["lr"]
+    return [{**args_of("piqa", scoring, "lora-ensemble", {"lr": str(lr)}, seed, "test"),
+             "members": "4"} for seed in range(3)]
+
+
 def run_everything(dry):
     for task in TASKS:
         search_task(task, dry)
         run_all(test_runs(task, best()), ROOT / "runs" / "mcq" / "test", dry)
+    run_all(extra_runs(), ROOT / "runs" / "mcq" / "test", dry)
 
 
 def reference(task):
