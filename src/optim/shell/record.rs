@@ -19,6 +19,64 @@ use crate::{Error, Result};
 /// an optimizer of your own.
 ///
 /// The optimizers' own `save` and `load_state` are these with no wrapper record.
+///
+/// # Example: an optimizer of your own under a resumable schedule
+/// ```
+/// use std::path::Path;
+/// use candle_core::{backprop::GradStore, DType, Device, Var};
+/// use candle_nn::Optimizer;
+/// use serde_json::{json, Value};
+/// use varlora::optim::{CallsPerUpdate, Resumable, Schedule, Scheduled};
+/// use varlora::{Error, Result};
+///
+/// /// SGD that counts its steps; its record is that count.
+/// struct Counted { sgd: candle_nn::SGD, steps: u64 }
+///
+/// impl Optimizer for Counted {
+///     type Config = f64;
+///     fn new(vars: Vec<Var>, lr: f64) -> candle_core::Result<Self> {
+///         Ok(Self { sgd: candle_nn::SGD::new(vars, lr)?, steps: 0 })
+///     }
+///     fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
+///         self.steps += 1;
+///         self.sgd.step(grads)
+///     }
+///     fn learning_rate(&self) -> f64 { self.sgd.learning_rate() }
+///     fn set_learning_rate(&mut self, lr: f64) { self.sgd.set_learning_rate(lr) }
+/// }
+/// impl CallsPerUpdate for Counted {}
+///
+/// impl Resumable for Counted {
+///     fn save_with(&self, path: &Path, wrapper: Option<Value>) -> Result<()> {
+///         let text = json!({ "steps": self.steps, "wrapper": wrapper }).to_string();
+///         Ok(std::fs::write(path, text)?)
+///     }
+///     fn load_with(
+///         &mut self,
+///         path: &Path,
+///         check: &mut dyn FnMut(Option<&Value>) -> Result<()>,
+///     ) -> Result<Option<Value>> {
+///         let file: Value = serde_json::from_str(&std::fs::read_to_string(path)?)
+///             .map_err(|e| Error::Checkpoint(e.to_string()))?;
+///         let wrapper = file.get("wrapper").filter(|w| !w.is_null()).cloned();
+///         check(wrapper.as_ref())?; // before anything changes
+///         self.steps = file["steps"].as_u64().ok_or(Error::Checkpoint("no steps".into()))?;
+///         Ok(wrapper)
+///     }
+/// }
+///
+/// let w = Var::zeros(2, DType::F32, &Device::Cpu)?;
+/// let schedule = Schedule::linear_with_warmup_ratio(0.5, 4)?;
+/// let mut opt = Scheduled::new(Counted::new(vec![w.clone()], 0.1)?, schedule)?;
+/// opt.backward_step(&w.as_tensor().sum_all()?)?;
+/// let path = std::env::temp_dir().join("varlora-doc-counted.json");
+/// opt.save(&path)?;
+/// let mut resumed = Scheduled::new(Counted::new(vec![w], 0.1)?, schedule)?;
+/// resumed.load_state(&path)?;
+/// assert_eq!((resumed.inner().steps, resumed.step_count()), (1, 1));
+/// assert_eq!(resumed.learning_rate(), opt.learning_rate());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Resumable {
     /// Saves the run to `path`, with `wrapper` (a wrapper's record, as JSON) in the file,
     /// to be given back as it was by [`Resumable::load_with`].
