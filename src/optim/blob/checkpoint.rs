@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::{Blob, BlobOptimConfig};
 use crate::optim::shell::record::{mismatch, Format, Resumable};
+use crate::optim::shell::Counts;
 use crate::Result;
 
 const FORMAT: Format = Format {
@@ -21,10 +22,8 @@ const FORMAT: Format = Format {
 #[derive(Serialize, Deserialize)]
 struct Header {
     config: BlobOptimConfig,
-    step: u64,
-    /// Absent from files written before BLoB could skip a step.
-    #[serde(default)]
-    skipped_steps: u64,
+    #[serde(flatten)]
+    counts: Counts,
     lr: f64,
     kl_lr: f64,
     adamw_step: u64,
@@ -114,8 +113,7 @@ impl Resumable for Blob {
         };
         let header = Header {
             config: self.config.clone(),
-            step: self.step,
-            skipped_steps: self.skipped_steps,
+            counts: self.counts,
             lr: self.adamw.learning_rate(),
             kl_lr: self.kl_lr,
             adamw_step,
@@ -169,8 +167,7 @@ impl Resumable for Blob {
         if let Some(sampler) = &self.sampler {
             sampler.set_training_stream(header.sampler_block)?;
         }
-        self.step = header.step;
-        self.skipped_steps = header.skipped_steps;
+        self.counts = header.counts;
         self.adamw.set_learning_rate(header.lr);
         self.kl_lr = header.kl_lr;
         Ok(header.schedule)

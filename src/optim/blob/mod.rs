@@ -23,7 +23,7 @@ use candle_core::{TensorId, Var};
 use candle_nn::{Optimizer, ParamsAdamW};
 
 use super::adamw::AdamW;
-use super::shell::{self, Missing, NonFinite, Slot, Verdict};
+use super::shell::{self, Counts, Missing, NonFinite, Slot, Verdict};
 use serde::{Deserialize, Serialize};
 
 use crate::lora::{kl_period, kl_weight, BlobLayerVars, BlobSampler};
@@ -282,8 +282,7 @@ pub struct Blob {
     /// The layers' sampler (one for all), whose training stream a checkpoint keeps.
     sampler: Option<BlobSampler>,
     kl_lr: f64,
-    step: u64,
-    skipped_steps: u64,
+    counts: Counts,
 }
 
 impl std::fmt::Debug for Blob {
@@ -293,8 +292,8 @@ impl std::fmt::Debug for Blob {
             .field("layers", &self.layers.len())
             .field("lr", &self.adamw.learning_rate())
             .field("kl_lr", &self.kl_lr)
-            .field("step", &self.step)
-            .field("skipped_steps", &self.skipped_steps)
+            .field("step", &self.counts.step)
+            .field("skipped_steps", &self.counts.skipped_steps)
             .finish()
     }
 }
@@ -351,8 +350,7 @@ impl Blob {
             layers,
             sampler,
             config,
-            step: 0,
-            skipped_steps: 0,
+            counts: Counts::default(),
         })
     }
 
@@ -363,12 +361,12 @@ impl Blob {
 
     /// Steps taken.
     pub fn step_count(&self) -> u64 {
-        self.step
+        self.counts.step
     }
 
     /// Steps dropped for a NaN or Inf gradient under [`NonFinite::SkipStep`].
     pub fn skipped_steps(&self) -> u64 {
-        self.skipped_steps
+        self.counts.skipped_steps
     }
 
     /// The KL's learning rate of the next step.
@@ -402,12 +400,12 @@ impl Blob {
             .enumerate()
             .filter_map(|(var, g)| Some((Slot { group: 0, var }, g.as_ref()?)));
         if shell::screen(present, self.config.on_nonfinite, Ok)? == Verdict::Skip {
-            self.skipped_steps += 1;
+            self.counts.skipped();
             return Ok(());
         }
         self.adamw.step(grads)?;
-        self.step += 1;
-        let pi = self.config.kl_weight(self.step);
+        self.counts.made(self.counts.next());
+        let pi = self.config.kl_weight(self.counts.step);
         for l in &self.layers {
             let (m, g) = rule::kl_step(l, pi, self.kl_lr, grads.get(&l.a_g))?;
             l.a_mean.set(&m)?;

@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::param::{HESS, MEAN, MOMENTUM, NOISE};
 use super::{GroupSettings, Ivon, IvonConfig, Position};
 use crate::optim::shell::record::{mismatch, Format, Resumable, Tensors};
+use crate::optim::shell::Counts;
 use crate::Result;
 
 /// The file's format; version 2 added the checksum and moved the format out of the
@@ -24,9 +25,9 @@ const FORMAT: Format = Format {
 struct Header {
     config: IvonConfig,
     groups: Vec<GroupHeader>,
-    step: u64,
+    #[serde(flatten)]
+    counts: Counts,
     count: usize,
-    skipped_steps: u64,
     position: Position,
     dtype: String,
     noise: serde_json::Value,
@@ -176,9 +177,8 @@ impl Ivon {
             g.settings = gh.settings;
         }
         self.config = header.config;
-        self.step = header.step;
+        self.counts = header.counts;
         self.count = header.count;
-        self.skipped_steps = header.skipped_steps;
         self.position = header.position;
         self.write_position()
     }
@@ -200,9 +200,8 @@ impl Resumable for Ivon {
                     names: g.params.iter().flat_map(|p| p.name.clone()).collect(),
                 })
                 .collect(),
-            step: self.step,
+            counts: self.counts,
             count: self.count,
-            skipped_steps: self.skipped_steps,
             position: self.position,
             dtype: self.dtype.as_str().into(),
             noise,

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::collective::Collective;
 use crate::noise::{NoiseSource, PhiloxNormal};
+use crate::optim::shell::Counts;
 use crate::{Error, Result};
 
 /// Where the vars stand between calls.
@@ -93,9 +94,8 @@ impl Group {
 pub struct Ivon {
     config: IvonConfig,
     groups: Vec<Group>,
-    step: u64,
+    counts: Counts,
     count: usize,
-    skipped_steps: u64,
     fused_steps: u64,
     position: Position,
     noise: Noise,
@@ -113,9 +113,9 @@ impl std::fmt::Debug for Ivon {
                 "groups",
                 &self.groups.iter().map(|g| &g.settings).collect::<Vec<_>>(),
             )
-            .field("step", &self.step)
+            .field("step", &self.counts.step)
             .field("count", &self.count)
-            .field("skipped_steps", &self.skipped_steps)
+            .field("skipped_steps", &self.counts.skipped_steps)
             .field("position", &self.position)
             .finish_non_exhaustive()
     }
@@ -165,9 +165,8 @@ impl Ivon {
         let mut ivon = Self {
             config,
             groups: Vec::new(),
-            step: 0,
+            counts: Counts::default(),
             count: 0,
-            skipped_steps: 0,
             fused_steps: 0,
             position: Position::Mean,
             noise,
@@ -307,7 +306,7 @@ impl Ivon {
 
     /// Updates done so far (`t`); kept in checkpoints.
     pub fn step_count(&self) -> u64 {
-        self.step
+        self.counts.step
     }
 
     /// Steps taken by the fused kernel (the rest went through the tensor-op path).
@@ -323,7 +322,7 @@ impl Ivon {
     /// Steps dropped for a NaN or Inf gradient under
     /// [`NonFinite::SkipStep`](crate::optim::NonFinite::SkipStep).
     pub fn skipped_steps(&self) -> u64 {
-        self.skipped_steps
+        self.counts.skipped_steps
     }
 
     /// Where the vars stand.

@@ -222,7 +222,7 @@ impl Ivon {
             "optimizer": "ivon",
             "config": self.config,
             "groups": self.groups.iter().map(|g| &g.settings).collect::<Vec<_>>(),
-            "step": self.step,
+            "step": self.counts.step,
         });
         let mut posterior = GaussianPosterior::new(groups, self.config.seed, settings)?;
         posterior.set_scale(self.prediction_scale)?;

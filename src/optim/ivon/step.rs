@@ -42,7 +42,7 @@ impl Ivon {
         })?;
         if verdict == Verdict::Skip {
             self.discard_samples();
-            self.skipped_steps += 1;
+            self.counts.skipped();
             self.restore_mean()?;
         }
         Ok(verdict)
@@ -123,7 +123,7 @@ impl Ivon {
         }
         self.validate_groups()?;
         self.average_over_ranks()?;
-        let t = self.step + 1;
+        let t = self.counts.next();
         let mut new = Vec::new();
         for group in &self.groups {
             let s = &group.settings;
@@ -143,7 +143,7 @@ impl Ivon {
             p.set_row(HESS, &hess)?;
             p.set_row(MEAN, &mean)?;
         }
-        self.step = t;
+        self.counts.made(t);
         self.discard_samples();
         self.restore_mean()
     }
@@ -221,7 +221,7 @@ impl Ivon {
     /// The fused step: validated, finite gradients (or the ranks' averaged statistics, see
     /// [`Self::fused_stats`]) in; every var updated and resampled.
     fn fused_step(&mut self, grads: &[Vec<Tensor>]) -> Result<()> {
-        let t = self.step + 1;
+        let t = self.counts.next();
         let price = self.config.hess_approx == HessApprox::Price;
         let averaged = self.peers().is_some();
         for (gi, gs) in grads.iter().enumerate() {
@@ -249,7 +249,7 @@ impl Ivon {
                 offset += p.var.elem_count();
             }
         }
-        self.step = t;
+        self.counts.made(t);
         self.fused_steps += 1;
         Ok(())
     }

@@ -109,7 +109,7 @@ impl Ivon {
             self.groups.iter().map(|g| g.params.len()).sum::<usize>() as f64,
             self.blocks_per_sample() as f64,
             (shapes % (1 << 50)) as f64,
-            self.step as f64,
+            self.counts.step as f64,
             self.config.mc_samples as f64,
             self.config.seed as f64,
             c.world_size() as f64,

@@ -3,6 +3,7 @@
 //! of its ranks in a data-parallel run, and the record a checkpoint is written as. Each optimizer keeps its update rule (`ivon/math.rs`,
 //! `adamw.rs`, `blob/rule.rs`) and what its record holds.
 
+mod counts;
 mod finite;
 mod gradients;
 pub(crate) mod ranks;
@@ -10,6 +11,7 @@ pub(crate) mod record;
 
 pub use record::Resumable;
 
+pub(crate) use counts::Counts;
 pub use finite::NonFinite;
 pub(crate) use finite::{screen, Verdict};
 pub(crate) use gradients::{gather, Missing, Slot};
