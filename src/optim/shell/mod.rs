@@ -1,6 +1,7 @@
 //! The plumbing every optimizer shares, written once: gathering and checking the
-//! gradients of its vars, the policy for a gradient that holds NaN or Inf, what it asks
-//! of its ranks in a data-parallel run, and the record a checkpoint is written as. Each optimizer keeps its update rule (`ivon/math.rs`,
+//! gradients of its vars, the policy for a gradient that holds NaN or Inf, its update and
+//! skip counts, what it asks of its ranks in a data-parallel run, and the record a
+//! checkpoint is written as. Each optimizer keeps its update rule (`ivon/math.rs`,
 //! `adamw.rs`, `blob/rule.rs`) and what its record holds.
 
 mod counts;
