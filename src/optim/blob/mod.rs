@@ -23,7 +23,7 @@ use candle_core::{TensorId, Var};
 use candle_nn::{Optimizer, ParamsAdamW};
 
 use super::adamw::AdamW;
-use super::shell::{self, Counts, Missing, NonFinite, Slot, Verdict};
+use super::shell::{self, Counts, NonFinite, Slot, Verdict};
 use serde::{Deserialize, Serialize};
 
 use crate::lora::{kl_period, kl_weight, BlobLayerVars, BlobSampler};
@@ -394,7 +394,8 @@ impl Blob {
             .iter()
             .enumerate()
             .map(|(var, v)| (Slot { group: 0, var }, v));
-        let gathered = shell::gather(slots, grads, Missing::Skip)?;
+        // A var without a gradient keeps its value, as torch's AdamW leaves it.
+        let gathered = shell::gather(slots, grads)?;
         let present = gathered
             .iter()
             .enumerate()

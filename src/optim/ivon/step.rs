@@ -8,23 +8,23 @@ use super::config::HessApprox;
 use super::param::{HESS, MEAN, MOMENTUM, NOISE};
 use super::{math, Ivon, Position};
 use crate::kernels::{self, Draws};
-use crate::optim::shell::{self, ranks, Missing, Slot, Verdict};
+use crate::optim::shell::{self, ranks, Slot, Verdict};
 use crate::{Error, Result};
 
 impl Ivon {
-    /// The gradient of each var, checked against it (a missing one is zero), by group.
+    /// The gradient of each var, checked against it, by group. A missing one is zero, as
+    /// ivon-opt gives parameters that do not require grad: weight decay still moves them.
     fn collect_grads(&self, grads: &GradStore) -> Result<Vec<Vec<Tensor>>> {
-        let slots = self.groups.iter().enumerate().flat_map(|(group, g)| {
-            g.params
-                .iter()
-                .enumerate()
-                .map(move |(var, p)| (Slot { group, var }, &p.var))
-        });
-        let mut gathered = shell::gather(slots, grads, Missing::Zero)?.into_iter();
         let mut out = Vec::with_capacity(self.groups.len());
-        for group in &self.groups {
-            let gs: Option<Vec<Tensor>> = gathered.by_ref().take(group.params.len()).collect();
-            out.push(gs.ok_or(Error::InvalidState("a missing gradient was not zeroed"))?);
+        for (group, g) in self.groups.iter().enumerate() {
+            let slots = g.params.iter().enumerate();
+            let slots = slots.map(|(var, p)| (Slot { group, var }, &p.var));
+            let gs = shell::gather(slots, grads)?
+                .into_iter()
+                .zip(&g.params)
+                .map(|(grad, p)| grad.map_or_else(|| p.var.zeros_like(), Ok))
+                .collect::<candle_core::Result<_>>()?;
+            out.push(gs);
         }
         Ok(out)
     }

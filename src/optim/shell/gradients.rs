@@ -13,33 +13,18 @@ pub(crate) struct Slot {
     pub var: usize,
 }
 
-/// What a var without a gradient (frozen, or unused by the loss) gets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Missing {
-    /// A zero gradient, as ivon-opt does for parameters that do not require grad: weight
-    /// decay still moves the var.
-    Zero,
-    /// Nothing: the rule leaves the var as it is, as torch's AdamW does.
-    Skip,
-}
-
-/// The gradient of each var in `vars`, checked. A missing one is zero or `None`, as
-/// `missing` says.
+/// The gradient of each var in `vars`, checked; `None` for a var without one (frozen, or
+/// unused by the loss), which each optimizer treats as its reference does.
 pub(crate) fn gather<'a>(
     vars: impl IntoIterator<Item = (Slot, &'a Var)>,
     grads: &GradStore,
-    missing: Missing,
 ) -> Result<Vec<Option<Tensor>>> {
-    let mut out = Vec::new();
-    for (slot, var) in vars {
-        let g = match grads.get(var.as_tensor()) {
-            Some(g) => Some(checked(slot, var, g)?.clone()),
-            None if missing == Missing::Zero => Some(var.zeros_like()?),
-            None => None,
-        };
-        out.push(g);
-    }
-    Ok(out)
+    vars.into_iter()
+        .map(|(slot, var)| match grads.get(var.as_tensor()) {
+            Some(g) => Ok(Some(checked(slot, var, g)?.clone())),
+            None => Ok(None),
+        })
+        .collect()
 }
 
 /// `g`, if it has `var`'s shape, dtype and device.
@@ -74,23 +59,23 @@ mod tests {
     }
 
     #[test]
-    fn missing_gradients_are_zero_or_none_and_mismatches_name_the_var() -> Result<()> {
+    fn missing_gradients_are_none_and_mismatches_name_the_var() -> Result<()> {
         let dev = Device::Cpu;
         let a = Var::ones(3, DType::F32, &dev)?;
         let b = Var::ones((2, 2), DType::F32, &dev)?;
         let loss = a.as_tensor().sum_all()?;
         let grads = loss.backward()?;
         let vars = [(slot(0), &a), (slot(1), &b)];
-        let zero = gather(vars, &grads, Missing::Zero)?;
+        let gathered = gather(vars, &grads)?;
         assert_eq!(
-            zero[1].as_ref().map(|g| g.dims().to_vec()),
-            Some(vec![2, 2])
+            gathered[0].as_ref().map(|g| g.dims().to_vec()),
+            Some(vec![3])
         );
-        assert!(gather(vars, &grads, Missing::Skip)?[1].is_none());
+        assert!(gathered[1].is_none());
 
         let mut wrong = loss.backward()?;
         wrong.insert(b.as_tensor(), Tensor::ones(4, DType::F32, &dev)?);
-        match gather(vars, &wrong, Missing::Skip) {
+        match gather(vars, &wrong) {
             Err(Error::GradientMismatch {
                 group: 0,
                 var: 1,
@@ -103,7 +88,7 @@ mod tests {
         let mut wrong = loss.backward()?;
         wrong.insert(a.as_tensor(), Tensor::ones(3, DType::F64, &dev)?);
         assert!(matches!(
-            gather(vars, &wrong, Missing::Skip),
+            gather(vars, &wrong),
             Err(Error::GradientMismatch { var: 0, .. })
         ));
         Ok(())

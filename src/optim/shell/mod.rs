@@ -15,4 +15,4 @@ pub use record::Resumable;
 pub(crate) use counts::Counts;
 pub use finite::NonFinite;
 pub(crate) use finite::{screen, Verdict};
-pub(crate) use gradients::{gather, Missing, Slot};
+pub(crate) use gradients::{gather, Slot};
