@@ -85,22 +85,39 @@ def run_all(runs, out_dir, dry):
             subprocess.run(cmd, cwd=ROOT, check=True)
 
 
+SEARCH = ROOT / "runs" / "mcq" / "search"
+
+
+def searched():
+    """Each validation run: its file's name, its arguments and its first row (the
+    method's own predictive)."""
+    for path in sorted(SEARCH.glob("*.json")):
+        d = json.loads(path.read_text())
+        yield path.name, d["args"], d["rows"][0]
+
+
+def chosen():
+    """Per (task, scoring, method), the validation run of lowest NLL: (name, args, row)."""
+    out = {}
+    for name, a, row in searched():
+        key = (a["task"], a["scoring"], a["method"])
+        if key not in out or row["nll"] < out[key][2]["nll"]:
+            out[key] = (name, a, row)
+    return out
+
+
 def scoring_of(task):
     """The task's scoring: that of AdamW's lowest validation NLL over every scoring, or
     None while the first stage has not run under each of them."""
-    adamw = {}
-    for path in (ROOT / "runs" / "mcq" / "search").glob("*.json"):
-        d = json.loads(path.read_text())
-        a, nll = d["args"], d["rows"][0]["nll"]
-        if a["task"] == task and a["method"] == "adamw":
-            adamw[a["scoring"]] = min(nll, adamw.get(a["scoring"], nll))
+    adamw = {s: row["nll"] for (t, s, m), (_, _, row) in chosen().items()
+             if t == task and m == "adamw"}
     if any(s not in adamw for s in SCORINGS):
         return None
     return min(adamw, key=adamw.get)
 
 
 def search_task(task, dry):
-    out = ROOT / "runs" / "mcq" / "search"
+    out = SEARCH
     run_all([args_of(task, s, "adamw", SCORING_SETTING, 0, "validation") for s in SCORINGS],
             out, dry)
     scoring = scoring_of(task)
@@ -123,12 +140,8 @@ def adamw_rate(task, scoring, out, dry):
     while True:
         run_all([args_of(task, scoring, "adamw", {"lr": r}, 0, "validation") for r in rates],
                 out, dry)
-        nll = {}
-        for path in out.glob("*.json"):
-            d = json.loads(path.read_text())
-            a = d["args"]
-            if (a["task"], a["scoring"], a["method"]) == (task, scoring, "adamw"):
-                nll[float(a["lr"])] = d["rows"][0]["nll"]
+        nll = {float(a["lr"]): row["nll"] for _, a, row in searched()
+               if (a["task"], a["scoring"], a["method"]) == (task, scoring, "adamw")}
         if any(float(r) not in nll for r in rates):
             return None
         best = min((float(r) for r in rates), key=nll.get)
@@ -143,32 +156,22 @@ def search(dry):
 
 
 def best():
-    """The lowest-NLL setting per task, scoring and method, from the search's first row
-    (the method's own predictive)."""
-    chosen = {}
-    for path in sorted((ROOT / "runs" / "mcq" / "search").glob("*.json")):
-        d = json.loads(path.read_text())
-        a, row = d["args"], d["rows"][0]
-        key = (a["task"], a["scoring"], a["method"])
-        if key not in chosen or row["nll"] < chosen[key][1]["nll"]:
-            chosen[key] = (path.name, row)
-    for (task, scoring, method), (name, row) in sorted(chosen.items()):
+    """Prints the lowest-NLL setting per task, scoring and method."""
+    for (task, scoring, method), (name, _, row) in sorted(chosen().items()):
         print(f"{task:9} {scoring:10} {method:11} NLL {row['nll']:.4f} accuracy "
               f"{100 * row['accuracy']:.1f}%  {name}")
-    return chosen
 
 
-def test_runs(task, chosen):
+def test_runs(task):
     """The task's test runs: each method's best setting under the task's scoring, three
     seeds each."""
     scoring = scoring_of(task)
     if scoring is None:
         return []
     runs = []
-    for (t, s, method), (name, _) in chosen.items():
+    for (t, s, method), (_, a, _) in chosen().items():
         if (t, s) != (task, scoring):
             continue
-        a = json.loads((ROOT / "runs" / "mcq" / "search" / name).read_text())["args"]
         setting = {k: str(a[k.replace("-", "_")]) for k in ["lr", "ess", "kl-lr"]
                    if a.get(k.replace("-", "_")) is not None}
         runs += [args_of(task, scoring, method, setting, seed, "test") for seed in range(3)]
@@ -176,20 +179,19 @@ def test_runs(task, chosen):
 
 
 def test(dry):
-    chosen = best()
+    best()
     for task in TASKS:
-        run_all(test_runs(task, chosen), ROOT / "runs" / "mcq" / "test", dry)
+        run_all(test_runs(task), ROOT / "runs" / "mcq" / "test", dry)
 
 
 def extra_runs():
     """Beside the core table, on PIQA only: LoRA-Ensemble of 4 members at AdamW's chosen
     setting (its members train as AdamW does), three seeds on the test split."""
     scoring = scoring_of("piqa")
-    adamw = [(n, r) for (t, s, m), (n, r) in best().items()
-             if (t, s, m) == ("piqa", scoring, "adamw")]
-    if not adamw:
+    adamw = chosen().get(("piqa", scoring, "adamw"))
+    if adamw is None:
         return []
-    lr = json.loads((ROOT / "runs" / "mcq" / "search" / adamw[0][0]).read_text())["args"]["lr"]
+    lr = adamw[1]["lr"]
     return [{**args_of("piqa", scoring, "lora-ensemble", {"lr": str(lr)}, seed, "test"),
              "members": "4"} for seed in range(3)]
 
@@ -197,18 +199,15 @@ def extra_runs():
 def run_everything(dry):
     for task in TASKS:
         search_task(task, dry)
-        run_all(test_runs(task, best()), ROOT / "runs" / "mcq" / "test", dry)
+        run_all(test_runs(task), ROOT / "runs" / "mcq" / "test", dry)
     run_all(extra_runs(), ROOT / "runs" / "mcq" / "test", dry)
 
 
 def reference(task):
     """tools/reference/mcq_adamw.py on `task`'s test split with AdamW's chosen setting and
     the task's scoring, seed 0: its accuracy, NLL and ECE go beside ours."""
-    chosen = best()
     scoring = scoring_of(task)
-    adamw = {s: (name, row) for (t, s, m), (name, row) in chosen.items()
-             if t == task and m == "adamw"}
-    lr = json.loads((ROOT / "runs" / "mcq" / "search" / adamw[scoring][0]).read_text())["args"]["lr"]
+    lr = chosen()[(task, scoring, "adamw")][1]["lr"]
     out = ROOT / "runs" / "mcq" / "reference" / f"{task}-{scoring}-adamw-lr{lr}-s0.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [str(ROOT / ".venv-ref" / "bin" / "python"), str(ROOT / "tools/reference/mcq_adamw.py"),
