@@ -131,11 +131,11 @@ impl Ivon {
         vi: usize,
         header: &Header,
     ) -> Result<Restored> {
-        let dims = self.groups[gi].params[vi].var.dims();
-        let mut take = |what: &str| tensors.take_optional(&key(gi, vi, what), dims, self.dtype);
-        let mut required =
-            |what| take(what)?.ok_or_else(|| mismatch(format!("{} is missing", key(gi, vi, what))));
+        // The var has the optimizer's dtype, and every row of its state the var's shape.
+        let var = self.groups[gi].params[vi].var.as_tensor();
+        let mut required = |what| tensors.take(&key(gi, vi, what), var);
         let (mean, hess, momentum) = (required("mean")?, required("hess")?, required("momentum")?);
+        let mut take = |what| tensors.take_optional(&key(gi, vi, what), var);
         if !crate::kernels::all_finite(&mean)? || !crate::kernels::all_finite(&hess)? {
             return Err(mismatch(format!(
                 "group {gi}, var {vi}: the mean or Hessian holds NaN or Inf"

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -129,19 +129,16 @@ pub(crate) fn mismatch(problem: impl Into<String>) -> Error {
 pub(crate) struct Tensors(HashMap<String, Tensor>);
 
 impl Tensors {
-    /// Tensor `name` if the record holds it, which must have shape `dims` and `dtype`.
-    pub fn take_optional(
-        &mut self,
-        name: &str,
-        dims: &[usize],
-        dtype: DType,
-    ) -> Result<Option<Tensor>> {
+    /// Tensor `name` if the record holds it, which must have `like`'s shape and dtype.
+    pub fn take_optional(&mut self, name: &str, like: &Tensor) -> Result<Option<Tensor>> {
         match self.0.remove(name) {
-            Some(t) if t.dims() == dims && t.dtype() == dtype => Ok(Some(t)),
+            Some(t) if t.dims() == like.dims() && t.dtype() == like.dtype() => Ok(Some(t)),
             Some(t) => Err(mismatch(format!(
-                "{name} is {:?} {:?}, expected {dims:?} {dtype:?}",
+                "{name} is {:?} {:?}, expected {:?} {:?}",
                 t.dims(),
-                t.dtype()
+                t.dtype(),
+                like.dims(),
+                like.dtype()
             ))),
             None => Ok(None),
         }
@@ -149,7 +146,7 @@ impl Tensors {
 
     /// Tensor `name`, which the record must hold with `like`'s shape and dtype.
     pub fn take(&mut self, name: &str, like: &Tensor) -> Result<Tensor> {
-        self.take_optional(name, like.dims(), like.dtype())?
+        self.take_optional(name, like)?
             .ok_or_else(|| mismatch(format!("{name} is missing")))
     }
 
