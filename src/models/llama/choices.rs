@@ -12,7 +12,7 @@
 use candle_core::{IndexOp, Tensor, D};
 use tokenizers::Tokenizer;
 
-use super::LlamaDecoder;
+use super::{packing, Attend, LlamaDecoder};
 use crate::{Error, Result};
 
 /// Multiple-choice questions encoded for the cloze head: each question followed by each
@@ -198,12 +198,48 @@ impl LlamaDecoder {
     }
 
     /// The cloze head's logits `(questions, choices)` for an encoded batch: each choice's
-    /// summed log-likelihood after its question (see [`Self::choice_log_likelihoods`]).
-    /// With members (LoRA-Ensemble, stacked samples) they are `(members * questions,
-    /// choices)`, member-major.
+    /// summed log-likelihood after its question, the numbers of
+    /// [`Self::choice_log_likelihoods`] on the batch's rows. With members (LoRA-Ensemble,
+    /// stacked samples) they are `(members * questions, choices)`, member-major.
+    ///
+    /// A question's sequences are packed into one row (see `packing`): the tokens they
+    /// all begin with go through the layers once, each choice's rest reading them and
+    /// itself only, at its own positions. The likelihoods are the same up to float
+    /// rounding; adapter dropout in training draws one mask for the shared tokens where
+    /// separate sequences would draw one per choice.
     pub fn cloze_logits(&self, batch: &ClozeBatch, train: bool) -> Result<Tensor> {
-        let ll = self.choice_log_likelihoods(&batch.ids, &batch.mask, &batch.choice_lens, train)?;
-        let questions = batch.choice_lens.len() / batch.choices.max(1);
+        let (rows, _) = batch.ids.dims2()?;
+        if batch.choice_lens.len() != rows || batch.mask.dims() != batch.ids.dims() {
+            return Err(Error::ShapeMismatch(format!(
+                "a cloze batch of {rows} sequences with {} choice lengths and a mask of                  shape {:?}: give one length per sequence and a mask like the ids",
+                batch.choice_lens.len(),
+                batch.mask.dims()
+            )));
+        }
+        let ids: Vec<Vec<u32>> = batch.ids.to_dtype(candle_core::DType::U32)?.to_vec2()?;
+        let keep: Vec<Vec<u32>> = batch.mask.to_dtype(candle_core::DType::U32)?.to_vec2()?;
+        let mut seqs = Vec::with_capacity(rows);
+        for (row, (ids, keep)) in ids.iter().zip(&keep).enumerate() {
+            let first = left_padded(keep, row)?;
+            seqs.push(ids[first..].to_vec());
+        }
+        let dev = batch.ids.device();
+        let packed = packing::pack(&seqs, &batch.choice_lens, batch.choices, 0, dev)?;
+        self.fits_context(seqs.iter().map(Vec::len).max().unwrap_or(0))?;
+        let (cos, sin) = self.rope.tables_at(&packed.positions)?;
+        let at = Attend {
+            cos,
+            sin,
+            bias: packed.bias,
+        };
+        let h = self.attend(&packed.ids, at, train)?;
+        let scored = Scored {
+            predictors: &packed.predictors,
+            targets: &packed.targets,
+            lens: &batch.choice_lens,
+        };
+        let ll = self.summed_log_likelihoods(&h, &scored)?;
+        let questions = rows / batch.choices.max(1);
         Ok(ll.reshape((self.members * questions, batch.choices))?)
     }
 
@@ -238,30 +274,49 @@ impl LlamaDecoder {
             left_padded(keep, row)?;
         }
         let h = self.hidden_states(ids, mask, train)?;
-        let (hidden, members) = (self.config.hidden_size, self.members);
-        let h = h.reshape((members * batch * len, hidden))?;
-        // Position p predicts token p + 1: the rows before each choice token, member by
-        // member.
+        // Position p predicts token p + 1: the rows before each choice token.
         let (mut predictors, mut targets) = (Vec::new(), Vec::new());
         let flat_ids: Vec<Vec<u32>> = ids.to_dtype(candle_core::DType::U32)?.to_vec2()?;
-        for member in 0..members {
-            for (row, (&k, row_ids)) in choice_lens.iter().zip(&flat_ids).enumerate() {
-                for (p, &id) in row_ids.iter().enumerate().skip(len - k) {
-                    predictors.push(((member * batch + row) * len + p - 1) as u32);
-                    targets.push(id);
-                }
+        for (row, (&k, row_ids)) in choice_lens.iter().zip(&flat_ids).enumerate() {
+            for (p, &id) in row_ids.iter().enumerate().skip(len - k) {
+                predictors.push((row * len + p - 1) as u32);
+                targets.push(id);
             }
         }
-        let dev = ids.device();
+        let scored = Scored {
+            predictors: &predictors,
+            targets: &targets,
+            lens: choice_lens,
+        };
+        self.summed_log_likelihoods(&h, &scored)
+    }
+
+    /// Each sequence's summed log-likelihood of its scored tokens, `(members *
+    /// sequences,)` member-major, from the hidden states `h` `(members * batch, len,
+    /// hidden)`.
+    fn summed_log_likelihoods(&self, h: &Tensor, s: &Scored) -> Result<Tensor> {
+        let (rows, len, hidden) = h.dims3()?;
+        let members = self.members;
+        let per_member = rows / members * len;
+        let h = h.reshape((rows * len, hidden))?;
+        let predictors: Vec<u32> = (0..members)
+            .flat_map(|m| {
+                s.predictors
+                    .iter()
+                    .map(move |&p| (m * per_member) as u32 + p)
+            })
+            .collect();
+        let targets: Vec<u32> = s.targets.repeat(members);
+        let dev = h.device();
         let rows = h.index_select(&Tensor::new(predictors.as_slice(), dev)?, 0)?;
         let logits = rows.matmul(&self.output_rows(None)?.t()?)?;
         let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let picked = log_probs
             .gather(&Tensor::new(targets.as_slice(), dev)?.unsqueeze(1)?, 1)?
             .squeeze(1)?;
-        let mut sums = Vec::with_capacity(members * batch);
+        let mut sums = Vec::with_capacity(members * s.lens.len());
         let mut start = 0;
-        for &k in choice_lens.iter().cycle().take(members * batch) {
+        for &k in s.lens.iter().cycle().take(members * s.lens.len()) {
             sums.push(picked.narrow(0, start, k)?.sum_all()?);
             start += k;
         }
@@ -269,9 +324,18 @@ impl LlamaDecoder {
     }
 }
 
-/// Refuses a row of the mask that is not left-padded: the heads read a sequence's last
-/// tokens from the last columns, which padding on the right would put there.
-fn left_padded(keep: &[u32], row: usize) -> Result<()> {
+/// The tokens a cloze head scores: for each, the flat row of `(batch * len)` (one member's)
+/// that predicts it and its id, sequence by sequence; `lens` of them to a sequence.
+struct Scored<'a> {
+    predictors: &'a [u32],
+    targets: &'a [u32],
+    lens: &'a [usize],
+}
+
+/// The first real column of a row of the mask, refusing one that is not left-padded: the
+/// heads read a sequence's last tokens from the last columns, which padding on the right
+/// would put there.
+fn left_padded(keep: &[u32], row: usize) -> Result<usize> {
     let first = keep.iter().position(|&m| m != 0).unwrap_or(keep.len());
     if first == keep.len() || keep[first..].contains(&0) {
         return Err(Error::InvalidInput(format!(
@@ -279,5 +343,5 @@ fn left_padded(keep: &[u32], row: usize) -> Result<()> {
              that every sequence ends in the last column"
         )));
     }
-    Ok(())
+    Ok(first)
 }

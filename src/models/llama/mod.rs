@@ -12,6 +12,7 @@ mod config;
 mod gguf;
 mod memory;
 mod ops;
+mod packing;
 mod tokenizer;
 
 use candle_core::{DType, ModuleT, Tensor};
@@ -198,6 +199,15 @@ impl Linears for LlamaDecoder {
     fn with_members(self, members: usize) -> Self {
         Self { members, ..self }
     }
+}
+
+/// Where a batch's tokens sit: their rotary tables, `(len, head_dim)` for positions
+/// `0..len` in every sequence or `(batch, len, head_dim)` per sequence, and the attention
+/// bias `(batch, len, len)` that says which keys each query reads.
+struct Attend {
+    cos: Tensor,
+    sin: Tensor,
+    bias: Tensor,
 }
 
 /// The shapes one forward pass works with.
@@ -425,7 +435,7 @@ impl LlamaDecoder {
     /// first column, padding included, as transformers' forward does (RoPE's scores
     /// depend only on the distance, so a row's left padding does not change them).
     pub fn hidden_states(&self, ids: &Tensor, mask: &Tensor, train: bool) -> Result<Tensor> {
-        let (batch, len) = ids.dims2()?;
+        let (_, len) = ids.dims2()?;
         if mask.dims() != ids.dims() {
             return Err(Error::ShapeMismatch(format!(
                 "a mask of shape {:?} for token ids of shape {:?}: give one entry per token",
@@ -433,12 +443,27 @@ impl LlamaDecoder {
                 ids.dims()
             )));
         }
+        self.fits_context(len)?;
+        let (cos, sin) = self.rope.tables(len, ids.device())?;
+        let bias = causal_bias(mask)?;
+        self.attend(ids, Attend { cos, sin, bias }, train)
+    }
+
+    /// Refuses positions `0..len` past the model's context.
+    fn fits_context(&self, len: usize) -> Result<()> {
         if len > self.config.max_position_embeddings {
             return Err(Error::InvalidInput(format!(
                 "a sequence of {len} tokens is past the model's context of {}: truncate it",
                 self.config.max_position_embeddings
             )));
         }
+        Ok(())
+    }
+
+    /// The final-normed hidden states of `ids` `(batch, len)`, each token at the rotary
+    /// position and reading the keys that `at` gives it.
+    fn attend(&self, ids: &Tensor, at: Attend, train: bool) -> Result<Tensor> {
+        let (batch, len) = ids.dims2()?;
         let ids_flat = ids.flatten_all()?;
         let largest = ids_flat
             .max(0)?
@@ -450,17 +475,21 @@ impl LlamaDecoder {
                 self.config.vocab_size
             )));
         }
-        // The tables and the bias in the weights' dtype (f32, or f64 for checks).
+        // The tables and the bias in the weights' dtype (f32, or f64 for checks); tables
+        // per sequence are repeated for the members as the sequences are.
         let dtype = self.compute_dtype();
-        let (cos, sin) = self.rope.tables(len, ids.device())?;
         let m = self.members;
+        let per_member = |t: &Tensor| match t.rank() {
+            3 => repeat_members(&t.to_dtype(dtype)?, m),
+            _ => Ok(t.to_dtype(dtype)?),
+        };
         let pass = Pass {
             batch: m * batch,
             len,
             config: &self.config,
-            cos: cos.to_dtype(dtype)?,
-            sin: sin.to_dtype(dtype)?,
-            bias: repeat_members(&causal_bias(mask)?.to_dtype(dtype)?, m)?,
+            cos: per_member(&at.cos)?,
+            sin: per_member(&at.sin)?,
+            bias: repeat_members(&at.bias.to_dtype(dtype)?, m)?,
             train,
         };
         let x = self

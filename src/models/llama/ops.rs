@@ -68,6 +68,17 @@ impl Rope {
         let angles = Tensor::from_vec(angles, (len, 2 * half), dev)?;
         Ok((angles.cos()?, angles.sin()?))
     }
+
+    /// The tables of each sequence's own `positions` `(batch, len)` (u32): `cos` and `sin`
+    /// each `(batch, len, head_dim)`.
+    pub(crate) fn tables_at(&self, positions: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (batch, len) = positions.dims2()?;
+        let flat = positions.flatten_all()?;
+        let end = flat.max(0)?.to_scalar::<u32>()? as usize + 1;
+        let (cos, sin) = self.tables(end, positions.device())?;
+        let at = |t: Tensor| t.index_select(&flat, 0)?.reshape((batch, len, ()));
+        Ok((at(cos)?, at(sin)?))
+    }
 }
 
 /// The attention bias `(batch, len, len)`, shared by the heads: 0 where query `i` may read

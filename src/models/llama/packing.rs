@@ -1,0 +1,182 @@
+//! A question's cloze sequences packed into one row: the tokens they all begin with (the
+//! question, usually) once, then each sequence's rest, each rest reading the shared
+//! beginning and its own tokens only, at the positions it has in its own sequence.
+//!
+//! That is the same attention, token for token, as each sequence on its own, so the
+//! choices' log-likelihoods are the same numbers (up to the order of float sums), while
+//! the question's tokens go through the layers once rather than once per choice: ARC's
+//! long questions and short answers shrink to about a third of the tokens.
+
+use candle_core::{Device, Tensor};
+
+use crate::{Error, Result};
+
+/// Sequences packed one row per question, left-padded, with what the cloze head reads.
+pub(crate) struct Packed {
+    /// Token ids `(questions, len)`.
+    pub ids: Tensor,
+    /// Each token's position in its own sequence, `(questions, len)`: the shared beginning
+    /// from 0, each rest from where the beginning ends.
+    pub positions: Tensor,
+    /// The attention bias `(questions, len, len)`: 0 where a query may read a key, the
+    /// lowest f32 elsewhere.
+    pub bias: Tensor,
+    /// For every scored token, sequence by sequence in order: the flat index into
+    /// `(questions * len)` of the token that predicts it, and its id.
+    pub predictors: Vec<u32>,
+    pub targets: Vec<u32>,
+}
+
+/// One question's row before padding.
+struct Row {
+    ids: Vec<u32>,
+    positions: Vec<u32>,
+    /// Each token's segment: 0 for the shared beginning, `1 + s` for sequence `s`'s rest.
+    segments: Vec<usize>,
+    /// Scored tokens: (index in the row of the predicting token, id).
+    scored: Vec<(usize, u32)>,
+}
+
+/// Packs `seqs` (each sequence's real tokens, `choices` consecutive ones a question) whose
+/// last `choice_lens` tokens are scored. The shared beginning stops before any sequence's
+/// scored tokens, so that every scored token is predicted inside its own segment or from
+/// the beginning's last token. Each sequence needs a token before its scored ones.
+pub(crate) fn pack(
+    seqs: &[Vec<u32>],
+    choice_lens: &[usize],
+    choices: usize,
+    pad_id: u32,
+    dev: &Device,
+) -> Result<Packed> {
+    if choices == 0 || !seqs.len().is_multiple_of(choices) || seqs.len() != choice_lens.len() {
+        return Err(Error::InvalidInput(format!(
+            "{} sequences and {} choice lengths for questions of {choices} choices: give \
+             every question all of its choices, and one length per sequence",
+            seqs.len(),
+            choice_lens.len()
+        )));
+    }
+    let rows: Vec<Row> = seqs
+        .chunks(choices)
+        .zip(choice_lens.chunks(choices))
+        .map(|(s, k)| pack_question(s, k))
+        .collect::<Result<_>>()?;
+    let len = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+    let (mut ids, mut positions) = (Vec::new(), Vec::new());
+    let mut bias = vec![f32::MIN; rows.len() * len * len];
+    let (mut predictors, mut targets) = (Vec::new(), Vec::new());
+    for (q, row) in rows.iter().enumerate() {
+        let pad = len - row.ids.len();
+        ids.extend(std::iter::repeat_n(pad_id, pad).chain(row.ids.iter().copied()));
+        positions.extend(std::iter::repeat_n(0, pad).chain(row.positions.iter().copied()));
+        for (i, &own) in row.segments.iter().enumerate() {
+            let query = (q * len + pad + i) * len + pad;
+            for (j, &seg) in row.segments[..=i].iter().enumerate() {
+                if seg == 0 || seg == own {
+                    bias[query + j] = 0.0;
+                }
+            }
+        }
+        for &(at, id) in &row.scored {
+            predictors.push((q * len + pad + at) as u32);
+            targets.push(id);
+        }
+    }
+    let shape = (rows.len(), len);
+    Ok(Packed {
+        ids: Tensor::from_vec(ids, shape, dev)?,
+        positions: Tensor::from_vec(positions, shape, dev)?,
+        bias: Tensor::from_vec(bias, (rows.len(), len, len), dev)?,
+        predictors,
+        targets,
+    })
+}
+
+/// One question's sequences as one row.
+fn pack_question(seqs: &[Vec<u32>], choice_lens: &[usize]) -> Result<Row> {
+    for (s, &k) in seqs.iter().zip(choice_lens) {
+        if k == 0 || k >= s.len() {
+            return Err(Error::InvalidInput(format!(
+                "a sequence of {} tokens with a choice of {k}: a choice needs at least one \
+                 token, and at least one token before it",
+                s.len()
+            )));
+        }
+    }
+    let first = &seqs[0];
+    let shared = seqs
+        .iter()
+        .zip(choice_lens)
+        .map(|(s, &k)| {
+            let common = s.iter().zip(first).take_while(|(a, b)| a == b).count();
+            common.min(s.len() - k)
+        })
+        .min()
+        .unwrap_or(0);
+    let mut row = Row {
+        ids: first[..shared].to_vec(),
+        positions: (0..shared as u32).collect(),
+        segments: vec![0; shared],
+        scored: Vec::new(),
+    };
+    for (n, (s, &k)) in seqs.iter().zip(choice_lens).enumerate() {
+        for (p, &id) in s.iter().enumerate().skip(shared) {
+            if p >= s.len() - k {
+                // Position p is predicted by position p - 1: the rest's previous token, or
+                // the shared beginning's last.
+                let at = if p == shared {
+                    shared - 1
+                } else {
+                    row.ids.len() - 1
+                };
+                row.scored.push((at, id));
+            }
+            row.ids.push(id);
+            row.positions.push(p as u32);
+            row.segments.push(n + 1);
+        }
+    }
+    Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two questions: the first's choices share "5 6", the second's share nothing but
+    /// need a token before the choice; each scored token is predicted by the token before
+    /// it in its own sequence, and each rest reads the beginning and itself only.
+    #[test]
+    fn packs_shared_beginnings_once() {
+        let seqs = vec![vec![5, 6, 7], vec![5, 6, 8, 9], vec![1, 2], vec![3, 4]];
+        let p = pack(&seqs, &[1, 2, 1, 1], 2, 0, &Device::Cpu).unwrap();
+        let ids: Vec<Vec<u32>> = p.ids.to_vec2().unwrap();
+        assert_eq!(ids, [vec![5, 6, 7, 8, 9], vec![0, 1, 2, 3, 4]]);
+        let pos: Vec<Vec<u32>> = p.positions.to_vec2().unwrap();
+        assert_eq!(pos, [vec![0, 1, 2, 2, 3], vec![0, 0, 1, 0, 1]]);
+        // 7 from 6 (index 1); 8 from 6; 9 from 8 (index 3); 2 from 1 (row 1, index 1 + 5
+        // ...); 4 from 3.
+        assert_eq!(p.predictors, [1, 1, 3, 6, 8]);
+        assert_eq!(p.targets, [7, 8, 9, 2, 4]);
+        let reads = |q: usize, i: usize| -> Vec<usize> {
+            let b: Vec<Vec<Vec<f32>>> = p.bias.to_vec3().unwrap();
+            (0..5).filter(|&j| b[q][i][j] == 0.0).collect()
+        };
+        assert_eq!(reads(0, 2), [0, 1, 2]);
+        assert_eq!(reads(0, 4), [0, 1, 3, 4]);
+        assert_eq!(reads(1, 4), [3, 4]);
+        assert_eq!(reads(1, 0), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn refuses_a_choice_with_nothing_before_it() {
+        let err = pack(&[vec![5, 6]], &[2], 1, 0, &Device::Cpu)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("a sequence of 2 tokens with a choice of 2"),
+            "{err}"
+        );
+    }
+}
