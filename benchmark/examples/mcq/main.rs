@@ -10,6 +10,10 @@
 //! cargo run --release --example mcq -- --task piqa --scoring cloze --method ivon --seed 0
 //! ```
 //!
+//! `mcq baselines --task TASK` prints, as JSON, each split's size and the accuracy of
+//! guessing (the mean of 1 / choices) and of always giving the most common answer
+//! position: what "the task is learned" is measured against.
+//!
 //! Writes `{out}/{task}-{scoring}-{method}-lr{lr}...-s{seed}.json` (settings, training
 //! losses and one row per predictor: accuracy, NLL, 15-bin ECE, Brier, mean mutual
 //! information, and under `--shift` the same per shifted set with the AUROC of telling it
@@ -236,8 +240,53 @@ impl Trainer {
     }
 }
 
+/// `mcq baselines`: a task's splits and their baselines, without a model.
+#[derive(Parser, Debug)]
+struct BaselinesArgs {
+    #[arg(long)]
+    task: String,
+    #[arg(long, default_value = "assets/mcq")]
+    assets: PathBuf,
+    #[arg(long, default_value = "benchmark/data/mcq/splits")]
+    splits: PathBuf,
+}
+
+/// A split's size, the accuracy of guessing (the mean of 1 / choices) and that of always
+/// giving its most common answer position.
+fn split_baselines(qs: &[Question]) -> serde_json::Value {
+    let n = qs.len().max(1) as f64;
+    let width = qs.iter().map(|q| q.choices.len()).max().unwrap_or(0);
+    let most = (0..width)
+        .map(|k| qs.iter().filter(|q| q.answer == k).count())
+        .max()
+        .unwrap_or(0);
+    json!({
+        "questions": qs.len(),
+        "chance": qs.iter().map(|q| 1.0 / q.choices.len() as f64).sum::<f64>() / n,
+        "majority": most as f64 / n,
+    })
+}
+
+/// Prints `{"task", "train" | "validation" | "test": {"questions", "chance",
+/// "majority"}}`.
+fn baselines(args: BaselinesArgs) -> Res<()> {
+    let split = data::load_task(&args.assets, &args.splits, &args.task)?;
+    let of = split_baselines;
+    let out = json!({
+        "task": args.task,
+        "train": of(&split.train),
+        "validation": of(&split.validation),
+        "test": of(&split.test),
+    });
+    println!("{out}");
+    Ok(())
+}
+
 fn main() -> Res<()> {
     varlora::alloc::keep_freed_memory();
+    if std::env::args().nth(1).as_deref() == Some("baselines") {
+        return baselines(BaselinesArgs::parse_from(std::env::args().skip(1)));
+    }
     let args = Args::parse();
     let split = data::load_task(&args.assets, &args.splits, &args.task)?;
     if split.train.is_empty() {
@@ -621,6 +670,23 @@ fn write(
 mod tests {
     use super::*;
     use data::Form;
+
+    /// Guessing scores the mean of 1 / choices; the majority is the most common answer
+    /// position's share.
+    #[test]
+    fn baselines_are_guessing_and_the_most_common_answer() {
+        let q = |choices: usize, answer: usize| Question {
+            context: None,
+            text: "x".into(),
+            choices: vec!["c".into(); choices],
+            answer,
+            form: Form::Question,
+        };
+        let b = split_baselines(&[q(2, 1), q(4, 1), q(4, 3), q(4, 1)]);
+        assert_eq!(b["questions"], 4);
+        assert!((b["chance"].as_f64().unwrap() - 0.3125).abs() < 1e-12);
+        assert!((b["majority"].as_f64().unwrap() - 0.75).abs() < 1e-12);
+    }
 
     /// Questions whose lengths are out of order, scored by a fake model that gives each
     /// question its own logits: the predictive comes back in the questions' order, and
