@@ -204,7 +204,8 @@ impl LlamaDecoder {
     ///
     /// A question's sequences are packed into one row (see `packing`): the tokens they
     /// all begin with go through the layers once, each choice's rest reading them and
-    /// itself only, at its own positions. The likelihoods are the same up to float
+    /// itself only, at its own positions (sequences that share no token keep a row
+    /// each). The likelihoods are the same up to float
     /// rounding; adapter dropout in training draws one mask for the shared tokens where
     /// separate sequences would draw one per choice.
     pub fn cloze_logits(&self, batch: &ClozeBatch, train: bool) -> Result<Tensor> {

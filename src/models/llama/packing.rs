@@ -5,29 +5,31 @@
 //! That is the same attention, token for token, as each sequence on its own, so the
 //! choices' log-likelihoods are the same numbers (up to the order of float sums), while
 //! the question's tokens go through the layers once rather than once per choice: ARC's
-//! long questions and short answers shrink to about a third of the tokens.
+//! long questions and short answers shrink to about a third of the tokens. A question
+//! whose sequences share no token keeps one row per sequence, as it would unpacked.
 
 use candle_core::{Device, Tensor};
 
 use crate::{Error, Result};
 
-/// Sequences packed one row per question, left-padded, with what the cloze head reads.
+/// Sequences packed a row per question (a row per sequence where a question's share
+/// nothing), left-padded, with what the cloze head reads.
 pub(crate) struct Packed {
-    /// Token ids `(questions, len)`.
+    /// Token ids `(rows, len)`.
     pub ids: Tensor,
-    /// Each token's position in its own sequence, `(questions, len)`: the shared beginning
+    /// Each token's position in its own sequence, `(rows, len)`: the shared beginning
     /// from 0, each rest from where the beginning ends.
     pub positions: Tensor,
-    /// The attention bias `(questions, len, len)`: 0 where a query may read a key, the
-    /// lowest f32 elsewhere.
+    /// The attention bias `(rows, len, len)`: 0 where a query may read a key, the lowest
+    /// f32 elsewhere.
     pub bias: Tensor,
-    /// For every scored token, sequence by sequence in order: the flat index into
-    /// `(questions * len)` of the token that predicts it, and its id.
+    /// For every scored token, sequence by sequence in order: the flat index into `(rows
+    /// * len)` of the token that predicts it, and its id.
     pub predictors: Vec<u32>,
     pub targets: Vec<u32>,
 }
 
-/// One question's row before padding.
+/// One row before padding.
 struct Row {
     ids: Vec<u32>,
     positions: Vec<u32>,
@@ -56,11 +58,12 @@ pub(crate) fn pack(
             choice_lens.len()
         )));
     }
-    let rows: Vec<Row> = seqs
+    let questions: Vec<Vec<Row>> = seqs
         .chunks(choices)
         .zip(choice_lens.chunks(choices))
         .map(|(s, k)| pack_question(s, k))
         .collect::<Result<_>>()?;
+    let rows: Vec<Row> = questions.into_iter().flatten().collect();
     let len = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
     let (mut ids, mut positions) = (Vec::new(), Vec::new());
     let mut bias = vec![f32::MIN; rows.len() * len * len];
@@ -92,8 +95,9 @@ pub(crate) fn pack(
     })
 }
 
-/// One question's sequences as one row.
-fn pack_question(seqs: &[Vec<u32>], choice_lens: &[usize]) -> Result<Row> {
+/// One question's sequences as one row, or one row each where they share no token:
+/// packed, they would only meet in a longer attention.
+fn pack_question(seqs: &[Vec<u32>], choice_lens: &[usize]) -> Result<Vec<Row>> {
     for (s, &k) in seqs.iter().zip(choice_lens) {
         if k == 0 || k >= s.len() {
             return Err(Error::InvalidInput(format!(
@@ -113,8 +117,21 @@ fn pack_question(seqs: &[Vec<u32>], choice_lens: &[usize]) -> Result<Row> {
         })
         .min()
         .unwrap_or(0);
+    if shared == 0 {
+        return Ok(seqs
+            .iter()
+            .zip(choice_lens)
+            .map(|(s, &k)| layout(std::slice::from_ref(s), &[k], s.len() - k))
+            .collect());
+    }
+    Ok(vec![layout(seqs, choice_lens, shared)])
+}
+
+/// `seqs` in one row: their first `shared` tokens (the same in each, none of them
+/// scored) once, then each sequence's rest.
+fn layout(seqs: &[Vec<u32>], choice_lens: &[usize], shared: usize) -> Row {
     let mut row = Row {
-        ids: first[..shared].to_vec(),
+        ids: seqs[0][..shared].to_vec(),
         positions: (0..shared as u32).collect(),
         segments: vec![0; shared],
         scored: Vec::new(),
@@ -136,27 +153,27 @@ fn pack_question(seqs: &[Vec<u32>], choice_lens: &[usize]) -> Result<Row> {
             row.segments.push(n + 1);
         }
     }
-    Ok(row)
+    row
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Two questions: the first's choices share "5 6", the second's share nothing but
-    /// need a token before the choice; each scored token is predicted by the token before
-    /// it in its own sequence, and each rest reads the beginning and itself only.
+    /// Two questions: the first's choices share "5 6" and take one row; the second's share
+    /// nothing and take a row each. Each scored token is predicted by the token before it
+    /// in its own sequence, and each rest reads the beginning and itself only.
     #[test]
     fn packs_shared_beginnings_once() {
         let seqs = vec![vec![5, 6, 7], vec![5, 6, 8, 9], vec![1, 2], vec![3, 4]];
         let p = pack(&seqs, &[1, 2, 1, 1], 2, 0, &Device::Cpu).unwrap();
         let ids: Vec<Vec<u32>> = p.ids.to_vec2().unwrap();
-        assert_eq!(ids, [vec![5, 6, 7, 8, 9], vec![0, 1, 2, 3, 4]]);
+        assert_eq!(ids, [[5, 6, 7, 8, 9], [0, 0, 0, 1, 2], [0, 0, 0, 3, 4]]);
         let pos: Vec<Vec<u32>> = p.positions.to_vec2().unwrap();
-        assert_eq!(pos, [vec![0, 1, 2, 2, 3], vec![0, 0, 1, 0, 1]]);
-        // 7 from 6 (index 1); 8 from 6; 9 from 8 (index 3); 2 from 1 (row 1, index 1 + 5
-        // ...); 4 from 3.
-        assert_eq!(p.predictors, [1, 1, 3, 6, 8]);
+        assert_eq!(pos, [[0, 1, 2, 2, 3], [0, 0, 0, 0, 1], [0, 0, 0, 0, 1]]);
+        // 7 from 6 (row 0, column 1); 8 from 6; 9 from 8 (column 3); 2 from 1 (row 1,
+        // column 3: flat 5 + 3); 4 from 3 (flat 10 + 3).
+        assert_eq!(p.predictors, [1, 1, 3, 8, 13]);
         assert_eq!(p.targets, [7, 8, 9, 2, 4]);
         let reads = |q: usize, i: usize| -> Vec<usize> {
             let b: Vec<Vec<Vec<f32>>> = p.bias.to_vec3().unwrap();
@@ -165,6 +182,7 @@ mod tests {
         assert_eq!(reads(0, 2), [0, 1, 2]);
         assert_eq!(reads(0, 4), [0, 1, 3, 4]);
         assert_eq!(reads(1, 4), [3, 4]);
+        assert_eq!(reads(2, 4), [3, 4]);
         assert_eq!(reads(1, 0), Vec::<usize>::new());
     }
 
