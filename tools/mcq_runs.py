@@ -39,15 +39,15 @@ TASKS = ["piqa", "arc_easy", "winogrande", "openbookqa", "boolq"]
 LEARNED_MARGIN = 0.05
 SCORINGS = ["lettered", "cloze", "cloze-mean"]
 SCORING_SETTING = {"lr": "3e-4"}
-# The references' starting points and a few around them (docs/mcq.md).
-# AdamW's grid grows by a factor of 3 past its largest rate while the best is there. MC
-# dropout is AdamW's recipe with its dropout kept at test time: it takes AdamW's chosen
-# rate rather than a search of its own.
-GRID = {
-    "adamw": [{"lr": lr} for lr in ["1e-4", "3e-4", "1e-3"]],
-    "ivon": [{"lr": "0.03", "ess": ess} for ess in ["1e6", "1e7", "1e8"]],
-    "blob": [{"lr": "3e-4", "kl-lr": kl} for kl in ["0.01", "0.001"]],
-}
+# The references' starting points and a few around them (docs/mcq.md). Each method's
+# learning rate then grows by a factor of 3 while its best is the largest tried (AdamW's
+# over its three rates; IVON's from 0.03 at its best `ess`, BLoB's from 3e-4 at its best
+# KL rate), so that no method is held at a rate too small for 200 steps. MC dropout is
+# AdamW's recipe with its dropout kept at test time: it takes AdamW's chosen rate rather
+# than a search of its own.
+RATES = {"adamw": ["1e-4", "3e-4", "1e-3"], "ivon": ["0.03"], "blob": ["3e-4"]}
+OTHER = {"adamw": {}, "ivon": {"ess": ["1e6", "1e7", "1e8"]}, "blob": {"kl-lr": ["0.01", "0.001"]}}
+
 
 # The flags each method's setting consists of (the runs' JSON holds every flag, the others
 # at their defaults, unused).
@@ -136,30 +136,46 @@ def search_task(task, dry):
     if scoring is None:
         return print(f"{task}: the scoring stage has not finished")
     print(f"{task}: {scoring} scoring")
-    lr = adamw_rate(task, scoring, out, dry)
+    lr = widen_rate(task, scoring, "adamw", {}, out, dry)
     if lr is None:
         return
     if not learned(task):
         return
-    runs = [args_of(task, scoring, m, setting, 0, "validation")
-            for m, settings in GRID.items() if m != "adamw" for setting in settings]
-    runs.append(args_of(task, scoring, "mc-dropout", {"lr": lr}, 0, "validation"))
-    run_all(runs, out, dry)
+    for method in ["ivon", "blob"]:
+        (key, values), = OTHER[method].items()
+        first = RATES[method][0]
+        run_all([args_of(task, scoring, method, {"lr": first, key: v}, 0, "validation")
+                 for v in values], out, dry)
+        nll = {v: nll_of(task, scoring, method, {"lr": first, key: v}) for v in values}
+        if any(x is None for x in nll.values()):
+            continue
+        best_value = min(values, key=nll.get)
+        widen_rate(task, scoring, method, {key: best_value}, out, dry)
+    run_all([args_of(task, scoring, "mc-dropout", {"lr": lr}, 0, "validation")], out, dry)
 
 
-def adamw_rate(task, scoring, out, dry):
-    """AdamW's grid under the task's scoring, widened by 3x while its best rate is the
-    largest tried; the best rate, or None while a run is missing (a dry run)."""
-    rates = [s["lr"] for s in GRID["adamw"]]
+def nll_of(task, scoring, method, setting):
+    """The validation NLL of the run with this setting, or None while it has not run."""
+    for _, a, row in searched():
+        if (a["task"], a["scoring"], a["method"]) == (task, scoring, method) and all(
+                same(a.get(k.replace("-", "_")), v) for k, v in setting.items()):
+            return row["nll"]
+    return None
+
+
+def widen_rate(task, scoring, method, fixed, out, dry):
+    """The method's runs at `fixed` over its rates, the largest tripled while it is the
+    best; the best rate, or None while a run is missing (a dry run)."""
+    rates = list(RATES[method])
     while True:
-        run_all([args_of(task, scoring, "adamw", {"lr": r}, 0, "validation") for r in rates],
+        settings = [{"lr": r, **fixed} for r in rates]
+        run_all([args_of(task, scoring, method, st, 0, "validation") for st in settings],
                 out, dry)
-        nll = {float(a["lr"]): row["nll"] for _, a, row in searched()
-               if (a["task"], a["scoring"], a["method"]) == (task, scoring, "adamw")}
-        if any(float(r) not in nll for r in rates):
+        nll = {float(st["lr"]): nll_of(task, scoring, method, st) for st in settings}
+        if any(x is None for x in nll.values()):
             return None
-        best = min((float(r) for r in rates), key=nll.get)
-        if best != max(float(r) for r in rates):
+        best = min(nll, key=nll.get)
+        if best != max(nll):
             return f"{best:g}"
         rates.append(f"{3 * best:g}")
 
