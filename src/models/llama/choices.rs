@@ -205,9 +205,10 @@ impl LlamaDecoder {
     /// A question's sequences are packed into one row (see `packing`): the tokens they
     /// all begin with go through the layers once, each choice's rest reading them and
     /// itself only, at its own positions (sequences that share no token keep a row
-    /// each). The likelihoods are the same up to float
-    /// rounding; adapter dropout in training draws one mask for the shared tokens where
-    /// separate sequences would draw one per choice.
+    /// each). The likelihoods are the same up to float rounding. Noise drawn per token
+    /// (adapter dropout, MC dropout's masks, BLoB's Flipout signs) is drawn once for the
+    /// shared tokens, where separate sequences would draw it once per choice: each
+    /// choice then meets the same perturbed question, as under a weight sample.
     pub fn cloze_logits(&self, batch: &ClozeBatch, train: bool) -> Result<Tensor> {
         let (rows, _) = batch.ids.dims2()?;
         if batch.choice_lens.len() != rows || batch.mask.dims() != batch.ids.dims() {
