@@ -6,24 +6,26 @@
 //! choices' log-likelihoods are the same numbers (up to the order of float sums), while
 //! the question's tokens go through the layers once rather than once per choice: ARC's
 //! long questions and short answers shrink to about a third of the tokens. A question
-//! whose sequences share no token keeps one row per sequence, as it would unpacked.
+//! whose sequences share no token keeps one row per sequence, as it would unpacked. Rows
+//! short enough then share a line of the batch, up to the longest row's width, instead of
+//! each being padded to it.
 
 use candle_core::{Device, Tensor};
 
 use crate::{Error, Result};
 
 /// Sequences packed a row per question (a row per sequence where a question's share
-/// nothing), left-padded, with what the cloze head reads.
+/// nothing), the rows in lines of the batch, left-padded, with what the cloze head reads.
 pub(crate) struct Packed {
-    /// Token ids `(rows, len)`.
+    /// Token ids `(lines, len)`.
     pub ids: Tensor,
-    /// Each token's position in its own sequence, `(rows, len)`: the shared beginning
+    /// Each token's position in its own sequence, `(lines, len)`: the shared beginning
     /// from 0, each rest from where the beginning ends.
     pub positions: Tensor,
-    /// The attention bias `(rows, len, len)`: 0 where a query may read a key, the lowest
+    /// The attention bias `(lines, len, len)`: 0 where a query may read a key, the lowest
     /// f32 elsewhere.
     pub bias: Tensor,
-    /// For every scored token, sequence by sequence in order: the flat index into `(rows
+    /// For every scored token, sequence by sequence in order: the flat index into `(lines
     /// * len)` of the token that predicts it, and its id.
     pub predictors: Vec<u32>,
     pub targets: Vec<u32>,
@@ -65,34 +67,67 @@ pub(crate) fn pack(
         .collect::<Result<_>>()?;
     let rows: Vec<Row> = questions.into_iter().flatten().collect();
     let len = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
+    let lines = share_lines(&rows, len);
+    // Where each row went: its line, and its first column there.
+    let mut place = vec![(0, 0); rows.len()];
     let (mut ids, mut positions) = (Vec::new(), Vec::new());
-    let mut bias = vec![f32::MIN; rows.len() * len * len];
-    let (mut predictors, mut targets) = (Vec::new(), Vec::new());
-    for (q, row) in rows.iter().enumerate() {
-        let pad = len - row.ids.len();
-        ids.extend(std::iter::repeat_n(pad_id, pad).chain(row.ids.iter().copied()));
-        positions.extend(std::iter::repeat_n(0, pad).chain(row.positions.iter().copied()));
-        for (i, &own) in row.segments.iter().enumerate() {
-            let query = (q * len + pad + i) * len + pad;
-            for (j, &seg) in row.segments[..=i].iter().enumerate() {
-                if seg == 0 || seg == own {
-                    bias[query + j] = 0.0;
+    let mut bias = vec![f32::MIN; lines.len() * len * len];
+    for (l, line) in lines.iter().enumerate() {
+        let mut at = len - line.iter().map(|&r| rows[r].ids.len()).sum::<usize>();
+        ids.extend(std::iter::repeat_n(pad_id, at));
+        positions.extend(std::iter::repeat_n(0, at));
+        for &r in line {
+            let row = &rows[r];
+            place[r] = (l, at);
+            ids.extend(&row.ids);
+            positions.extend(&row.positions);
+            for (i, &own) in row.segments.iter().enumerate() {
+                let query = (l * len + at + i) * len + at;
+                for (j, &seg) in row.segments[..=i].iter().enumerate() {
+                    if seg == 0 || seg == own {
+                        bias[query + j] = 0.0;
+                    }
                 }
             }
+            at += row.ids.len();
         }
-        for &(at, id) in &row.scored {
-            predictors.push((q * len + pad + at) as u32);
+    }
+    let (mut predictors, mut targets) = (Vec::new(), Vec::new());
+    for (row, &(l, at)) in rows.iter().zip(&place) {
+        for &(from, id) in &row.scored {
+            predictors.push((l * len + at + from) as u32);
             targets.push(id);
         }
     }
-    let shape = (rows.len(), len);
+    let shape = (lines.len(), len);
     Ok(Packed {
         ids: Tensor::from_vec(ids, shape, dev)?,
         positions: Tensor::from_vec(positions, shape, dev)?,
-        bias: Tensor::from_vec(bias, (rows.len(), len, len), dev)?,
+        bias: Tensor::from_vec(bias, (lines.len(), len, len), dev)?,
         predictors,
         targets,
     })
+}
+
+/// The rows grouped into lines of at most `len` tokens, first fit in decreasing length:
+/// rows that fit beside each other in the longest row's width share a line rather than
+/// each being padded to it, so that padding costs no layer any work it can spare. A line's
+/// rows never read each other.
+fn share_lines(rows: &[Row], len: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&r| std::cmp::Reverse(rows[r].ids.len()));
+    let mut lines: Vec<(usize, Vec<usize>)> = Vec::new();
+    for r in order {
+        let n = rows[r].ids.len();
+        match lines.iter_mut().find(|(used, _)| used + n <= len) {
+            Some((used, line)) => {
+                *used += n;
+                line.push(r);
+            }
+            None => lines.push((n, vec![r])),
+        }
+    }
+    lines.into_iter().map(|(_, line)| line).collect()
 }
 
 /// One question's sequences as one row, or one row each where they share no token:
@@ -161,19 +196,20 @@ mod tests {
     use super::*;
 
     /// Two questions: the first's choices share "5 6" and take one row; the second's share
-    /// nothing and take a row each. Each scored token is predicted by the token before it
-    /// in its own sequence, and each rest reads the beginning and itself only.
+    /// nothing and take a row each, the two side by side in one line. Each scored token
+    /// is predicted by the token before it in its own sequence, and each rest reads the
+    /// beginning and itself only.
     #[test]
     fn packs_shared_beginnings_once() {
         let seqs = vec![vec![5, 6, 7], vec![5, 6, 8, 9], vec![1, 2], vec![3, 4]];
         let p = pack(&seqs, &[1, 2, 1, 1], 2, 0, &Device::Cpu).unwrap();
         let ids: Vec<Vec<u32>> = p.ids.to_vec2().unwrap();
-        assert_eq!(ids, [[5, 6, 7, 8, 9], [0, 0, 0, 1, 2], [0, 0, 0, 3, 4]]);
+        assert_eq!(ids, [[5, 6, 7, 8, 9], [0, 1, 2, 3, 4]]);
         let pos: Vec<Vec<u32>> = p.positions.to_vec2().unwrap();
-        assert_eq!(pos, [[0, 1, 2, 2, 3], [0, 0, 0, 0, 1], [0, 0, 0, 0, 1]]);
-        // 7 from 6 (row 0, column 1); 8 from 6; 9 from 8 (column 3); 2 from 1 (row 1,
-        // column 3: flat 5 + 3); 4 from 3 (flat 10 + 3).
-        assert_eq!(p.predictors, [1, 1, 3, 8, 13]);
+        assert_eq!(pos, [[0, 1, 2, 2, 3], [0, 0, 1, 0, 1]]);
+        // 7 from 6 (line 0, column 1); 8 from 6; 9 from 8 (column 3); 2 from 1 (line 1,
+        // column 1: flat 5 + 1); 4 from 3 (flat 5 + 3).
+        assert_eq!(p.predictors, [1, 1, 3, 6, 8]);
         assert_eq!(p.targets, [7, 8, 9, 2, 4]);
         let reads = |q: usize, i: usize| -> Vec<usize> {
             let b: Vec<Vec<Vec<f32>>> = p.bias.to_vec3().unwrap();
@@ -181,8 +217,8 @@ mod tests {
         };
         assert_eq!(reads(0, 2), [0, 1, 2]);
         assert_eq!(reads(0, 4), [0, 1, 3, 4]);
+        assert_eq!(reads(1, 2), [1, 2]);
         assert_eq!(reads(1, 4), [3, 4]);
-        assert_eq!(reads(2, 4), [3, 4]);
         assert_eq!(reads(1, 0), Vec::<usize>::new());
     }
 
