@@ -9,10 +9,13 @@
 //!   the official PyTorch implementation (`ivon-opt` 0.1.3) step for step.
 //! - [`calibrate`]: temperature scaling, the post-hoc baseline a posterior has to beat.
 //! - [`alloc`]: allocator settings that halve a CPU training step's time on glibc.
+//! - [`threads`]: a shorter spin for candle's thread pool, which on few cores takes a core
+//!   from the matmuls.
 //! - [`ensemble`]: LoRA-Ensemble and ensemble distribution distillation.
 //! - [`files`]: checksummed files, and LoRA adapters PEFT can load.
 //! - [`lora`]: LoRA adapters on frozen linear layers, with merge and unmerge.
-//! - [`models`]: a BERT-family encoder (all-MiniLM-L6-v2) whose layers carry adapters.
+//! - [`models`]: a BERT-family encoder (all-MiniLM-L6-v2) and a Llama-family decoder
+//!   (SmolLM2, Qwen2, Qwen3) whose layers carry adapters.
 //! - [`noise`]: the seeded, checkpointable standard-normal draws behind the samples, and
 //!   the trait to supply your own.
 //! - [`predict`]: the Monte Carlo predictive over any [`predict::Posterior`], with total,
@@ -56,6 +59,7 @@ pub mod models;
 pub mod noise;
 pub mod optim;
 pub mod predict;
+pub mod threads;
 mod vector_unit;
 
 pub use error::{Error, Result};

@@ -148,6 +148,7 @@ fn random_smollm2(dev: &Device) -> Res<(LlamaConfig, HashMap<String, Tensor>)> {
 
 fn main() -> Res<()> {
     varlora::alloc::keep_freed_memory();
+    varlora::threads::short_candle_spin();
     let steps: usize = match std::env::args().nth(1) {
         Some(a) => a
             .parse()

@@ -282,19 +282,9 @@ fn baselines(args: BaselinesArgs) -> Res<()> {
     Ok(())
 }
 
-/// candle runs its elementwise ops on a thread pool whose worker spins 25,000 times before
-/// it parks; on two cores that spinning takes a core from the matmuls' threads. A short
-/// spin made PIQA's training step 7-8% faster here
-/// (`results/speed/decoder-piqa-step-amd.md`). A value already set is kept.
-fn short_candle_spin() {
-    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
-        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "500");
-    }
-}
-
 fn main() -> Res<()> {
     varlora::alloc::keep_freed_memory();
-    short_candle_spin();
+    varlora::threads::short_candle_spin();
     if std::env::args().nth(1).as_deref() == Some("baselines") {
         return baselines(BaselinesArgs::parse_from(std::env::args().skip(1)));
     }
