@@ -103,3 +103,62 @@ fn smollm2_tokenizer_matches_transformers_and_tokenizers() {
     let strings = record["strings"].as_array().unwrap();
     common::assert_same_ids(&tokenizer, strings, &record, "SmolLM2");
 }
+
+/// On the real model and tokenizer, the cloze head's packed questions (each question's
+/// tokens once, its choices beside each other) give the log-likelihoods of the choices'
+/// sequences one by one, within 1e-5 of the largest: ARC-like questions of four short
+/// choices, and PIQA-like ones of two long ones.
+#[test]
+#[ignore = "needs the real SmolLM2: bash scripts/fetch-assets.sh --llm, then \
+            cargo test --test decoder_smollm2 -- --ignored"]
+fn smollm2_packed_cloze_equals_one_sequence_per_choice() {
+    use varlora::models::{gguf_tokenizer, ClozeBatch};
+    let (_, path) = smollm2();
+    let dev = Device::Cpu;
+    let model =
+        common::tiny_decoder::without_adapters(GgufDecoder::read(&path, &dev).unwrap(), DType::F32);
+    let tokenizer = gguf_tokenizer(&path).unwrap();
+    let arc: [(&str, &[&str]); 2] = [
+        (
+            "Question: Which gas do plants take in from the air to make food?\nAnswer:",
+            &[" oxygen", " carbon dioxide", " nitrogen", " helium"],
+        ),
+        (
+            "Question: What is the freezing point of water at sea level?\nAnswer:",
+            &[
+                " 0 degrees Celsius",
+                " 50 degrees Celsius",
+                " 100 degrees",
+                " -40",
+            ],
+        ),
+    ];
+    let piqa: [(&str, &[&str]); 2] = [
+        (
+            "Question: How do I keep bread fresh for longer?\nAnswer:",
+            &[
+                " Store it in a sealed bag at room temperature, away from sunlight.",
+                " Leave it uncovered on the counter next to the stove.",
+            ],
+        ),
+        (
+            "Question: To open a jar with a stuck lid,\nAnswer:",
+            &[
+                " run the lid under hot water for a minute, then twist.",
+                " put the jar in the freezer overnight.",
+            ],
+        ),
+    ];
+    for questions in [&arc[..], &piqa[..]] {
+        let b = ClozeBatch::encode(&tokenizer, questions, 0, &dev).unwrap();
+        let packed = model.cloze_logits(&b, false).unwrap();
+        let single = model
+            .choice_log_likelihoods(&b.ids, &b.mask, &b.choice_lens, false)
+            .unwrap()
+            .reshape(packed.dims())
+            .unwrap();
+        let err = common::max_abs_diff(&packed, &single) / common::max_abs(&single);
+        eprintln!("packed against one sequence per choice: {err:e} of the largest");
+        assert!(err < 1e-5, "relative difference {err:e}");
+    }
+}
