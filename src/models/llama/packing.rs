@@ -68,45 +68,80 @@ pub(crate) fn pack(
     let rows: Vec<Row> = questions.into_iter().flatten().collect();
     let len = rows.iter().map(|r| r.ids.len()).max().unwrap_or(0);
     let lines = share_lines(&rows, len);
-    // Where each row went: its line, and its first column there.
-    let mut place = vec![(0, 0); rows.len()];
-    let (mut ids, mut positions) = (Vec::new(), Vec::new());
-    let mut bias = vec![f32::MIN; lines.len() * len * len];
+    let mut batch = Batch::new(lines.len(), len, pad_id);
+    // Where each row went: the flat index of its first token.
+    let mut start = vec![0; rows.len()];
     for (l, line) in lines.iter().enumerate() {
-        let mut at = len - line.iter().map(|&r| rows[r].ids.len()).sum::<usize>();
-        ids.extend(std::iter::repeat_n(pad_id, at));
-        positions.extend(std::iter::repeat_n(0, at));
-        for &r in line {
-            let row = &rows[r];
-            place[r] = (l, at);
-            ids.extend(&row.ids);
-            positions.extend(&row.positions);
-            for (i, &own) in row.segments.iter().enumerate() {
-                let query = (l * len + at + i) * len + at;
-                for (j, &seg) in row.segments[..=i].iter().enumerate() {
-                    if seg == 0 || seg == own {
-                        bias[query + j] = 0.0;
-                    }
-                }
-            }
-            at += row.ids.len();
+        for (&r, first) in line
+            .iter()
+            .zip(batch.write(l, line.iter().map(|&r| &rows[r])))
+        {
+            start[r] = first;
         }
     }
     let (mut predictors, mut targets) = (Vec::new(), Vec::new());
-    for (row, &(l, at)) in rows.iter().zip(&place) {
+    for (row, &first) in rows.iter().zip(&start) {
         for &(from, id) in &row.scored {
-            predictors.push((l * len + at + from) as u32);
+            predictors.push((first + from) as u32);
             targets.push(id);
         }
     }
     let shape = (lines.len(), len);
     Ok(Packed {
-        ids: Tensor::from_vec(ids, shape, dev)?,
-        positions: Tensor::from_vec(positions, shape, dev)?,
-        bias: Tensor::from_vec(bias, (lines.len(), len, len), dev)?,
+        ids: Tensor::from_vec(batch.ids, shape, dev)?,
+        positions: Tensor::from_vec(batch.positions, shape, dev)?,
+        bias: Tensor::from_vec(batch.bias, (lines.len(), len, len), dev)?,
         predictors,
         targets,
     })
+}
+
+/// A packed batch being written, line by line.
+struct Batch {
+    len: usize,
+    pad_id: u32,
+    ids: Vec<u32>,
+    positions: Vec<u32>,
+    bias: Vec<f32>,
+}
+
+impl Batch {
+    /// `lines` lines of `len` columns, every key hidden from every query.
+    fn new(lines: usize, len: usize, pad_id: u32) -> Self {
+        Self {
+            len,
+            pad_id,
+            ids: Vec::with_capacity(lines * len),
+            positions: Vec::with_capacity(lines * len),
+            bias: vec![f32::MIN; lines * len * len],
+        }
+    }
+
+    /// Writes `rows` side by side into line `l` (the next one), padded on the left, each
+    /// row's tokens reading their shared beginning and their own segment only; returns
+    /// each row's first token as a flat index into `(lines * len)`.
+    fn write<'a>(&mut self, l: usize, rows: impl Iterator<Item = &'a Row> + Clone) -> Vec<usize> {
+        let len = self.len;
+        let mut at = len - rows.clone().map(|r| r.ids.len()).sum::<usize>();
+        self.ids.extend(std::iter::repeat_n(self.pad_id, at));
+        self.positions.extend(std::iter::repeat_n(0, at));
+        let mut firsts = Vec::new();
+        for row in rows {
+            firsts.push(l * len + at);
+            self.ids.extend(&row.ids);
+            self.positions.extend(&row.positions);
+            for (i, &own) in row.segments.iter().enumerate() {
+                let query = (l * len + at + i) * len + at;
+                for (j, &seg) in row.segments[..=i].iter().enumerate() {
+                    if seg == 0 || seg == own {
+                        self.bias[query + j] = 0.0;
+                    }
+                }
+            }
+            at += row.ids.len();
+        }
+        firsts
+    }
 }
 
 /// The rows grouped into lines of at most `len` tokens, first fit in decreasing length:
