@@ -28,18 +28,6 @@ fn tiny_encoder(spec: Option<&AdapterSpec>, targets: TargetModules) -> (BertEnco
     (encoder, varmap)
 }
 
-/// Sets every LoRA `B` in `varmap` (zero at init) to N(0, std^2) draws.
-fn randomize_lora_b(varmap: &VarMap, std: f64) {
-    let data = varmap.data().lock().unwrap();
-    let mut names: Vec<&String> = data.keys().filter(|k| k.ends_with("lora_b")).collect();
-    names.sort();
-    for (i, name) in names.into_iter().enumerate() {
-        let var = &data[name];
-        var.set(&common::randn(200 + i as u64, std, var.dims(), DType::F32))
-            .unwrap();
-    }
-}
-
 /// Every var has a non-zero gradient.
 fn assert_every_var_has_a_gradient(
     vars: &HashMap<String, Var>,
@@ -62,7 +50,7 @@ fn gradient_reaches_every_adapter_of_every_layer() {
     let head = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let model = BertClassifier::new(encoder, 3, head).unwrap();
     // B starts at zero, which zeroes A's gradient: give every B a value first.
-    randomize_lora_b(&varmap, 0.1);
+    common::randomize_lora_b(&varmap, 200, 0.1, DType::F32);
     let (ids, types, mask) = inputs();
     let logits = model.forward_t(&ids, &types, &mask, true).unwrap();
     let y = Tensor::new(&[0u32, 2], &dev).unwrap();
@@ -103,7 +91,7 @@ fn fused_kernels_give_the_gradients_of_candles_ops() {
         BertClassifier::new(encoder, 3, adapters).unwrap()
     };
     let (fused, composed) = (model(&weights), model(&tracked));
-    randomize_lora_b(&varmap, 0.1);
+    common::randomize_lora_b(&varmap, 200, 0.1, DType::F32);
     let (ids, types, mask) = inputs();
     let y = Tensor::new(&[0u32, 2], &dev).unwrap();
     let run = |m: &BertClassifier| {
@@ -170,7 +158,7 @@ fn ensemble_members_equal_separate_lora_models() {
     .unwrap();
     let ensemble = BertClassifier::new(encoder, 3, ens_vb).unwrap();
     // Give every member's B a value so that the members differ.
-    randomize_lora_b(&ens_vars, 0.05);
+    common::randomize_lora_b(&ens_vars, 200, 0.05, DType::F32);
     let (ids, types, mask) = inputs();
     let logits = ensemble.forward_t(&ids, &types, &mask, false).unwrap();
     assert_eq!(logits.dims(), &[members, 2, 3]);
@@ -223,7 +211,7 @@ fn detached_copy_shares_weights_without_tracking() {
     let (ids, types, mask) = inputs();
     let run = |m: &BertClassifier| m.forward_t(&ids, &types, &mask, false).unwrap();
     assert_eq!(rel_error(&run(&frozen), &run(&model)), 0.0);
-    randomize_lora_b(&varmap, 0.1);
+    common::randomize_lora_b(&varmap, 200, 0.1, DType::F32);
     let (after, tracked) = (run(&frozen), run(&model));
     assert_eq!(rel_error(&after, &tracked), 0.0, "the update shows through");
     let grads = after.sum_all().unwrap().backward().unwrap();
@@ -245,7 +233,7 @@ fn blob_in_the_encoder_samples_around_the_lora_mean() {
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
         let model = BertClassifier::new(encoder, 3, vb).unwrap();
         model.init(8).unwrap();
-        randomize_lora_b(&varmap, 0.2);
+        common::randomize_lora_b(&varmap, 200, 0.2, DType::F32);
         (model, varmap)
     };
     let (lora, _) = build(&AdapterSpec::Lora(LoraConfig::new(2)));
@@ -314,7 +302,7 @@ fn an_adapted_head_is_frozen_plus_its_adapter() {
 
     // With B != 0 the adapter changes the logits and takes the gradient.
     let before = logits(&first);
-    randomize_lora_b(&varmap, 0.5);
+    common::randomize_lora_b(&varmap, 200, 0.5, DType::F32);
     assert!(rel_error(&logits(&first), &before) > 1e-3);
     let y = Tensor::new(&[0u32, 2], &dev).unwrap();
     let train = first.forward_t(&ids, &types, &mask, true).unwrap();
@@ -327,7 +315,7 @@ fn an_adapted_head_is_frozen_plus_its_adapter() {
     let mut sampler = BlobSampler::new(1);
     let blob = AdapterSpec::Blob(BlobConfig::new(LoraConfig::new(2)), sampler.clone());
     let (bayes, blob_vars) = build(&blob, 4);
-    randomize_lora_b(&blob_vars, 0.5);
+    common::randomize_lora_b(&blob_vars, 200, 0.5, DType::F32);
     assert_eq!(bayes.blob_layers().unwrap().len(), 1);
     let mean = sampler.with_point_estimate(|| Ok(logits(&bayes))).unwrap();
     let sample = sampler

@@ -36,15 +36,7 @@ fn model(arch: &str, base: HashMap<String, Tensor>, dtype: DType) -> (LlamaDecod
     )
     .unwrap();
     model.init(1).unwrap();
-    let data = varmap.data().lock().unwrap();
-    let mut names: Vec<_> = data.keys().cloned().collect();
-    names.sort();
-    for (i, name) in names.iter().filter(|n| n.ends_with("lora_b")).enumerate() {
-        let v = &data[name];
-        v.set(&common::randn(60 + i as u64, 0.2, v.dims(), DType::F32))
-            .unwrap();
-    }
-    drop(data);
+    common::randomize_lora_b(&varmap, 60, 0.2, DType::F32);
     (model, varmap)
 }
 

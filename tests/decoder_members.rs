@@ -5,7 +5,6 @@
 mod common;
 
 use candle_core::{DType, Tensor};
-use candle_nn::VarMap;
 use common::tiny_decoder::{expected, load};
 use common::{max_abs, max_abs_diff};
 use varlora::lora::{BlobConfig, BlobSampler, LoraConfig};
@@ -42,25 +41,13 @@ fn f32_of(t: &Tensor) -> Tensor {
     t.to_dtype(DType::F32).unwrap()
 }
 
-/// Gives every LoRA `B` (zero at init) seeded values, so that members differ.
-fn randomize_b(varmap: &VarMap) {
-    let data = varmap.data().lock().unwrap();
-    let mut names: Vec<_> = data.keys().filter(|k| k.ends_with("lora_b")).collect();
-    names.sort();
-    for (i, name) in names.into_iter().enumerate() {
-        let v = &data[name];
-        v.set(&common::randn(40 + i as u64, 0.3, v.dims(), DType::F32))
-            .unwrap();
-    }
-}
-
 #[test]
 fn ensemble_members_equal_separate_lora_models() {
     let (members, rank) = (3, 2);
     let spec = AdapterSpec::Ensemble { members, rank };
     let (ensemble, ens_vars) = load("llama", DType::F32, Some(&spec), &TARGETS);
     assert_eq!(ensemble.members(), members);
-    randomize_b(&ens_vars);
+    common::randomize_lora_b(&ens_vars, 40, 0.3, DType::F32);
     let ens = outputs(&ensemble);
     assert_eq!(ens[0].dim(0).unwrap(), members * 2);
     let ens_data = ens_vars.data().lock().unwrap();
@@ -96,7 +83,7 @@ fn ensemble_members_equal_separate_lora_models() {
 fn stacked_ivon_samples_give_the_one_at_a_time_predictive() {
     let spec = AdapterSpec::Lora(LoraConfig::new(4).alpha(8.0));
     let (model, varmap) = load("llama", DType::F32, Some(&spec), &TARGETS);
-    randomize_b(&varmap);
+    common::randomize_lora_b(&varmap, 40, 0.3, DType::F32);
     let mut ivon = Ivon::from_varmap(&varmap, IvonConfig::new(0.03, 1e3)).unwrap();
     let (ids, mask, _) = expected("llama");
     let answers = AnswerTokens::new(vec![5, 17, 3, 39]).unwrap();

@@ -9,7 +9,6 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
 use common::tiny_decoder::load;
 use common::{max_abs, max_abs_diff};
 use varlora::lora::LoraConfig;
@@ -36,7 +35,7 @@ fn questions() -> Vec<(Vec<u32>, usize)> {
 }
 
 /// The sequences left-padded into a batch, as `ClozeBatch::encode` lays them out.
-fn batch(dtype_dev: &Device) -> ClozeBatch {
+fn batch(dev: &Device) -> ClozeBatch {
     let rows = questions();
     let len = rows.iter().map(|(s, _)| s.len()).max().unwrap();
     let (mut ids, mut mask) = (Vec::new(), Vec::new());
@@ -45,8 +44,8 @@ fn batch(dtype_dev: &Device) -> ClozeBatch {
         mask.extend((0..len).map(|t| u32::from(t >= len - s.len())));
     }
     ClozeBatch {
-        ids: Tensor::from_vec(ids, (rows.len(), len), dtype_dev).unwrap(),
-        mask: Tensor::from_vec(mask, (rows.len(), len), dtype_dev).unwrap(),
+        ids: Tensor::from_vec(ids, (rows.len(), len), dev).unwrap(),
+        mask: Tensor::from_vec(mask, (rows.len(), len), dev).unwrap(),
         choice_lens: rows.iter().map(|&(_, k)| k).collect(),
         choices: 3,
     }
@@ -58,18 +57,6 @@ fn unpacked(model: &LlamaDecoder, b: &ClozeBatch) -> Tensor {
         .choice_log_likelihoods(&b.ids, &b.mask, &b.choice_lens, true)
         .unwrap();
     ll.reshape(((), b.choices)).unwrap()
-}
-
-/// Gives every LoRA `B` (zero at init) seeded values, so that the adapters matter.
-fn randomize_b(varmap: &VarMap, dtype: DType) {
-    let data = varmap.data().lock().unwrap();
-    let mut names: Vec<_> = data.keys().filter(|k| k.ends_with("lora_b")).collect();
-    names.sort();
-    for (i, name) in names.into_iter().enumerate() {
-        let v = &data[name];
-        v.set(&common::randn(70 + i as u64, 0.3, v.dims(), dtype))
-            .unwrap();
-    }
 }
 
 fn relative(ours: &Tensor, theirs: &Tensor) -> f32 {
@@ -93,7 +80,7 @@ fn packed_cloze_equals_the_sequences_one_by_one() {
         ("qwen3", DType::F32, 1e-4),
     ] {
         let (model, varmap) = load(arch, dtype, Some(&spec), &["q_proj", "v_proj"]);
-        randomize_b(&varmap, dtype);
+        common::randomize_lora_b(&varmap, 70, 0.3, dtype);
         let b = batch(&Device::Cpu);
         let (packed, single) = (model.cloze_logits(&b, true).unwrap(), unpacked(&model, &b));
         assert_eq!(packed.dims(), [3, 3]);
@@ -126,7 +113,7 @@ fn packed_cloze_keeps_each_member() {
         rank: 2,
     };
     let (model, varmap) = load("llama", DType::F64, Some(&spec), &["q_proj", "v_proj"]);
-    randomize_b(&varmap, DType::F64);
+    common::randomize_lora_b(&varmap, 70, 0.3, DType::F64);
     let b = batch(&Device::Cpu);
     let packed = model.cloze_logits(&b, false).unwrap();
     assert_eq!(packed.dims(), [3 * 3, 3]);

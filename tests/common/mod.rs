@@ -19,6 +19,20 @@ pub fn randn(seed: u64, std: f64, shape: &[usize], dtype: DType) -> Tensor {
     (z.reshape(shape).unwrap() * std).unwrap()
 }
 
+/// Sets every LoRA `B` in `varmap` (zero at init), in the order of their names, to
+/// N(0, std^2) draws seeded `first_seed`, `first_seed + 1`, ...: adapters that move the
+/// output, so that a check of them can fail.
+pub fn randomize_lora_b(varmap: &candle_nn::VarMap, first_seed: u64, std: f64, dtype: DType) {
+    let data = varmap.data().lock().unwrap();
+    let mut names: Vec<&String> = data.keys().filter(|k| k.ends_with("lora_b")).collect();
+    names.sort();
+    for (i, name) in names.into_iter().enumerate() {
+        let var = &data[name];
+        var.set(&randn(first_seed + i as u64, std, var.dims(), dtype))
+            .unwrap();
+    }
+}
+
 /// Replays recorded standard-normal draws in order; zeros once they run out.
 pub struct ReplayNoise {
     pub draws: VecDeque<Tensor>,
