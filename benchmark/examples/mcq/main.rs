@@ -271,12 +271,11 @@ fn split_baselines(qs: &[Question]) -> serde_json::Value {
 /// "majority"}}`.
 fn baselines(args: BaselinesArgs) -> Res<()> {
     let split = data::load_task(&args.assets, &args.splits, &args.task)?;
-    let of = split_baselines;
     let out = json!({
         "task": args.task,
-        "train": of(&split.train),
-        "validation": of(&split.validation),
-        "test": of(&split.test),
+        "train": split_baselines(&split.train),
+        "validation": split_baselines(&split.validation),
+        "test": split_baselines(&split.test),
     });
     println!("{out}");
     Ok(())

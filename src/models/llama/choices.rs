@@ -213,7 +213,8 @@ impl LlamaDecoder {
         let (rows, _) = batch.ids.dims2()?;
         if batch.choice_lens.len() != rows || batch.mask.dims() != batch.ids.dims() {
             return Err(Error::ShapeMismatch(format!(
-                "a cloze batch of {rows} sequences with {} choice lengths and a mask of                  shape {:?}: give one length per sequence and a mask like the ids",
+                "a cloze batch of {rows} sequences with {} choice lengths and a mask of \
+                 shape {:?}: give one length per sequence and a mask like the ids",
                 batch.choice_lens.len(),
                 batch.mask.dims()
             )));
@@ -225,9 +226,9 @@ impl LlamaDecoder {
             let first = left_padded(keep, row)?;
             seqs.push(ids[first..].to_vec());
         }
+        self.fits_context(seqs.iter().map(Vec::len).max().unwrap_or(0))?;
         let dev = batch.ids.device();
         let packed = packing::pack(&seqs, &batch.choice_lens, batch.choices, 0, dev)?;
-        self.fits_context(seqs.iter().map(Vec::len).max().unwrap_or(0))?;
         let (cos, sin) = self.rope.tables_at(&packed.positions)?;
         let at = Attend {
             cos,
@@ -310,8 +311,8 @@ impl LlamaDecoder {
             .collect();
         let targets: Vec<u32> = s.targets.repeat(members);
         let dev = h.device();
-        let rows = h.index_select(&Tensor::new(predictors.as_slice(), dev)?, 0)?;
-        let logits = rows.matmul(&self.output_rows(None)?.t()?)?;
+        let states = h.index_select(&Tensor::new(predictors.as_slice(), dev)?, 0)?;
+        let logits = states.matmul(&self.output_rows(None)?.t()?)?;
         let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
         let picked = log_probs
             .gather(&Tensor::new(targets.as_slice(), dev)?.unsqueeze(1)?, 1)?
