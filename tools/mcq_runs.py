@@ -38,12 +38,6 @@ TASKS = ["piqa", "arc_easy", "winogrande", "openbookqa", "boolq"]
 # Points of validation accuracy above the larger of chance and the majority answer.
 LEARNED_MARGIN = 0.05
 SCORINGS = ["lettered", "cloze", "cloze-mean"]
-
-
-def scorings(task):
-    """The task's scorings to try: BoolQ's choices (" no", " yes") are one token each, so
-    its per-token mean is its sum and cloze-mean would repeat cloze's run."""
-    return [s for s in SCORINGS if not (task == "boolq" and s == "cloze-mean")]
 SCORING_SETTING = {"lr": "3e-4"}
 # The references' starting points and a few around them (docs/mcq.md). Each method's
 # learning rate then grows by a factor of 3 while its best is the largest tried (AdamW's
@@ -52,13 +46,20 @@ SCORING_SETTING = {"lr": "3e-4"}
 # AdamW's recipe with its dropout kept at test time: it takes AdamW's chosen rate rather
 # than a search of its own.
 RATES = {"adamw": ["1e-4", "3e-4", "1e-3"], "ivon": ["0.03"], "blob": ["3e-4"]}
-OTHER = {"adamw": {}, "ivon": {"ess": ["1e6", "1e7", "1e8"]}, "blob": {"kl-lr": ["0.01", "0.001"]}}
+# The setting each posterior searches at its first rate, before its rate widens.
+OTHER = {"ivon": {"ess": ["1e6", "1e7", "1e8"]}, "blob": {"kl-lr": ["0.01", "0.001"]}}
 
 
 # The flags each method's setting consists of (the runs' JSON holds every flag, the others
 # at their defaults, unused).
 SETTING_KEYS = {"adamw": ["lr"], "mc-dropout": ["lr"], "ivon": ["lr", "ess"],
                 "blob": ["lr", "kl-lr"], "lora-ensemble": ["lr"]}
+
+
+def scorings(task):
+    """The task's scorings to try: BoolQ's choices (" no", " yes") are one token each, so
+    its per-token mean is its sum and cloze-mean would repeat cloze's run."""
+    return [s for s in SCORINGS if not (task == "boolq" and s == "cloze-mean")]
 
 
 def args_of(task, scoring, method, setting, seed, split):
@@ -147,8 +148,8 @@ def search_task(task, dry):
         return
     if not learned(task):
         return
-    for method in ["ivon", "blob"]:
-        (key, values), = OTHER[method].items()
+    for method, other in OTHER.items():
+        (key, values), = other.items()
         first = RATES[method][0]
         run_all([args_of(task, scoring, method, {"lr": first, key: v}, 0, "validation")
                  for v in values], out, dry)

@@ -1,7 +1,7 @@
 """The decoder benchmark's tables from its result JSON: per task, every row (a method's
 predictive, its TS twin, IVON at the mean, BLoB at N=0, ...) as mean +- sd over seeds of
 accuracy, NLL, ECE and Brier, and the paired difference to AdamW's row of the same seed;
-with --shift, the shift sets' columns (accuracy, ECE, AUROC by entropy and by MI).
+with --shift, a table per shift set (accuracy, NLL, ECE, AUROC by entropy and by MI).
 
     python3 tools/mcq_tables.py results/mcq/test [--shift]
     python3 tools/mcq_tables.py --summary results/mcq/test
