@@ -26,6 +26,9 @@ import sys
 
 METRICS = [("accuracy", 100, "{:.1f}"), ("nll", 1, "{:.3f}"), ("ece", 100, "{:.1f}"),
            ("brier", 1, "{:.3f}")]
+# The paired differences each row shows against AdamW's: metric, scale, format.
+DELTAS = [("accuracy", 100, "{:+.1f}"), ("nll", 1, "{:+.3f}"), ("ece", 100, "{:+.1f}")]
+HEADS = {"nll": "NLL", "ece": "ECE", "brier": "Brier"}
 SHIFT = [("accuracy", 100, "{:.1f}"), ("nll", 1, "{:.3f}"), ("ece", 100, "{:.1f}"),
          ("auroc_entropy", 1, "{:.3f}"), ("auroc_mi", 1, "{:.3f}")]
 
@@ -53,17 +56,17 @@ def load(folder):
 
 def core(task, rows):
     print(f"\n### {task}\n")
-    head = " | ".join(m for m, _, _ in METRICS)
-    print(f"| row | seeds | {head} | Δ accuracy vs AdamW | Δ ECE vs AdamW |")
-    print("|---|---:|" + "---:|" * len(METRICS) + "---:|---:|")
+    head = " | ".join(HEADS.get(m, m) for m, _, _ in METRICS)
+    print(f"| row | seeds | {head} | Δ accuracy vs AdamW | Δ NLL vs AdamW | Δ ECE vs AdamW |")
+    print("|---|---:|" + "---:|" * len(METRICS) + "---:|---:|---:|")
     base = rows.get("AdamW", {})
     for name, by_seed in rows.items():
         cells = [spread([r[m] for r in by_seed.values()], k, f) for m, k, f in METRICS]
         paired = [s for s in by_seed if s in base]
         deltas = []
-        for m in ["accuracy", "ece"]:
-            d = [100 * (by_seed[s][m] - base[s][m]) for s in paired]
-            deltas.append(", ".join(f"{x:+.1f}" for x in d) if name != "AdamW" and d else "")
+        for m, k, f in DELTAS:
+            d = [k * (by_seed[s][m] - base[s][m]) for s in paired]
+            deltas.append(", ".join(f.format(x) for x in d) if name != "AdamW" and d else "")
         print(f"| {name} | {len(by_seed)} | " + " | ".join(cells) + " | " + " | ".join(deltas)
               + " |")
 
