@@ -2,6 +2,8 @@
 predictive, its TS twin, IVON at the mean, BLoB at N=0, ...) as mean +- sd over seeds of
 accuracy, NLL, ECE and Brier, and the paired difference to AdamW's row of the same seed;
 with --shift, a table per shift set (accuracy, NLL, ECE, AUROC by entropy and by MI).
+Under each core table, the ECE that a calibrated predictor with AdamW's confidences would
+show on that many questions, so that an ECE is read against its noise.
 
     python3 tools/mcq_tables.py results/mcq/test [--shift]
     python3 tools/mcq_tables.py --summary results/mcq/test
@@ -20,6 +22,7 @@ cannot drift from it.
 
 import collections
 import json
+import math
 import pathlib
 import statistics
 import sys
@@ -69,6 +72,38 @@ def core(task, rows):
             deltas.append(", ".join(f.format(x) for x in d) if name != "AdamW" and d else "")
         print(f"| {name} | {len(by_seed)} | " + " | ".join(cells) + " | " + " | ".join(deltas)
               + " |")
+
+
+def binomial_gap(n, p):
+    """E|k/n - p| for k ~ Binomial(n, p): a calibrated bin's expected distance from its
+    confidence, from its size alone."""
+    def pmf(k):
+        return math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+                        + k * math.log(p) + (n - k) * math.log1p(-p))
+    return sum(pmf(k) * abs(k / n - p) for k in range(n + 1))
+
+
+def ece_floor(row):
+    """The ECE that a calibrated predictor with this row's confidences would show on
+    average: each bin's accuracy drawn from its confidence, for this many questions. An
+    ECE near it says nothing about miscalibration."""
+    bins = [b for b in row["reliability"] if b["count"]]
+    n = sum(b["count"] for b in bins)
+    return sum(b["count"] / n * binomial_gap(b["count"], min(max(b["confidence"], 1e-9),
+                                                                1 - 1e-9)) for b in bins)
+
+
+def floor_note(rows):
+    """One line under a core table: AdamW's ECE beside the ECE of a calibrated predictor
+    at its confidences."""
+    base = rows.get("AdamW", {})
+    if not base:
+        return
+    floor = statistics.mean(100 * ece_floor(r) for r in base.values())
+    ece = statistics.mean(100 * r["ece"] for r in base.values())
+    print(f"\nA calibrated predictor with AdamW's confidences would show an ECE of "
+          f"{floor:.1f} on average on these questions (each bin's binomial noise), "
+          f"against AdamW's {ece:.1f}.")
 
 
 def shift(task, rows):
@@ -176,6 +211,7 @@ def main():
           "of the same seed.")
     for task, rows in sorted(data.items()):
         core(task, rows)
+        floor_note(rows)
         if "--shift" in sys.argv:
             shift(task, rows)
 
