@@ -29,8 +29,10 @@ import sys
 
 METRICS = [("accuracy", 100, "{:.1f}"), ("nll", 1, "{:.3f}"), ("ece", 100, "{:.1f}"),
            ("brier", 1, "{:.3f}")]
-# The paired differences each row shows against AdamW's: metric, scale, format.
-DELTAS = [("accuracy", 100, "{:+.1f}"), ("nll", 1, "{:+.3f}"), ("ece", 100, "{:+.1f}")]
+# The paired differences to a baseline that both tables show: metric, scale, format, and
+# the sign of a difference that is better (higher accuracy, lower NLL and ECE).
+DELTAS = [("accuracy", 100, "{:+.1f}", 1), ("nll", 1, "{:+.3f}", -1),
+          ("ece", 100, "{:+.1f}", -1)]
 HEADS = {"nll": "NLL", "ece": "ECE", "brier": "Brier"}
 SHIFT = [("accuracy", 100, "{:.1f}"), ("nll", 1, "{:.3f}"), ("ece", 100, "{:.1f}"),
          ("auroc_entropy", 1, "{:.3f}"), ("auroc_mi", 1, "{:.3f}")]
@@ -67,7 +69,7 @@ def core(task, rows):
         cells = [spread([r[m] for r in by_seed.values()], k, f) for m, k, f in METRICS]
         paired = [s for s in by_seed if s in base]
         deltas = []
-        for m, k, f in DELTAS:
+        for m, k, f, _ in DELTAS:
             d = [k * (by_seed[s][m] - base[s][m]) for s in paired]
             deltas.append(", ".join(f.format(x) for x in d) if name != "AdamW" and d else "")
         print(f"| {name} | {len(by_seed)} | " + " | ".join(cells) + " | " + " | ".join(deltas)
@@ -76,7 +78,10 @@ def core(task, rows):
 
 def binomial_gap(n, p):
     """E|k/n - p| for k ~ Binomial(n, p): a calibrated bin's expected distance from its
-    confidence, from its size alone."""
+    confidence, from its size alone (zero where the confidence is 0 or 1)."""
+    if p <= 0 or p >= 1:
+        return 0.0
+
     def pmf(k):
         return math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
                         + k * math.log(p) + (n - k) * math.log1p(-p))
@@ -89,8 +94,7 @@ def ece_floor(row):
     ECE near it says nothing about miscalibration."""
     bins = [b for b in row["reliability"] if b["count"]]
     n = sum(b["count"] for b in bins)
-    return sum(b["count"] / n * binomial_gap(b["count"], min(max(b["confidence"], 1e-9),
-                                                                1 - 1e-9)) for b in bins)
+    return sum(b["count"] / n * binomial_gap(b["count"], b["confidence"]) for b in bins)
 
 
 def floor_note(rows):
@@ -153,9 +157,9 @@ def summary(data):
                 if not seeds:
                     continue
                 cells, wins = [], []
-                for m, k, sign in [("accuracy", 100, 1), ("nll", 1, -1), ("ece", 100, -1)]:
+                for m, k, f, sign in DELTAS:
                     d = [k * (rows[name][s][m] - base[s][m]) for s in seeds]
-                    cells.append(f"{statistics.mean(d):+.{1 if k == 100 else 3}f}")
+                    cells.append(f.format(statistics.mean(d)))
                     wins.append(str(sum(1 for x in d if sign * x > 0)))
                 note = PUBLISHED.get(name, "") if base_name == "AdamW" else ""
                 print(f"| {task} | {name} | {len(seeds)} | {base_name} | " + " | ".join(cells)
