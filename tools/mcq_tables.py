@@ -7,11 +7,16 @@ show on that many questions, so that an ECE is read against its noise.
 
     python3 tools/mcq_tables.py results/mcq/test [--shift]
     python3 tools/mcq_tables.py --summary results/mcq/test
+    python3 tools/mcq_tables.py --reliability results/mcq/test
     python3 tools/mcq_tables.py --search results/mcq/search
 
 --summary is the README's table: per task, each posterior's paired differences to AdamW
 and to AdamW + TS (mean over seeds, and in how many seeds it is better), beside the
 published deltas of the papers we follow.
+
+--reliability pools each predictive's reliability bins over its seeds and lists its
+mutual information and its fitted temperature per seed: what the reliability diagrams
+show, in numbers.
 
 --search lists validation runs one by one (seed 0, a setting each): every row with the
 run's setting, its training loss over the first and last 25 steps, and its file.
@@ -108,6 +113,32 @@ def floor_note(rows):
     print(f"\nA calibrated predictor with AdamW's confidences would show an ECE of "
           f"{floor:.1f} on average on these questions (each bin's binomial noise), "
           f"against AdamW's {ece:.1f}.")
+
+
+def reliability(data):
+    """Per task and predictive (no TS twins), pooled over seeds: each confidence bin's
+    questions, mean confidence and accuracy; then each seed's mutual information and the
+    temperature its TS twin fitted on validation."""
+    for task, rows in sorted(data.items()):
+        for name, by_seed in rows.items():
+            if name.endswith("+ TS"):
+                continue
+            print(f"\n### {task}: {name}, pooled over {len(by_seed)} seeds\n")
+            print("| confidence bin | questions | mean confidence | accuracy |")
+            print("|---|---:|---:|---:|")
+            for i, b in enumerate(next(iter(by_seed.values()))["reliability"]):
+                pooled = [r["reliability"][i] for r in by_seed.values()]
+                n = sum(x["count"] for x in pooled)
+                if n:
+                    conf = sum(x["confidence"] * x["count"] for x in pooled) / n
+                    acc = sum(x["accuracy"] * x["count"] for x in pooled) / n
+                    print(f"| {b['lo']:.2f}-{b['hi']:.2f} | {n} | {conf:.2f} | {100 * acc:.0f}% |")
+            seeds = sorted(by_seed)
+            ts = rows.get(f"{name} + TS", {})
+            print("\nmutual information per seed: "
+                  + ", ".join(f"{by_seed[s]['mean_mi']:.1e}" for s in seeds)
+                  + "; validation temperature per seed: "
+                  + ", ".join(f"{ts[s]['temperature']:.3f}" for s in seeds if s in ts))
 
 
 def shift(task, rows):
@@ -210,6 +241,8 @@ def main():
         return search(sys.argv[2])
     if sys.argv[1] == "--summary":
         return summary(load(sys.argv[2]))
+    if sys.argv[1] == "--reliability":
+        return reliability(load(sys.argv[2]))
     data = load(sys.argv[1])
     print("Accuracy and ECE in points; mean ± sd over seeds; Δ: per seed, against AdamW's row "
           "of the same seed.")
