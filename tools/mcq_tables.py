@@ -15,8 +15,8 @@ and to AdamW + TS (mean over seeds, and in how many seeds it is better), beside 
 published deltas of the papers we follow.
 
 --reliability pools each predictive's reliability bins over its seeds and lists its
-mutual information and its fitted temperature per seed: what the reliability diagrams
-show, in numbers.
+mutual information, its fitted temperature and its run's time a step per seed: what the
+reliability diagrams show, in numbers, and what a run cost.
 
 --search lists validation runs one by one (seed 0, a setting each): every row with the
 run's setting, its training loss over the first and last 25 steps, and its file.
@@ -60,7 +60,8 @@ def load(folder):
         for row in d["rows"]:
             if seed in out[task][row["model"]]:
                 raise SystemExit(f"{path}: {task} / {row['model']} / seed {seed} twice")
-            out[task][row["model"]][seed] = row
+            # The run's training cost goes with each of its rows.
+            out[task][row["model"]][seed] = {**row, "ms_per_step": d.get("ms_per_step")}
     return out
 
 
@@ -117,8 +118,9 @@ def floor_note(rows):
 
 def reliability(data):
     """Per task and predictive (no TS twins), pooled over seeds: each confidence bin's
-    questions, mean confidence and accuracy; then each seed's mutual information and the
-    temperature its TS twin fitted on validation."""
+    questions, mean confidence and accuracy; then each seed's mutual information, the
+    temperature its TS twin fitted on validation, and its run's milliseconds a training
+    step."""
     for task, rows in sorted(data.items()):
         for name, by_seed in rows.items():
             if name.endswith("+ TS"):
@@ -138,7 +140,10 @@ def reliability(data):
             print("\nmutual information per seed: "
                   + ", ".join(f"{by_seed[s]['mean_mi']:.1e}" for s in seeds)
                   + "; validation temperature per seed: "
-                  + ", ".join(f"{ts[s]['temperature']:.3f}" for s in seeds if s in ts))
+                  + ", ".join(f"{ts[s]['temperature']:.3f}" for s in seeds if s in ts)
+                  + "; ms a training step per seed: "
+                  + ", ".join(f"{by_seed[s]['ms_per_step']:.0f}" for s in seeds)
+                  + f" (mean {statistics.mean(by_seed[s]['ms_per_step'] for s in seeds):.0f})")
 
 
 def shift(task, rows):
